@@ -1,1 +1,64 @@
-fn main(){}
+//! `ordergrid-sink`: tallies outcomes durably, acknowledges them, writes the report.
+
+use clap::Parser;
+use ordergrid::cli::{self, CommonArgs};
+use ordergrid::roles::sink::{self, SinkConfig, SinkExit};
+use ordergrid::shutdown::Shutdown;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Order grid sink: binds the results, acks and control endpoints and keeps the tally in --state.
+/// Exits 0 when the run is complete and its report written; 130 when stopped by a signal
+/// before that (start it again with the same --state to resume).
+/// Every flag can also be set with the ORDERGRID_* variable shown.
+#[derive(Parser, Debug)]
+#[command(name = "ordergrid-sink", version)]
+struct Args {
+    /// Where to bind the results socket (PULL) that workers push outcomes to.
+    #[arg(long, env = "ORDERGRID_RESULTS", default_value = ordergrid::DEFAULT_RESULTS)]
+    results: String,
+    /// Where to bind the acks socket (ROUTER) the ventilator connects to.
+    #[arg(long, env = "ORDERGRID_ACKS", default_value = ordergrid::DEFAULT_ACKS)]
+    acks: String,
+    /// Where to bind the control socket (PUB) that tells workers the run is over.
+    #[arg(long, env = "ORDERGRID_CONTROL", default_value = ordergrid::DEFAULT_CONTROL)]
+    control: String,
+    /// Folder of the durable state (journal, snapshots, reports of past runs).
+    #[arg(long, env = "ORDERGRID_STATE", default_value = ordergrid::DEFAULT_STATE)]
+    state: PathBuf,
+    /// Where to write the report as JSON (default: STATE/report.json).
+    #[arg(long, env = "ORDERGRID_REPORT")]
+    report: Option<PathBuf>,
+    /// Journal size in MiB after which the tally is checkpointed and the journal restarted.
+    #[arg(long, env = "ORDERGRID_COMPACT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    compact_mib: u64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    cli::init_logging(args.common.log_format);
+    match run(args) {
+        Ok(SinkExit::Complete(_)) => ExitCode::SUCCESS,
+        Ok(SinkExit::Stopped) => {
+            eprintln!("ordergrid-sink: stopped before the run was complete; start it again with the same --state to resume");
+            ExitCode::from(130)
+        }
+        Err(e) => cli::exit_code("ordergrid-sink", Err(e)),
+    }
+}
+
+fn run(args: Args) -> ordergrid::Result<SinkExit> {
+    let shutdown = Shutdown::install()?;
+    let config = SinkConfig {
+        results: args.results,
+        acks: args.acks,
+        control: args.control,
+        state: args.state,
+        report: args.report,
+        compact_bytes: args.compact_mib << 20,
+        ..SinkConfig::default()
+    };
+    sink::run(&config, &shutdown)
+}

@@ -1,1 +1,118 @@
-fn main(){}
+//! `ordergrid-ventilator`: reads orders and sends them to the workers until the sink has tallied all.
+
+use clap::Parser;
+use ordergrid::cli::{self, CommonArgs};
+use ordergrid::input::InputSpec;
+use ordergrid::protocol::RunId;
+use ordergrid::roles::ventilator::{self, VentilatorConfig, VentilatorExit};
+use ordergrid::shutdown::Shutdown;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Order grid ventilator: binds the jobs endpoint, connects to the sink's acks endpoint.
+/// Exits 0 once the sink has tallied every order of the run; 130 when stopped by a signal
+/// before that (start it again with the same input to resume).
+/// Every flag can also be set with the ORDERGRID_* variable shown.
+#[derive(Parser, Debug)]
+#[command(name = "ordergrid-ventilator", version)]
+struct Args {
+    /// JSON Lines file of orders; `-` reads standard input.
+    #[arg(
+        long,
+        env = "ORDERGRID_INPUT",
+        required_unless_present = "generate",
+        conflicts_with = "generate"
+    )]
+    input: Option<String>,
+    /// Stream N synthetic orders (as `ordergrid-gen --count N --seed S` would write) instead of --input.
+    #[arg(long, env = "ORDERGRID_GENERATE", value_name = "N")]
+    generate: Option<u64>,
+    /// Seed of the synthetic orders.
+    #[arg(
+        long,
+        env = "ORDERGRID_SEED",
+        default_value_t = 1,
+        requires = "generate"
+    )]
+    seed: u64,
+    /// Synthetic poison orders (tok_crash: they abort the worker that pays them).
+    #[arg(
+        long,
+        env = "ORDERGRID_POISON",
+        default_value_t = 0,
+        requires = "generate"
+    )]
+    poison: u64,
+    /// Where to bind the jobs socket (PUSH).
+    #[arg(long, env = "ORDERGRID_JOBS", default_value = ordergrid::DEFAULT_JOBS)]
+    jobs: String,
+    /// The sink's acks endpoint (DEALER, connects).
+    #[arg(long, env = "ORDERGRID_ACKS", default_value = ordergrid::DEFAULT_ACKS)]
+    acks: String,
+    /// The run's identity (16 hex digits, or any text, which is hashed). Default: the input's digest.
+    /// Give one with `--input -` so that a restarted ventilator resumes the run.
+    #[arg(long, env = "ORDERGRID_RUN_ID")]
+    run_id: Option<RunId>,
+    /// Where malformed lines and poison orders are written (JSON Lines: line, reason).
+    #[arg(long, env = "ORDERGRID_DEAD_LETTER", default_value = ordergrid::DEFAULT_DEAD_LETTER)]
+    dead_letter: PathBuf,
+    /// Orders per job frame at most.
+    #[arg(long, env = "ORDERGRID_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    batch: u32,
+    /// Orders sent and not yet acknowledged, at most.
+    #[arg(long, env = "ORDERGRID_WINDOW", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
+    window: u32,
+    /// Job frames queued towards each worker (ZMQ_SNDHWM).
+    #[arg(long, env = "ORDERGRID_SEND_HWM", default_value_t = 8)]
+    send_hwm: i32,
+    /// Deliveries without a result before an order is given up as poison (failed).
+    #[arg(long, env = "ORDERGRID_MAX_DELIVERIES", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
+    max_deliveries: u8,
+    /// Lower bound of the adaptive redelivery time-out, in milliseconds.
+    #[arg(long, env = "ORDERGRID_MIN_TIMEOUT_MS", default_value_t = 500)]
+    min_timeout_ms: u64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    cli::init_logging(args.common.log_format);
+    match run(args) {
+        Ok(VentilatorExit::Complete { .. }) => ExitCode::SUCCESS,
+        Ok(VentilatorExit::Stopped { run }) => {
+            eprintln!("ordergrid-ventilator: stopped before run {run} was complete; start it again with the same input to resume");
+            ExitCode::from(130)
+        }
+        Err(e) => cli::exit_code("ordergrid-ventilator", Err(e)),
+    }
+}
+
+fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
+    let shutdown = Shutdown::install()?;
+    let input = match (args.input, args.generate) {
+        (Some(path), _) if path == "-" => InputSpec::Stdin,
+        (Some(path), _) => InputSpec::File(PathBuf::from(path)),
+        (None, Some(count)) => InputSpec::Generate {
+            count,
+            seed: args.seed,
+            poison: args.poison,
+        },
+        (None, None) => unreachable!("clap requires --input or --generate"),
+    };
+    let config = VentilatorConfig {
+        input,
+        jobs: args.jobs,
+        acks: args.acks,
+        run_id: args.run_id,
+        dead_letter: args.dead_letter,
+        batch: args.batch as usize,
+        window: args.window as usize,
+        send_hwm: args.send_hwm,
+        max_deliveries: args.max_deliveries,
+        min_timeout: Duration::from_millis(args.min_timeout_ms),
+        ..VentilatorConfig::default()
+    };
+    ventilator::run(&config, &shutdown)
+}

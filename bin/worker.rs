@@ -1,1 +1,61 @@
-fn main(){}
+//! `ordergrid-worker`: takes orders from the ventilator, pays them, sends outcomes to the sink.
+
+use clap::Parser;
+use ordergrid::cli::{self, CommonArgs};
+use ordergrid::gateway::SimulatedGateway;
+use ordergrid::roles::worker::{self, WorkerConfig};
+use ordergrid::shutdown::Shutdown;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Order grid worker: connects to the ventilator's jobs and the sink's results and control.
+/// Every flag can also be set with the ORDERGRID_* variable shown.
+#[derive(Parser, Debug)]
+#[command(name = "ordergrid-worker", version)]
+struct Args {
+    /// The ventilator's jobs endpoint (PULL, connects).
+    #[arg(long, env = "ORDERGRID_JOBS", default_value = ordergrid::DEFAULT_JOBS)]
+    jobs: String,
+    /// The sink's results endpoint (PUSH, connects).
+    #[arg(long, env = "ORDERGRID_RESULTS", default_value = ordergrid::DEFAULT_RESULTS)]
+    results: String,
+    /// The sink's control endpoint (SUB, connects): the sink says here when the run is over.
+    #[arg(long, env = "ORDERGRID_CONTROL", default_value = ordergrid::DEFAULT_CONTROL)]
+    control: String,
+    /// Payments in flight at the gateway at once.
+    #[arg(long, env = "ORDERGRID_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    concurrency: u32,
+    /// The simulated gateway's delay per payment attempt, in milliseconds.
+    #[arg(long, env = "ORDERGRID_GATEWAY_LATENCY_MS", default_value_t = 0)]
+    gateway_latency_ms: u64,
+    /// Attempts of a transiently failing payment before the order counts as failed.
+    #[arg(long, env = "ORDERGRID_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
+    /// Job frames queued towards this worker (ZMQ_RCVHWM); low keeps orders from piling up here.
+    #[arg(long, env = "ORDERGRID_RECV_HWM", default_value_t = 4)]
+    recv_hwm: i32,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    cli::init_logging(args.common.log_format);
+    cli::exit_code("ordergrid-worker", run(args))
+}
+
+fn run(args: Args) -> ordergrid::Result<()> {
+    let shutdown = Shutdown::install()?;
+    let config = WorkerConfig {
+        jobs: args.jobs,
+        results: args.results,
+        control: args.control,
+        concurrency: args.concurrency as usize,
+        max_attempts: args.max_attempts,
+        recv_hwm: args.recv_hwm,
+        ..WorkerConfig::default()
+    };
+    let mut gateway = SimulatedGateway::new(Duration::from_millis(args.gateway_latency_ms));
+    worker::run(&config, &mut gateway, &shutdown)?;
+    Ok(())
+}

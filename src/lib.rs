@@ -1,1 +1,60 @@
-pub fn x(){}
+//! ordergrid: an order-processing grid over ZeroMQ.
+//!
+//! A **ventilator** reads orders (JSON Lines) and PUSHes them in batches to any
+//! number of **workers**, which validate and price each order and take its
+//! payment through a [`gateway::PaymentGateway`]. Workers PUSH outcomes to the
+//! **sink**, which tallies them exactly once into a durable journal and
+//! acknowledges them to the ventilator, which redelivers what is not
+//! acknowledged in time.
+//!
+//! ```text
+//!                 PUSH  --jobs-->  PULL                 PUSH --results--> PULL
+//!   ventilator  (bind :5557)       worker x N (connect)                   sink (bind :5558)
+//!      DEALER (connect) <----------------- acks / hello / progress ------> ROUTER (bind :5559)
+//!                                  SUB (connect) <------- control -------  PUB (bind :5560)
+//! ```
+//!
+//! # Layout
+//! - [`order`]: the order model and the JSON Lines parser (no I/O).
+//! - [`rules`]: validation and pricing, pure functions.
+//! - [`gateway`]: the payment gateway trait and the simulated gateway.
+//! - [`generator`]: deterministic synthetic orders (`ordergrid-gen`, `--generate`).
+//! - [`protocol`]: the versioned wire envelope and every message's encoding.
+//! - [`transport`]: ZeroMQ socket setup with the options every socket needs.
+//! - [`ledger`]: the tally, idempotent per order.
+//! - [`report`]: the report (JSON contract) and the human table.
+//! - [`journal`]: the sink's durable journal: append, group fsync, replay, compaction.
+//! - [`input`]: where the ventilator's lines come from (file, stdin, generator).
+//! - [`roles`]: `ventilator`, `worker` and `sink`: each a `run(config, shutdown)`.
+//! - [`shutdown`]: the signal-driven stop request every loop polls.
+//! - [`cli`]: what the thin binaries share: logging set-up and exit codes.
+
+pub mod cli;
+pub mod error;
+pub mod gateway;
+pub mod generator;
+pub mod input;
+pub mod journal;
+pub mod ledger;
+pub mod order;
+pub mod protocol;
+pub mod report;
+pub mod roles;
+pub mod rules;
+pub mod shutdown;
+pub mod transport;
+
+pub use error::{Error, Result};
+
+/// Where the ventilator binds its PUSH socket for jobs.
+pub const DEFAULT_JOBS: &str = "tcp://127.0.0.1:5557";
+/// Where the sink binds its PULL socket for results.
+pub const DEFAULT_RESULTS: &str = "tcp://127.0.0.1:5558";
+/// Where the sink binds its ROUTER socket for the ventilator (acks, hello, progress).
+pub const DEFAULT_ACKS: &str = "tcp://127.0.0.1:5559";
+/// Where the sink binds its PUB socket that tells workers the run is over.
+pub const DEFAULT_CONTROL: &str = "tcp://127.0.0.1:5560";
+/// The sink's default state folder.
+pub const DEFAULT_STATE: &str = "./ordergrid-state";
+/// The ventilator's default dead-letter file, in its working folder.
+pub const DEFAULT_DEAD_LETTER: &str = "./ordergrid-dead-letter.jsonl";

@@ -1,0 +1,48 @@
+//! What the thin binaries share: the common flags, logging set-up and the
+//! mapping of a role's result to an exit code (0 done, 1 run-time failure;
+//! clap exits 2 on a bad command line).
+
+use crate::Error;
+use std::process::ExitCode;
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing's JSON formatter), with the role and run id.
+    Json,
+}
+
+/// Flags every role takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Log format on stderr; the level comes from RUST_LOG (default: info).
+    #[arg(long, env = "ORDERGRID_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Sets up tracing to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+/// Prints a role's failure as one line on stderr and picks the exit code.
+pub fn exit_code(binary: &str, result: Result<(), Error>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,1436 @@
+//! Deterministic synthetic order generator.
+//!
+//! This module owns the JSON Lines test input of the grid: a [`Generator`] streams
+//! `count` order lines that depend only on `(count, seed, poison)`, byte for byte,
+//! forever (no `rand` crate: a splitmix64 mixer seeded per line). It is used by the
+//! `ordergrid-gen` binary and by the ventilator's `--generate N --seed S`.
+//!
+//! The mix (percentages of all lines, approximate):
+//! - ~97.5% ordinary valid orders, of which ~3% of all lines carry a
+//!   `tok_decline_*` token and ~1% a `tok_flaky_*` token; ~2% of them have an
+//!   unknown extra field (some nested), ~0.5% of items an extra field, ~0.5% are
+//!   written compactly (no spaces), ~0.5% with the fields in another order, and
+//!   about 1 in 10,000 has a `\"` or `\u00e9` escape in `customer_id`;
+//! - ~1% well-formed but rejected orders, one reason each: bad currency, no items,
+//!   bad sku, bad quantity, bad (negative) price, amount overflow;
+//! - ~1% malformed lines: not JSON, not an object, two objects, a missing field,
+//!   a field of the wrong type, an `order_id` of 0 or 65 bytes, invalid UTF-8;
+//!   plus one line longer than 65,536 bytes per 200,000 lines (at least one
+//!   whenever `count >= 1000`);
+//! - ~0.5% repeats of an earlier ordinary order's `order_id`, either byte-exact
+//!   or with other content;
+//! - with [`Generator::with_poison`], exactly that many otherwise valid orders
+//!   whose token is `tok_crash`, evenly spread; never otherwise.
+//!
+//! Ordinary order ids are `o-<6 base-36 chars from the seed>-<line number>`, so
+//! they are unique within a stream and differ between seeds.
+
+/// Lines longer than this are malformed for the reader.
+const MAX_LINE: u64 = 65_536;
+/// One giant line per block of this many lines.
+const GIANT_BLOCK: u64 = 200_000;
+/// A block shorter than this gets no giant line.
+const GIANT_MIN_BLOCK: u64 = 1_000;
+
+/// Rates in lines per million.
+const REJECT_PPM: u64 = 10_000;
+const MALFORMED_PPM: u64 = 10_000;
+const DUPLICATE_PPM: u64 = 5_000;
+
+/// Earlier ordinary lines remembered for duplicates: the most recent ones, and a
+/// uniform reservoir sample of all of them (for far-back repeats).
+const RECENT_CAP: usize = 4_096;
+const RESERVOIR_CAP: usize = 1_024;
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+const STREAM_KIND: u64 = 1;
+const STREAM_CONTENT: u64 = 2;
+const STREAM_ALTERED: u64 = 3;
+
+/// The token of a poison order.
+const POISON_TOKEN: &[u8] = b"tok_crash";
+
+/// A deterministic stream of synthetic order lines (see the module docs).
+pub struct Generator {
+    count: u64,
+    next: u64,
+    key: u64,
+    prefix: [u8; 6],
+    poison: u64,
+    poison_k: u64,
+    poison_at: u64,
+    giant_at: u64,
+    recent: Box<[u64]>,
+    recent_len: u64,
+    reservoir: Box<[u64]>,
+    reservoir_seen: u64,
+}
+
+impl Generator {
+    /// `count` lines, deterministic for (count, seed).
+    pub fn new(count: u64, seed: u64) -> Generator {
+        let key = mix64(seed ^ 0x6F72_6465_7267_7269); // "ordergri"
+        let mut prefix = [0u8; 6];
+        let mut p = mix64(key ^ GOLDEN);
+        for b in prefix.iter_mut() {
+            *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[(p % 36) as usize];
+            p /= 36;
+        }
+        Generator {
+            count,
+            next: 0,
+            key,
+            prefix,
+            poison: 0,
+            poison_k: 0,
+            poison_at: u64::MAX,
+            giant_at: u64::MAX,
+            recent: vec![0; RECENT_CAP].into_boxed_slice(),
+            recent_len: 0,
+            reservoir: vec![0; RESERVOIR_CAP].into_boxed_slice(),
+            reservoir_seen: 0,
+        }
+    }
+
+    /// Also emit `poison` orders whose payment_token starts with `tok_crash` (they abort a worker),
+    /// spread deterministically over the stream (they replace ordinary lines; count stays the same).
+    ///
+    /// `poison` is capped at `count`. Call it before the first [`next_line`](Self::next_line).
+    pub fn with_poison(mut self, poison: u64) -> Generator {
+        self.poison = poison.min(self.count);
+        self.poison_k = 0;
+        self.poison_at = self.poison_position(0);
+        self
+    }
+
+    /// Appends the next line WITHOUT its trailing newline to `out` (does not clear it); false when all `count` lines are out.
+    pub fn next_line(&mut self, out: &mut Vec<u8>) -> bool {
+        if self.next >= self.count {
+            return false;
+        }
+        let i = self.next;
+        self.next += 1;
+
+        if i.is_multiple_of(GIANT_BLOCK) {
+            self.giant_at = self.giant_position(i / GIANT_BLOCK);
+        }
+
+        let mut content = Rng::for_line(self.key, i, STREAM_CONTENT);
+        if i == self.poison_at {
+            self.poison_k += 1;
+            self.poison_at = self.poison_position(self.poison_k);
+            let mut o = ordinary(&mut content, i);
+            o.token = Val::Str(POISON_TOKEN);
+            write_order(out, &o, &self.prefix);
+            return true;
+        }
+        if i == self.giant_at {
+            let mut o = ordinary(&mut content, i);
+            o.extra = Extra::Padding(MAX_LINE as usize + content.below(20_000) as usize);
+            o.extra_pos = content.below(6) as u8;
+            write_order(out, &o, &self.prefix);
+            return true;
+        }
+
+        let mut k = Rng::for_line(self.key, i, STREAM_KIND);
+        let r = k.below(1_000_000);
+        if r < REJECT_PPM {
+            let o = rejected(&mut k, &mut content, i);
+            write_order(out, &o, &self.prefix);
+        } else if r < REJECT_PPM + MALFORMED_PPM {
+            self.malformed(&mut k, &mut content, i, out);
+        } else if let Some(j) = (r < REJECT_PPM + MALFORMED_PPM + DUPLICATE_PPM)
+            .then(|| self.earlier(&mut k))
+            .flatten()
+        {
+            let o = if k.below(10) < 6 {
+                // Byte-exact repeat: line j was written from exactly this.
+                ordinary(&mut Rng::for_line(self.key, j, STREAM_CONTENT), j)
+            } else {
+                ordinary(&mut Rng::for_line(self.key, i, STREAM_ALTERED), j)
+            };
+            write_order(out, &o, &self.prefix);
+        } else {
+            let o = ordinary(&mut content, i);
+            write_order(out, &o, &self.prefix);
+            self.remember(i, &mut k);
+        }
+        true
+    }
+
+    /// Line index of poison order `k` (u64::MAX past the last): the middles of
+    /// `poison` equal slices of the stream, strictly increasing and `< count`.
+    fn poison_position(&self, k: u64) -> u64 {
+        if k >= self.poison {
+            return u64::MAX;
+        }
+        ((2 * k as u128 + 1) * self.count as u128 / (2 * self.poison as u128)) as u64
+    }
+
+    fn is_poison_position(&self, i: u64) -> bool {
+        if self.poison == 0 {
+            return false;
+        }
+        let k = (i as u128 * self.poison as u128 / self.count as u128) as u64;
+        (k.saturating_sub(1)..=k + 1).any(|k| self.poison_position(k) == i)
+    }
+
+    /// Line index of the giant line of block `b` (u64::MAX for none): a
+    /// seed-derived slot of the block that is not taken by a poison order.
+    fn giant_position(&self, b: u64) -> u64 {
+        let start = b * GIANT_BLOCK;
+        let len = (self.count - start).min(GIANT_BLOCK);
+        if len < GIANT_MIN_BLOCK {
+            return u64::MAX;
+        }
+        let first = mix64(self.key ^ mix64(b ^ 0x6769_616E_7421)) % len;
+        (0..len)
+            .map(|step| start + (first + step) % len)
+            .find(|&i| !self.is_poison_position(i))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Records ordinary line `i` as a candidate for later duplicates.
+    fn remember(&mut self, i: u64, k: &mut Rng) {
+        self.recent[(self.recent_len % RECENT_CAP as u64) as usize] = i;
+        self.recent_len += 1;
+        self.reservoir_seen += 1;
+        if self.reservoir_seen <= RESERVOIR_CAP as u64 {
+            self.reservoir[(self.reservoir_seen - 1) as usize] = i;
+        } else {
+            let slot = k.below(self.reservoir_seen);
+            if slot < RESERVOIR_CAP as u64 {
+                self.reservoir[slot as usize] = i;
+            }
+        }
+    }
+
+    /// An earlier ordinary line to repeat: a recent one or one from anywhere before.
+    fn earlier(&self, k: &mut Rng) -> Option<u64> {
+        if self.recent_len == 0 {
+            return None;
+        }
+        if k.below(2) == 0 {
+            let n = self.recent_len.min(RECENT_CAP as u64);
+            let back = k.below(n);
+            let idx = (self.recent_len - 1 - back) % RECENT_CAP as u64;
+            Some(self.recent[idx as usize])
+        } else {
+            let n = self.reservoir_seen.min(RESERVOIR_CAP as u64);
+            Some(self.reservoir[k.below(n) as usize])
+        }
+    }
+
+    /// Writes one malformed line: every shape the reader must refuse.
+    fn malformed(&self, k: &mut Rng, content: &mut Rng, i: u64, out: &mut Vec<u8>) {
+        let prefix = &self.prefix;
+        let mut o = ordinary(content, i);
+        match k.below(MALFORMED_VARIANTS) {
+            // Not JSON.
+            0 | 1 => {
+                // Truncated: a proper prefix of an object (no closing brace).
+                let start = out.len();
+                write_order(out, &o, prefix);
+                let len = (out.len() - start) as u64;
+                let cut = 1 + content.below(len - 1);
+                out.truncate(start + cut as usize);
+            }
+            2 => out.extend_from_slice(b"garbage"),
+            3 => out.extend_from_slice(k.pick(GARBAGE)),
+            4 => {
+                // A trailing comma inside the object.
+                write_order(out, &o, prefix);
+                out.pop();
+                out.extend_from_slice(b",}");
+            }
+            // Not an object.
+            5 => out.extend_from_slice(b"[1,2]"),
+            6 => out.extend_from_slice(b"\"str\""),
+            7 => out.extend_from_slice(b"42"),
+            8 => out.extend_from_slice(b"null"),
+            9 => out.extend_from_slice(k.pick(NOT_OBJECT)),
+            10 => {
+                out.push(b'[');
+                write_order(out, &o, prefix);
+                out.push(b']');
+            }
+            // Two objects on one line.
+            11 => {
+                write_order(out, &o, prefix);
+                if k.below(2) == 0 {
+                    out.push(b' ');
+                }
+                let o2 = ordinary(&mut Rng::for_line(self.key, i, STREAM_ALTERED), i);
+                write_order(out, &o2, prefix);
+            }
+            // A missing field, each in turn.
+            v @ 12..=16 => {
+                o.omit = Some(FIELDS_NORMAL[(v - 12) as usize]);
+                write_order(out, &o, prefix);
+            }
+            // Wrong types.
+            v @ 17..=20 => {
+                let bad = [b"2.0" as &[u8], b"1e3", b"\"2\"", b"true"][(v - 17) as usize];
+                o.items[content.below(o.n_items as u64) as usize].qty = Num::Raw(bad);
+                write_order(out, &o, prefix);
+            }
+            21 => {
+                let raw = k.pick(&[b"9223372036854775808" as &[u8], b"-9223372036854775809"]);
+                o.items[content.below(o.n_items as u64) as usize].price = Num::Raw(raw);
+                write_order(out, &o, prefix);
+            }
+            22 => {
+                o.currency = Val::Json(b"5");
+                write_order(out, &o, prefix);
+            }
+            23 => {
+                o.items_raw = Some(b"{}");
+                write_order(out, &o, prefix);
+            }
+            24 => {
+                o.items_raw = Some(b"[1]");
+                write_order(out, &o, prefix);
+            }
+            25 => {
+                // A non-object among object items.
+                o.n_items = o.n_items.clamp(2, 3);
+                let raw = k.pick(&[b"1" as &[u8], b"null", b"\"SKU-00001\"", b"[]"]);
+                o.items[content.below(o.n_items as u64) as usize].raw = Some(raw);
+                write_order(out, &o, prefix);
+            }
+            v @ 26..=28 => {
+                let omit = [ItemField::Sku, ItemField::Qty, ItemField::Price][(v - 26) as usize];
+                o.items[content.below(o.n_items as u64) as usize].omit = Some(omit);
+                write_order(out, &o, prefix);
+            }
+            29 => {
+                o.id = Id::Empty;
+                write_order(out, &o, prefix);
+            }
+            30 => {
+                o.id = Id::Long(i);
+                write_order(out, &o, prefix);
+            }
+            31 => {
+                if k.below(2) == 0 {
+                    o.id = Id::Number(i + 1);
+                } else {
+                    o.token = Val::Json(k.pick(&[b"null" as &[u8], b"7", b"[\"tok_visa\"]"]));
+                }
+                write_order(out, &o, prefix);
+            }
+            // Invalid UTF-8 inside a string.
+            _ => {
+                let bad = k.pick(INVALID_UTF8);
+                match k.below(3) {
+                    0 => o.customer = Customer::InvalidUtf8(o.customer.number(), bad),
+                    1 => {
+                        let it = &mut o.items[content.below(o.n_items as u64) as usize];
+                        it.sku = Sku::InvalidUtf8(bad);
+                    }
+                    _ => {
+                        o.extra = Extra::InvalidNote(bad);
+                        o.extra_pos = content.below(6) as u8;
+                    }
+                }
+                write_order(out, &o, prefix);
+            }
+        }
+    }
+}
+
+const MALFORMED_VARIANTS: u64 = 34;
+const GARBAGE: &[&[u8]] = &[
+    b"garbage",
+    b"not json at all",
+    b"{order_id: o-1}",
+    b"{'order_id': 'o-1'}",
+    b"}{",
+    b"{\"order_id\" \"o-1\"}",
+    b"<order id=\"o-1\"/>",
+];
+const NOT_OBJECT: &[&[u8]] = &[
+    b"true",
+    b"[]",
+    b"-7.5",
+    b"\"{\\\"order_id\\\": \\\"o-1\\\"}\"",
+];
+const INVALID_UTF8: &[&[u8]] = &[
+    b"\xFF",
+    b"\xFE\xFF",
+    b"\xC3\x28",
+    b"\xC0\xAF",
+    b"\xED\xA0\x80",
+    b"\x80",
+];
+
+const REJECT_VARIANTS: u64 = 15;
+const BAD_CURRENCIES: [&[u8]; 5] = [b"usd", b"US", b"EURO", b"U$D", b""];
+
+/// A well-formed order refused for exactly one reason.
+fn rejected(k: &mut Rng, content: &mut Rng, i: u64) -> Order {
+    let mut o = ordinary(content, i);
+    let bad = content.below(o.n_items as u64) as usize;
+    match k.below(REJECT_VARIANTS) {
+        v @ 0..=4 => o.currency = Val::Str(BAD_CURRENCIES[v as usize]),
+        5 => o.n_items = 0,
+        6 => o.items[bad].sku = Sku::Empty,
+        7 => o.items[bad].sku = Sku::Long,
+        8 => o.items[bad].qty = Num::Int(0),
+        9 => o.items[bad].qty = Num::Int(-1),
+        10 => o.items[bad].qty = Num::Int(1001),
+        11 => o.items[bad].price = Num::Int(-(content.range(1, 200_000) as i64)),
+        12 => {
+            o.items[bad].qty = Num::Int(1000);
+            o.items[bad].price = Num::Int(i64::MAX);
+        }
+        13 => {
+            // Each line total fits; their sum does not.
+            o.n_items = 2;
+            for it in &mut o.items[..2] {
+                it.qty = Num::Int(1);
+                it.price = Num::Int((1i64 << 62) + content.below(1_000_000_000) as i64);
+            }
+        }
+        _ => {
+            o.items[bad].qty = Num::Int(2);
+            o.items[bad].price = Num::Int((1i64 << 62) + content.below(1_000_000_000) as i64);
+        }
+    }
+    o
+}
+
+// ---------------------------------------------------------------------------
+// Ordinary orders. Weighted choices go through lookup tables (one draw, no
+// branches) and most draws take two 32-bit halves of one 64-bit output.
+
+const CURRENCY_NAMES: [&[u8]; 8] = [
+    b"USD", b"EUR", b"GBP", b"JPY", b"CAD", b"AUD", b"CHF", b"SEK",
+];
+/// Percent of ordinary orders per currency.
+const CURRENCY_TABLE: [u8; 100] = table(&[40, 25, 10, 7, 6, 5, 4, 3]);
+
+const TOKEN_NAMES: [&[u8]; 12] = [
+    b"tok_visa",
+    b"tok_mastercard",
+    b"tok_amex",
+    b"tok_discover",
+    b"tok_paypal",
+    b"tok_decline_insufficient_funds",
+    b"tok_decline_expired_card",
+    b"tok_decline_stolen_card",
+    b"tok_decline_do_not_honor",
+    b"tok_flaky_timeout",
+    b"tok_flaky_gateway_503",
+    b"tok_flaky_rate_limited",
+];
+/// Per mille of ordinary orders per token: 3.1% declined, 1% flaky.
+const TOKEN_TABLE: [u8; 1000] = table(&[432, 288, 115, 77, 47, 8, 8, 8, 7, 4, 3, 3]);
+
+/// Percent of orders with 1, 2, 3, 4 items.
+const N_ITEMS_TABLE: [u8; 100] = table(&[50, 30, 15, 5]);
+/// Percent of items with qty 1..=10.
+const QTY_TABLE: [u8; 100] = table(&[60, 20, 12, 2, 1, 1, 1, 1, 1, 1]);
+/// Per mille of items per price tier: free, cheap, mid, expensive.
+const PRICE_TIER_TABLE: [u8; 1000] = table(&[5, 600, 300, 95]);
+const PRICE_TIER_LO: [u64; 4] = [0, 99, 10_000, 50_001];
+const PRICE_TIER_SPAN: [u64; 4] = [1, 9_901, 40_001, 150_000];
+
+/// Unknown order fields (key, raw JSON value), to be ignored by the reader.
+const EXTRA_FIELDS: [(&[u8], &[u8]); 5] = [
+    (b"note", b"\"gift\""),
+    (b"channel", b"\"web\""),
+    (b"coupon", b"null"),
+    (b"priority", b"2"),
+    (
+        b"meta",
+        b"{\"source\": \"app\", \"tags\": [\"a\", \"b\"], \"ratio\": 1.5e0, \"ok\": true}",
+    ),
+];
+/// Unknown item fields (key, raw JSON value).
+const EXTRA_ITEM_FIELDS: [(&[u8], &[u8]); 3] = [
+    (b"gift_wrap", b"true"),
+    (b"discount", b"{\"code\": \"SPRING\", \"pct\": 10}"),
+    (b"color", b"\"blue\""),
+];
+
+/// A lookup table of `N` slots holding `i` in `weights[i]` of them.
+const fn table<const N: usize>(weights: &[u64]) -> [u8; N] {
+    let mut t = [0u8; N];
+    let mut slot = 0;
+    let mut i = 0;
+    while i < weights.len() {
+        let mut w = 0;
+        while w < weights[i] {
+            t[slot] = i as u8;
+            slot += 1;
+            w += 1;
+        }
+        i += 1;
+    }
+    assert!(slot == N, "weights must fill the table");
+    t
+}
+
+/// Builds an ordinary valid order for id `line` from `rng` only (so that a
+/// byte-exact duplicate can rebuild it later).
+fn ordinary(rng: &mut Rng, line: u64) -> Order {
+    // A fifth of the orders come from the first thousand (repeat) customers.
+    let (regular, c) = rng.two(5, 100_000);
+    let cust = 1 + if regular == 0 { c % 1_000 } else { c };
+    let (style, cur) = rng.two(20_000, 100);
+    let customer = match style {
+        0 => Customer::EscapedQuote(cust),
+        1 => Customer::EscapedUnicode(cust),
+        _ => Customer::Plain(cust),
+    };
+    let currency = Val::Str(CURRENCY_NAMES[CURRENCY_TABLE[cur as usize] as usize]);
+    let (ni, tok) = rng.two(100, 1_000);
+    let n_items = 1 + N_ITEMS_TABLE[ni as usize];
+    let mut items = [Item::EMPTY; 4];
+    for it in &mut items[..n_items as usize] {
+        *it = ordinary_item(rng);
+    }
+    let token = Val::Str(TOKEN_NAMES[TOKEN_TABLE[tok as usize] as usize]);
+    let (ex, shape) = rng.two(1_000, 1_000);
+    let (extra, extra_pos) = if ex < 20 {
+        let (pick, pos) = rng.two(EXTRA_FIELDS.len() as u32, 6);
+        let (key, value) = EXTRA_FIELDS[pick as usize];
+        (Extra::Field(key, value), pos as u8)
+    } else {
+        (Extra::None, 0)
+    };
+    let fields = match shape {
+        5..=7 => &FIELDS_REVERSED,
+        8..=9 => &FIELDS_MIXED,
+        _ => &FIELDS_NORMAL,
+    };
+    Order {
+        id: Id::Line(line),
+        customer,
+        currency,
+        items,
+        n_items,
+        items_raw: None,
+        token,
+        omit: None,
+        extra,
+        extra_pos,
+        compact: shape < 5,
+        fields,
+    }
+}
+
+fn ordinary_item(rng: &mut Rng) -> Item {
+    // Square-law skew: SKU-00001 is the most popular, the top 100 take ~14%.
+    let (r, q) = rng.two(5_000, 100);
+    let sku = r * r / 5_000 + 1;
+    let qty = 1 + QTY_TABLE[q as usize] as i64;
+    let (tier, x) = rng.two(1_000, u32::MAX);
+    let tier = PRICE_TIER_TABLE[tier as usize] as usize;
+    let price = PRICE_TIER_LO[tier] + ((x as u64 * PRICE_TIER_SPAN[tier]) >> 32);
+    // Most prices end in 99 or 00.
+    let (round, ex) = rng.two(4, 1_000);
+    let price = if price >= 100 {
+        let base = price / 100 * 100;
+        [base + 99, base + 99, base, price][round as usize].min(200_000)
+    } else {
+        price
+    };
+    Item {
+        sku: Sku::Num(sku),
+        qty: Num::Int(qty),
+        price: Num::Int(price as i64),
+        omit: None,
+        extra: (ex < 5).then(|| EXTRA_ITEM_FIELDS[ex as usize % EXTRA_ITEM_FIELDS.len()]),
+        raw: None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Order description and its hand-written JSON.
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    OrderId,
+    CustomerId,
+    Currency,
+    Items,
+    PaymentToken,
+}
+
+const FIELDS_NORMAL: [Field; 5] = [
+    Field::OrderId,
+    Field::CustomerId,
+    Field::Currency,
+    Field::Items,
+    Field::PaymentToken,
+];
+const FIELDS_REVERSED: [Field; 5] = [
+    Field::PaymentToken,
+    Field::Items,
+    Field::Currency,
+    Field::CustomerId,
+    Field::OrderId,
+];
+const FIELDS_MIXED: [Field; 5] = [
+    Field::Currency,
+    Field::OrderId,
+    Field::Items,
+    Field::PaymentToken,
+    Field::CustomerId,
+];
+
+#[derive(Clone, Copy)]
+enum Id {
+    /// `o-<prefix>-<line + 1>`.
+    Line(u64),
+    Empty,
+    /// `o-<prefix>-<line + 1>-xxx…`, 65 bytes.
+    Long(u64),
+    /// A JSON number instead of a string.
+    Number(u64),
+}
+
+#[derive(Clone, Copy)]
+enum Customer {
+    Plain(u32),
+    EscapedQuote(u32),
+    EscapedUnicode(u32),
+    InvalidUtf8(u32, &'static [u8]),
+}
+
+impl Customer {
+    fn number(self) -> u32 {
+        match self {
+            Customer::Plain(n)
+            | Customer::EscapedQuote(n)
+            | Customer::EscapedUnicode(n)
+            | Customer::InvalidUtf8(n, _) => n,
+        }
+    }
+}
+
+/// A JSON value: a plain string (written between quotes) or raw JSON.
+#[derive(Clone, Copy)]
+enum Val {
+    Str(&'static [u8]),
+    Json(&'static [u8]),
+}
+
+#[derive(Clone, Copy)]
+enum Sku {
+    Num(u32),
+    Empty,
+    /// 65 bytes.
+    Long,
+    InvalidUtf8(&'static [u8]),
+}
+
+#[derive(Clone, Copy)]
+enum Num {
+    Int(i64),
+    Raw(&'static [u8]),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ItemField {
+    Sku,
+    Qty,
+    Price,
+}
+
+#[derive(Clone, Copy)]
+struct Item {
+    sku: Sku,
+    qty: Num,
+    price: Num,
+    omit: Option<ItemField>,
+    extra: Option<(&'static [u8], &'static [u8])>,
+    /// Written instead of the object (a non-object item).
+    raw: Option<&'static [u8]>,
+}
+
+impl Item {
+    const EMPTY: Item = Item {
+        sku: Sku::Num(1),
+        qty: Num::Int(1),
+        price: Num::Int(0),
+        omit: None,
+        extra: None,
+        raw: None,
+    };
+}
+
+#[derive(Clone, Copy)]
+enum Extra {
+    None,
+    Field(&'static [u8], &'static [u8]),
+    /// `"note": "gift<bad bytes>"`.
+    InvalidNote(&'static [u8]),
+    /// `"padding": "xxx…"` with this many x.
+    Padding(usize),
+}
+
+struct Order {
+    id: Id,
+    customer: Customer,
+    currency: Val,
+    items: [Item; 4],
+    n_items: u8,
+    /// Written instead of the items array.
+    items_raw: Option<&'static [u8]>,
+    token: Val,
+    omit: Option<Field>,
+    extra: Extra,
+    /// Before which field (0..=5) the extra field goes.
+    extra_pos: u8,
+    compact: bool,
+    fields: &'static [Field; 5],
+}
+
+/// The comma state of one JSON object being written; `C` is compact (no spaces).
+struct Obj<const C: bool> {
+    first: bool,
+}
+
+impl<const C: bool> Obj<C> {
+    const COMMA: &'static [u8] = if C { b"," } else { b", " };
+    const COLON: &'static [u8] = if C { b":" } else { b": " };
+
+    fn new() -> Self {
+        Obj { first: true }
+    }
+
+    #[inline(always)]
+    fn key(&mut self, out: &mut Vec<u8>, name: &[u8]) {
+        if !self.first {
+            out.extend_from_slice(Self::COMMA);
+        }
+        self.first = false;
+        out.push(b'"');
+        out.extend_from_slice(name);
+        out.push(b'"');
+        out.extend_from_slice(Self::COLON);
+    }
+}
+
+fn write_order(out: &mut Vec<u8>, o: &Order, prefix: &[u8; 6]) {
+    out.reserve(512);
+    if o.compact {
+        write_order_as::<true>(out, o, prefix);
+    } else {
+        write_order_as::<false>(out, o, prefix);
+    }
+}
+
+fn write_order_as<const C: bool>(out: &mut Vec<u8>, o: &Order, prefix: &[u8; 6]) {
+    let mut obj = Obj::<C>::new();
+    out.push(b'{');
+    for (pos, &f) in o.fields.iter().enumerate() {
+        if pos == o.extra_pos as usize {
+            write_extra(out, &mut obj, o.extra);
+        }
+        if o.omit == Some(f) {
+            continue;
+        }
+        match f {
+            Field::OrderId => {
+                obj.key(out, b"order_id");
+                write_id(out, o.id, prefix);
+            }
+            Field::CustomerId => {
+                obj.key(out, b"customer_id");
+                write_customer(out, o.customer);
+            }
+            Field::Currency => {
+                obj.key(out, b"currency");
+                write_val(out, o.currency);
+            }
+            Field::Items => {
+                obj.key(out, b"items");
+                match o.items_raw {
+                    Some(raw) => out.extend_from_slice(raw),
+                    None => {
+                        out.push(b'[');
+                        for (n, it) in o.items[..o.n_items as usize].iter().enumerate() {
+                            if n > 0 {
+                                out.extend_from_slice(Obj::<C>::COMMA);
+                            }
+                            write_item::<C>(out, it);
+                        }
+                        out.push(b']');
+                    }
+                }
+            }
+            Field::PaymentToken => {
+                obj.key(out, b"payment_token");
+                write_val(out, o.token);
+            }
+        }
+    }
+    if o.extra_pos as usize >= o.fields.len() {
+        write_extra(out, &mut obj, o.extra);
+    }
+    out.push(b'}');
+}
+
+#[inline]
+fn write_extra<const C: bool>(out: &mut Vec<u8>, obj: &mut Obj<C>, extra: Extra) {
+    match extra {
+        Extra::None => {}
+        Extra::Field(key, value) => {
+            obj.key(out, key);
+            out.extend_from_slice(value);
+        }
+        Extra::InvalidNote(bad) => {
+            obj.key(out, b"note");
+            out.extend_from_slice(b"\"gift");
+            out.extend_from_slice(bad);
+            out.push(b'"');
+        }
+        Extra::Padding(n) => {
+            obj.key(out, b"padding");
+            out.push(b'"');
+            out.resize(out.len() + n, b'x');
+            out.push(b'"');
+        }
+    }
+}
+
+#[inline]
+fn write_item<const C: bool>(out: &mut Vec<u8>, it: &Item) {
+    if let Some(raw) = it.raw {
+        out.extend_from_slice(raw);
+        return;
+    }
+    let mut obj = Obj::<C>::new();
+    out.push(b'{');
+    if it.omit != Some(ItemField::Sku) {
+        obj.key(out, b"sku");
+        write_sku(out, it.sku);
+    }
+    if it.omit != Some(ItemField::Qty) {
+        obj.key(out, b"qty");
+        write_num(out, it.qty);
+    }
+    if it.omit != Some(ItemField::Price) {
+        obj.key(out, b"unit_price_cents");
+        write_num(out, it.price);
+    }
+    if let Some((key, value)) = it.extra {
+        obj.key(out, key);
+        out.extend_from_slice(value);
+    }
+    out.push(b'}');
+}
+
+fn write_id(out: &mut Vec<u8>, id: Id, prefix: &[u8; 6]) {
+    match id {
+        Id::Line(line) => {
+            out.extend_from_slice(b"\"o-");
+            out.extend_from_slice(prefix);
+            out.push(b'-');
+            put_u64(out, line + 1);
+            out.push(b'"');
+        }
+        Id::Empty => out.extend_from_slice(b"\"\""),
+        Id::Long(line) => {
+            out.push(b'"');
+            let start = out.len();
+            out.extend_from_slice(b"o-");
+            out.extend_from_slice(prefix);
+            out.push(b'-');
+            put_u64(out, line + 1);
+            out.push(b'-');
+            out.resize(start + 65, b'x');
+            out.push(b'"');
+        }
+        Id::Number(n) => put_u64(out, n),
+    }
+}
+
+fn write_customer(out: &mut Vec<u8>, c: Customer) {
+    out.extend_from_slice(b"\"c-");
+    match c {
+        Customer::Plain(n) => put_u64(out, n as u64),
+        Customer::EscapedQuote(n) => {
+            out.extend_from_slice(b"\\\"vip\\\"-");
+            put_u64(out, n as u64);
+        }
+        Customer::EscapedUnicode(n) => {
+            out.extend_from_slice(b"caf\\u00e9-");
+            put_u64(out, n as u64);
+        }
+        Customer::InvalidUtf8(n, bad) => {
+            put_u64(out, n as u64);
+            out.extend_from_slice(bad);
+        }
+    }
+    out.push(b'"');
+}
+
+fn write_sku(out: &mut Vec<u8>, sku: Sku) {
+    out.push(b'"');
+    match sku {
+        Sku::Num(n) => {
+            out.extend_from_slice(b"SKU-00000");
+            let len = out.len();
+            let mut n = n;
+            for c in out[len - 5..].iter_mut().rev() {
+                *c = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        }
+        Sku::Empty => {}
+        Sku::Long => {
+            let start = out.len();
+            out.extend_from_slice(b"SKU-");
+            out.resize(start + 65, b'X');
+        }
+        Sku::InvalidUtf8(bad) => {
+            out.extend_from_slice(b"SKU-00042");
+            out.extend_from_slice(bad);
+        }
+    }
+    out.push(b'"');
+}
+
+#[inline]
+fn write_val(out: &mut Vec<u8>, v: Val) {
+    match v {
+        Val::Str(s) => {
+            out.push(b'"');
+            out.extend_from_slice(s);
+            out.push(b'"');
+        }
+        Val::Json(raw) => out.extend_from_slice(raw),
+    }
+}
+
+#[inline]
+fn write_num(out: &mut Vec<u8>, n: Num) {
+    match n {
+        Num::Int(v) => {
+            if v < 0 {
+                out.push(b'-');
+            }
+            put_u64(out, v.unsigned_abs());
+        }
+        Num::Raw(raw) => out.extend_from_slice(raw),
+    }
+}
+
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Appends `v` in decimal.
+#[inline]
+fn put_u64(out: &mut Vec<u8>, mut v: u64) {
+    let n = v.checked_ilog10().unwrap_or(0) as usize + 1;
+    // Digits go straight into a fixed-size tail of `out` (no memcpy call, no
+    // store-forwarding stall from a stack buffer), which is then trimmed.
+    let len = out.len();
+    out.extend_from_slice(&[0u8; 20]);
+    let buf = &mut out[len..len + 20];
+    let mut p = n;
+    while v >= 100 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        p -= 2;
+        buf[p..p + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    }
+    if v >= 10 {
+        let d = v as usize * 2;
+        buf[0..2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    } else {
+        buf[0] = b'0' + v as u8;
+    }
+    out.truncate(len + n);
+}
+
+// ---------------------------------------------------------------------------
+// PRNG: splitmix64, one independent stream per (line, purpose).
+
+#[inline]
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    #[inline]
+    fn for_line(key: u64, line: u64, stream: u64) -> Rng {
+        Rng(key ^ mix64(line.wrapping_mul(GOLDEN) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03)))
+    }
+
+    #[inline]
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(GOLDEN);
+        mix64(self.0)
+    }
+
+    /// Uniform-enough in `0..n` (n > 0).
+    #[inline]
+    fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    #[inline]
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    #[inline]
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+
+    /// Two draws from one output: uniform-enough in `0..n1` and `0..n2`.
+    #[inline]
+    fn two(&mut self, n1: u32, n2: u32) -> (u32, u32) {
+        let x = self.next_u64();
+        (
+            (((x & 0xFFFF_FFFF) * n1 as u64) >> 32) as u32,
+            (((x >> 32) * n2 as u64) >> 32) as u32,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    fn lines(count: u64, seed: u64, poison: u64) -> Vec<Vec<u8>> {
+        let mut g = Generator::new(count, seed).with_poison(poison);
+        let mut v = Vec::new();
+        let mut buf = Vec::new();
+        while {
+            buf.clear();
+            g.next_line(&mut buf)
+        } {
+            v.push(buf.clone());
+        }
+        v
+    }
+
+    fn stream(count: u64, seed: u64, poison: u64) -> Vec<u8> {
+        let mut g = Generator::new(count, seed).with_poison(poison);
+        let mut out = Vec::new();
+        while g.next_line(&mut out) {
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// What a line is, by its shape, independently of the generator's own labels.
+    fn classify(line: &[u8]) -> String {
+        if line.len() as u64 > MAX_LINE {
+            return "too_long".into();
+        }
+        if std::str::from_utf8(line).is_err() {
+            return "invalid_utf8".into();
+        }
+        let mut it = serde_json::Deserializer::from_slice(line).into_iter::<Value>();
+        let v = match it.next() {
+            Some(Ok(v)) => v,
+            Some(Err(e)) if e.is_eof() => return "not_json_truncated".into(),
+            Some(Err(_)) => return "not_json".into(),
+            None => return "empty".into(),
+        };
+        match it.next() {
+            None => {}
+            Some(Ok(w)) if v.is_object() && w.is_object() => return "two_objects".into(),
+            Some(_) => return "not_json_trailing".into(),
+        }
+        let obj = match v {
+            Value::Object(m) => m,
+            Value::Array(_) => return "not_object_array".into(),
+            Value::String(_) => return "not_object_string".into(),
+            Value::Number(_) => return "not_object_number".into(),
+            Value::Null => return "not_object_null".into(),
+            Value::Bool(_) => return "not_object_bool".into(),
+        };
+        for f in [
+            "order_id",
+            "customer_id",
+            "currency",
+            "items",
+            "payment_token",
+        ] {
+            if !obj.contains_key(f) {
+                return format!("missing_{f}");
+            }
+        }
+        let Some(id) = obj["order_id"].as_str() else {
+            return "order_id_not_string".into();
+        };
+        if id.is_empty() {
+            return "order_id_empty".into();
+        }
+        if id.len() > 64 {
+            return format!("order_id_len_{}", id.len());
+        }
+        if !obj["customer_id"].is_string() {
+            return "customer_id_not_string".into();
+        }
+        let Some(currency) = obj["currency"].as_str() else {
+            return "currency_not_string".into();
+        };
+        if !obj["payment_token"].is_string() {
+            return "token_not_string".into();
+        }
+        let items = match &obj["items"] {
+            Value::Array(a) => a,
+            Value::Object(_) => return "items_object".into(),
+            _ => return "items_not_array".into(),
+        };
+        let mut parsed = Vec::new();
+        for item in items {
+            let Some(item) = item.as_object() else {
+                return "item_not_object".into();
+            };
+            for f in ["sku", "qty", "unit_price_cents"] {
+                if !item.contains_key(f) {
+                    return format!("item_missing_{f}");
+                }
+            }
+            let Some(sku) = item["sku"].as_str() else {
+                return "sku_not_string".into();
+            };
+            let qty = match &item["qty"] {
+                Value::Number(n) if n.is_i64() => n.as_i64().unwrap(),
+                Value::Number(n) if n.is_f64() => return format!("qty_float_{}", n),
+                Value::Number(_) => return "qty_too_big".into(),
+                Value::String(_) => return "qty_string".into(),
+                Value::Bool(_) => return "qty_bool".into(),
+                _ => return "qty_other".into(),
+            };
+            let price = match &item["unit_price_cents"] {
+                Value::Number(n) if n.is_i64() => n.as_i64().unwrap(),
+                Value::Number(n) if n.is_u64() => return "price_above_i64".into(),
+                Value::Number(n) if n.is_f64() => return "price_float".into(),
+                _ => return "price_other".into(),
+            };
+            parsed.push((sku.len(), qty, price));
+        }
+        // Well-formed: is it valid?
+        let ok_currency = ["USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF", "SEK"];
+        if !ok_currency.contains(&currency) {
+            return format!("bad_currency_{currency:?}");
+        }
+        if parsed.is_empty() {
+            return "no_items".into();
+        }
+        let mut total: i64 = 0;
+        let mut overflow = None;
+        for &(sku_len, qty, price) in &parsed {
+            if sku_len == 0 {
+                return "bad_sku_empty".into();
+            }
+            if sku_len > 64 {
+                return format!("bad_sku_len_{sku_len}");
+            }
+            if !(1..=1000).contains(&qty) {
+                return format!("bad_quantity_{qty}");
+            }
+            if price < 0 {
+                return "bad_price".into();
+            }
+            match qty.checked_mul(price) {
+                None => overflow = overflow.or(Some("amount_overflow_mul")),
+                Some(line) => match total.checked_add(line) {
+                    None => overflow = overflow.or(Some("amount_overflow_sum")),
+                    Some(t) => total = t,
+                },
+            }
+        }
+        if let Some(o) = overflow {
+            return o.into();
+        }
+        let token = obj["payment_token"].as_str().unwrap();
+        if token.starts_with("tok_crash") {
+            "valid_poison".into()
+        } else if token.starts_with("tok_decline_") {
+            "valid_decline".into()
+        } else if token.starts_with("tok_flaky_") {
+            "valid_flaky".into()
+        } else {
+            "valid".into()
+        }
+    }
+
+    #[test]
+    fn deterministic_for_count_and_seed() {
+        let a = stream(20_000, 7, 0);
+        assert_eq!(a, stream(20_000, 7, 0));
+        assert_ne!(a, stream(20_000, 8, 0));
+        assert_eq!(stream(5_000, 7, 3), stream(5_000, 7, 3));
+    }
+
+    /// The bytes for a given (count, seed, poison) must never drift: tests,
+    /// benchmarks and recorded runs depend on them. Change this only on purpose.
+    #[test]
+    fn output_is_pinned() {
+        let fnv1a = |bytes: &[u8]| {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        };
+        let first = lines(1, 1, 0);
+        assert_eq!(
+            String::from_utf8_lossy(&first[0]),
+            r#"{"order_id": "o-siauot-1", "customer_id": "c-81011", "currency": "GBP", "items": [{"sku": "SKU-00005", "qty": 3, "unit_price_cents": 2100}, {"sku": "SKU-03035", "qty": 1, "unit_price_cents": 9000}], "payment_token": "tok_visa"}"#
+        );
+        assert_eq!(fnv1a(&stream(20_000, 1, 3)), 0xa5d6_a2e9_629d_0a76);
+    }
+
+    #[test]
+    fn exact_line_count_no_newline_no_blank() {
+        for count in [0u64, 1, 2, 999, 1_000, 12_345] {
+            let ls = lines(count, 3, 0);
+            assert_eq!(ls.len() as u64, count);
+            for l in &ls {
+                assert!(!l.is_empty());
+                assert!(!l.contains(&b'\n'));
+                assert!(!l.contains(&b'\r'));
+            }
+            let s = stream(count, 3, 0);
+            assert_eq!(s.iter().filter(|&&b| b == b'\n').count() as u64, count);
+        }
+    }
+
+    #[test]
+    fn next_line_appends_and_stops() {
+        let mut g = Generator::new(2, 9);
+        let mut out = b"keep:".to_vec();
+        assert!(g.next_line(&mut out));
+        assert!(out.starts_with(b"keep:{"));
+        let n = out.len();
+        assert!(g.next_line(&mut out));
+        assert!(out.len() > n);
+        let n = out.len();
+        assert!(!g.next_line(&mut out));
+        assert!(!g.next_line(&mut out));
+        assert_eq!(out.len(), n);
+    }
+
+    #[test]
+    fn poison_count_is_exact_and_spread() {
+        assert!(!stream(200_000, 5, 0).windows(9).any(|w| w == b"tok_crash"));
+        for (count, poison) in [(1_000u64, 10u64), (100_000, 7), (50, 50), (10, 25), (3, 1)] {
+            let ls = lines(count, 11, poison);
+            assert_eq!(ls.len() as u64, count);
+            let at: Vec<usize> = ls
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.windows(9).any(|w| w == b"tok_crash"))
+                .map(|(n, _)| n)
+                .collect();
+            assert_eq!(at.len() as u64, poison.min(count), "count {count}");
+            for &n in &at {
+                assert_eq!(classify(&ls[n]), "valid_poison");
+            }
+            if poison == 10 {
+                // Evenly spread: one per 100-line slice.
+                for (k, &n) in at.iter().enumerate() {
+                    assert_eq!(n / 100, k);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn giant_line_when_count_at_least_1000() {
+        for seed in 0..20 {
+            let ls = lines(1_000, seed, 0);
+            let giants = ls.iter().filter(|l| l.len() as u64 > MAX_LINE).count();
+            assert_eq!(giants, 1, "seed {seed}");
+            // Also when poison takes many slots.
+            let ls = lines(1_000, seed, 900);
+            assert!(ls.iter().any(|l| l.len() as u64 > MAX_LINE), "seed {seed}");
+        }
+        assert!(lines(999, 1, 0).iter().all(|l| l.len() as u64 <= MAX_LINE));
+    }
+
+    #[test]
+    fn every_reason_and_shape_appears() {
+        for seed in [7u64, 123] {
+            let ls = lines(200_000, seed, 0);
+            let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+            let mut first_by_id: HashMap<String, Vec<u8>> = HashMap::new();
+            let (mut exact_dups, mut altered_dups) = (0, 0);
+            for l in &ls {
+                let kind = classify(l);
+                if kind.starts_with("valid") {
+                    let v: Value = serde_json::from_slice(l).unwrap();
+                    let id = v["order_id"].as_str().unwrap().to_string();
+                    match first_by_id.get(&id) {
+                        None => {
+                            first_by_id.insert(id, l.clone());
+                        }
+                        Some(first) if first == l => exact_dups += 1,
+                        Some(_) => altered_dups += 1,
+                    }
+                }
+                *kinds.entry(kind).or_default() += 1;
+            }
+            let expected = [
+                // Rejected, every reason.
+                "bad_currency_\"usd\"",
+                "bad_currency_\"US\"",
+                "bad_currency_\"EURO\"",
+                "bad_currency_\"U$D\"",
+                "bad_currency_\"\"",
+                "no_items",
+                "bad_sku_empty",
+                "bad_sku_len_65",
+                "bad_quantity_0",
+                "bad_quantity_-1",
+                "bad_quantity_1001",
+                "bad_price",
+                "amount_overflow_mul",
+                "amount_overflow_sum",
+                // Malformed, every shape.
+                "not_json_truncated",
+                "not_json",
+                "not_object_array",
+                "not_object_string",
+                "not_object_number",
+                "not_object_null",
+                "two_objects",
+                "missing_order_id",
+                "missing_customer_id",
+                "missing_currency",
+                "missing_items",
+                "missing_payment_token",
+                "qty_float_2.0",
+                "qty_float_1000.0",
+                "qty_string",
+                "qty_bool",
+                "price_above_i64",
+                "currency_not_string",
+                "items_object",
+                "item_not_object",
+                "item_missing_sku",
+                "item_missing_qty",
+                "item_missing_unit_price_cents",
+                "order_id_empty",
+                "order_id_len_65",
+                "invalid_utf8",
+                "too_long",
+                // Valid.
+                "valid",
+                "valid_decline",
+                "valid_flaky",
+            ];
+            for e in expected {
+                assert!(kinds.contains_key(e), "seed {seed}: no {e}; got {kinds:#?}");
+            }
+            assert!(!kinds.contains_key("valid_poison"));
+            assert!(!kinds.contains_key("empty"));
+            assert_eq!(kinds["too_long"], 1);
+
+            let n = ls.len() as f64;
+            let share = |prefix: &str| {
+                kinds
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(_, v)| *v)
+                    .sum::<u64>() as f64
+                    / n
+            };
+            let valid = share("valid");
+            assert!(valid > 0.96 && valid < 0.99, "valid share {valid}");
+            let decline = share("valid_decline");
+            assert!(
+                decline > 0.025 && decline < 0.035,
+                "decline share {decline}"
+            );
+            let flaky = share("valid_flaky");
+            assert!(flaky > 0.007 && flaky < 0.013, "flaky share {flaky}");
+            let rejected = ["bad_", "no_items", "amount_overflow"]
+                .iter()
+                .map(|p| share(p))
+                .sum::<f64>();
+            assert!(rejected > 0.008 && rejected < 0.012, "rejected {rejected}");
+
+            // Duplicates: ~0.5%, both byte-exact and altered.
+            assert!(
+                exact_dups > 300 && altered_dups > 200,
+                "{exact_dups} {altered_dups}"
+            );
+            assert!(exact_dups + altered_dups < 1_500);
+
+            // Marker substrings of the rarer features.
+            let has = |m: &[u8]| ls.iter().any(|l| l.windows(m.len()).any(|w| w == m));
+            assert!(has(b"\"note\": \"gift\""));
+            assert!(has(b"\"meta\": {"));
+            assert!(has(b"\"gift_wrap\": true"));
+            assert!(has(b"\"customer_id\": \"c-\\\"vip\\\"-"));
+            assert!(has(b"c-caf\\u00e9-"));
+            assert!(has(b"\"unit_price_cents\": 0}"));
+            assert!(has(b"{\"order_id\":\"o-"), "compact");
+            assert!(has(b"{\"payment_token\": \"tok_"), "reordered");
+            assert!(has(
+                b"\"qty\": 1000, \"unit_price_cents\": 9223372036854775807"
+            ));
+            assert!(has(b"\"unit_price_cents\": 9223372036854775808"));
+            assert!(has(b"\"qty\": 1e3"));
+            assert!(has(b"\"items\": [1]"));
+            assert!(has(b"\"items\": []"));
+            assert!(has(b"\xFF"));
+            assert!(has(b"garbage"));
+        }
+    }
+
+    #[test]
+    fn ordinary_orders_are_realistic() {
+        let ls = lines(100_000, 42, 0);
+        let mut currencies: HashMap<String, u64> = HashMap::new();
+        let mut skus = HashSet::new();
+        let mut customers = HashSet::new();
+        let (mut max_qty, mut max_price, mut zero_price) = (0, 0, 0);
+        for l in &ls {
+            if !classify(l).starts_with("valid") {
+                continue;
+            }
+            let v: Value = serde_json::from_slice(l).unwrap();
+            *currencies
+                .entry(v["currency"].as_str().unwrap().into())
+                .or_default() += 1;
+            customers.insert(v["customer_id"].as_str().unwrap().to_string());
+            let items = v["items"].as_array().unwrap();
+            assert!((1..=4).contains(&items.len()));
+            for it in items {
+                let sku = it["sku"].as_str().unwrap();
+                assert!(sku.len() == 9 && sku.starts_with("SKU-"), "{sku}");
+                skus.insert(sku.to_string());
+                let q = it["qty"].as_i64().unwrap();
+                assert!((1..=10).contains(&q));
+                max_qty = max_qty.max(q);
+                let p = it["unit_price_cents"].as_i64().unwrap();
+                assert!((0..=200_000).contains(&p));
+                max_price = max_price.max(p);
+                zero_price += (p == 0) as u64;
+            }
+        }
+        assert_eq!(currencies.len(), 8);
+        assert!(currencies["USD"] > currencies["EUR"]);
+        assert!(currencies["EUR"] > currencies["GBP"]);
+        assert!(skus.len() > 3_000, "{}", skus.len());
+        assert!(customers.len() > 30_000, "{}", customers.len());
+        assert_eq!(max_qty, 10);
+        assert!(max_price > 190_000);
+        assert!(zero_price > 0);
+    }
+}

@@ -1,0 +1,152 @@
+//! The run report: the JSON document the sink writes (a contract users script
+//! against) and the human table it prints.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// The whole report. `orders`, `rejected`, `payments` and `stock` are the
+/// exact tally; `run` and `stats` describe this particular execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub orders: OrderCounts,
+    pub rejected: RejectedCounts,
+    pub payments: BTreeMap<String, CurrencyTotals>,
+    pub stock: BTreeMap<String, i64>,
+    pub run: RunSection,
+    pub stats: SinkStats,
+}
+
+/// `paid + declined + rejected + failed + duplicate + malformed = lines`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCounts {
+    pub lines: u64,
+    pub paid: u64,
+    pub declined: u64,
+    pub rejected: u64,
+    pub failed: u64,
+    pub duplicate: u64,
+    pub malformed: u64,
+}
+
+/// Rejections by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedCounts {
+    pub bad_currency: u64,
+    pub no_items: u64,
+    pub bad_sku: u64,
+    pub bad_quantity: u64,
+    pub bad_price: u64,
+    pub amount_overflow: u64,
+}
+
+/// Paid orders and the amount captured in one currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrencyTotals {
+    pub orders: u64,
+    /// Exact: may exceed `i64::MAX`.
+    pub captured_cents: i128,
+}
+
+/// Which run this is and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSection {
+    /// The run id, 16 hexadecimal digits.
+    pub id: String,
+    /// What the ventilator read (`file:…`, `generate:N:S`, `stdin`).
+    pub input: String,
+    /// Seconds from the run's first hello to completion, across restarts.
+    pub elapsed_seconds: f64,
+    pub orders_per_second: f64,
+    /// Distinct worker processes that sent results.
+    pub workers_seen: u64,
+    /// How many times this sink process resumed the run from its journal.
+    pub sink_restarts: u64,
+}
+
+/// What the sink saw besides the tally: redeliveries, bad frames, the journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkStats {
+    /// Result frames received and decoded.
+    pub result_frames: u64,
+    /// Results received (including repeats).
+    pub results_received: u64,
+    /// Results for orders already tallied: redeliveries, replays. Dropped.
+    pub duplicate_results: u64,
+    /// Frames that failed to decode (garbage, truncated, unknown version or kind). Dropped.
+    pub bad_frames: u64,
+    /// Frames that failed authentication (wrong or missing key). Dropped.
+    pub unauthenticated_frames: u64,
+    /// Results breaking the rules of a result (bad outcome, bad paid fields). Dropped.
+    pub invalid_results: u64,
+    /// Results for another run than the active one. Dropped.
+    pub other_run_results: u64,
+    /// Results for orders never dispatched. Dropped.
+    pub unknown_order_results: u64,
+    /// Journal fsyncs (each covers many results).
+    pub journal_syncs: u64,
+    /// Journal compactions into a snapshot.
+    pub journal_compactions: u64,
+}
+
+impl Report {
+    /// The report as pretty JSON with a trailing newline.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("a report always serialises");
+        s.push('\n');
+        s
+    }
+
+    /// The human summary: counts, payments per currency, the top SKUs by units.
+    pub fn to_table(&self, top_skus: usize) -> String {
+        let o = &self.orders;
+        let r = &self.rejected;
+        let mut t = String::new();
+        let _ = writeln!(t, "run {}  ({})", self.run.id, self.run.input);
+        let _ = writeln!(
+            t,
+            "{:.2} s, {:.0} orders/s, {} workers seen",
+            self.run.elapsed_seconds, self.run.orders_per_second, self.run.workers_seen
+        );
+        let _ = writeln!(t);
+        let _ = writeln!(t, "{:<18} {:>14}", "orders", "count");
+        for (name, n) in [
+            ("lines", o.lines),
+            ("paid", o.paid),
+            ("declined", o.declined),
+            ("rejected", o.rejected),
+            ("failed", o.failed),
+            ("duplicate", o.duplicate),
+            ("malformed", o.malformed),
+        ] {
+            let _ = writeln!(t, "{name:<18} {n:>14}");
+        }
+        let _ = writeln!(t);
+        let _ = writeln!(t, "{:<18} {:>14}", "rejected", "count");
+        for (name, n) in [
+            ("bad_currency", r.bad_currency),
+            ("no_items", r.no_items),
+            ("bad_sku", r.bad_sku),
+            ("bad_quantity", r.bad_quantity),
+            ("bad_price", r.bad_price),
+            ("amount_overflow", r.amount_overflow),
+        ] {
+            let _ = writeln!(t, "{name:<18} {n:>14}");
+        }
+        let _ = writeln!(t);
+        let _ = writeln!(t, "{:<8} {:>12} {:>28}", "currency", "orders", "captured");
+        for (currency, p) in &self.payments {
+            let units = p.captured_cents / 100;
+            let cents = (p.captured_cents % 100).abs();
+            let _ = writeln!(t, "{currency:<8} {:>12} {:>25}.{cents:02}", p.orders, units);
+        }
+        let mut skus: Vec<(&String, &i64)> = self.stock.iter().collect();
+        skus.sort_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)));
+        let _ = writeln!(t);
+        let _ = writeln!(t, "top SKUs by units out ({} SKUs moved)", self.stock.len());
+        for (sku, units) in skus.into_iter().take(top_skus) {
+            let _ = writeln!(t, "  {sku:<24} {:>10}", -units);
+        }
+        t
+    }
+}

@@ -1,0 +1,761 @@
+//! The sink: PULLs outcomes, tallies each order exactly once into a
+//! [`Ledger`], makes every tally durable in the run's journal before it
+//! acknowledges it to the ventilator, and when the run is complete writes the
+//! report, tells the workers and exits.
+//!
+//! One sink serves one run at a time; its state folder keeps every run's
+//! journal apart (`runs/<run id>/`), so a restarted sink resumes the run it
+//! was serving (`active` names it) and a completed run's report is reprinted
+//! when its input is run again.
+
+use crate::journal::{self, JournalWriter, RunDir, RunMeta, Synced};
+use crate::ledger::{Applied, Ledger};
+use crate::protocol::{self, Acks, FrameError, Hello, Kind, Progress, ResultBatch, RunId, Welcome};
+use crate::report::{Report, RunSection, SinkStats};
+use crate::rules::Outcome;
+use crate::shutdown::Shutdown;
+use crate::transport::{self, SocketTuning};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashSet, VecDeque};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What a sink needs to run.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub results: String,
+    pub acks: String,
+    pub control: String,
+    /// Where durable state lives.
+    pub state: PathBuf,
+    /// Where the report goes (default: `STATE/report.json`).
+    pub report: Option<PathBuf>,
+    /// Journal bytes after which the tally is checkpointed into a snapshot.
+    pub compact_bytes: u64,
+    /// How often a progress line is logged.
+    pub progress_every: Duration,
+    /// How long the sink keeps telling workers the run is over before exiting.
+    pub run_over_for: Duration,
+    /// Print the human table on stdout at the end.
+    pub print_table: bool,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            results: crate::DEFAULT_RESULTS.into(),
+            acks: crate::DEFAULT_ACKS.into(),
+            control: crate::DEFAULT_CONTROL.into(),
+            state: crate::DEFAULT_STATE.into(),
+            report: None,
+            compact_bytes: 64 << 20,
+            progress_every: Duration::from_secs(5),
+            run_over_for: Duration::from_millis(1500),
+            print_table: true,
+        }
+    }
+}
+
+/// How a sink's run ended.
+#[derive(Debug)]
+pub enum SinkExit {
+    /// The run is complete; its report.
+    Complete(Box<Report>),
+    /// Stopped by a signal; everything acknowledged is durable, restart to resume.
+    Stopped,
+}
+
+/// The snapshot payload: the whole tally and the workers seen.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    ledger: Ledger,
+    workers: Vec<u64>,
+}
+
+struct ActiveRun {
+    id: RunId,
+    dir: RunDir,
+    meta: RunMeta,
+    ledger: Ledger,
+    workers: HashSet<u64>,
+    writer: JournalWriter,
+    synced: mpsc::Receiver<Synced>,
+    pending_records: Vec<u8>,
+    pending_acks: Acks,
+    issued: u64,
+    durable: u64,
+    waiting_acks: VecDeque<(u64, Acks)>,
+    horizon: u64,
+    total: Option<u64>,
+    ventilator: Option<Vec<u8>>,
+    journal_bytes: u64,
+    resumed: bool,
+}
+
+struct Sockets {
+    results: zmq::Socket,
+    acks: zmq::Socket,
+    control: zmq::Socket,
+    notify: zmq::Socket,
+}
+
+struct Sink {
+    config: SinkConfig,
+    ctx: zmq::Context,
+    active: Option<ActiveRun>,
+    stats: SinkStats,
+    last_bad_log: Option<Instant>,
+    notify_seq: u64,
+    started: Instant,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Runs the sink until its run is complete or a stop is requested.
+pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
+    fs::create_dir_all(&config.state)
+        .map_err(|e| Error::io("cannot create state folder", &config.state, e))?;
+    let ctx = zmq::Context::new();
+    let tuning = SocketTuning {
+        send_hwm: 10_000,
+        recv_hwm: 10_000,
+    };
+    let sockets = Sockets {
+        results: transport::bind(&ctx, zmq::PULL, &config.results, tuning, "results")?,
+        acks: transport::bind(&ctx, zmq::ROUTER, &config.acks, tuning, "acks")?,
+        control: transport::bind(&ctx, zmq::PUB, &config.control, tuning, "control")?,
+        notify: ctx
+            .socket(zmq::PAIR)
+            .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?,
+    };
+    let mut sink = Sink {
+        config: config.clone(),
+        ctx,
+        active: None,
+        stats: SinkStats::default(),
+        last_bad_log: None,
+        notify_seq: 0,
+        started: Instant::now(),
+    };
+    let notify_ep = sink.next_notify_endpoint();
+    sockets
+        .notify
+        .bind(&notify_ep)
+        .map_err(|e| Error::zmq("cannot bind the journal notify socket", e))?;
+    tracing::info!(results = %config.results, acks = %config.acks, control = %config.control, state = %config.state.display(), "sink started");
+    if let Some(id) = sink.read_active()? {
+        match sink.activate(id, None, &sockets, &notify_ep)? {
+            Activation::Active => tracing::info!(run = %id, "resuming the run in progress"),
+            Activation::Completed(_) => {}
+        }
+    }
+    sink.serve(&sockets, &notify_ep, shutdown)
+}
+
+enum Activation {
+    Active,
+    Completed(Vec<u8>),
+}
+
+impl Sink {
+    fn next_notify_endpoint(&mut self) -> String {
+        self.notify_seq += 1;
+        format!("inproc://journal-{}", self.notify_seq)
+    }
+
+    fn active_file(&self) -> PathBuf {
+        self.config.state.join("active")
+    }
+
+    fn read_active(&self) -> Result<Option<RunId>> {
+        let path = self.active_file();
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                text.trim().parse().map(Some).map_err(|e| {
+                    Error::State(format!("{} does not name a run: {e}", path.display()))
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot read", &path, e)),
+        }
+    }
+
+    /// Makes `id` the active run: loads it from its journal, or creates it.
+    fn activate(
+        &mut self,
+        id: RunId,
+        input: Option<&str>,
+        sockets: &Sockets,
+        notify_ep: &str,
+    ) -> Result<Activation> {
+        let dir = RunDir::new(&self.config.state, &id.to_string());
+        if let Some(report) = dir.report()? {
+            let _ = fs::remove_file(self.active_file());
+            return Ok(Activation::Completed(report));
+        }
+        let resumed = dir.exists();
+        if !resumed {
+            let Some(input) = input else {
+                return Err(Error::State(format!(
+                    "{} names run {id}, which has no journal",
+                    self.active_file().display()
+                )));
+            };
+            dir.create(&RunMeta {
+                input: input.to_owned(),
+                started_unix: now_unix(),
+            })?;
+        }
+        journal::write_atomic(&self.active_file(), format!("{id}\n").as_bytes())?;
+        let meta = dir.meta()?;
+        let state = std::cell::RefCell::new((Ledger::new(), HashSet::new()));
+        let (generation, replayed) = dir.replay(
+            |snapshot| {
+                let s: Snapshot = rmp_serde::from_slice(snapshot).map_err(|e| {
+                    Error::State(format!("run {id}: snapshot does not decode: {e}"))
+                })?;
+                *state.borrow_mut() = (s.ledger, s.workers.into_iter().collect());
+                Ok(())
+            },
+            |payload| {
+                if let Ok(batch) = protocol::decode::<ResultBatch<'_>>(payload) {
+                    let (ledger, workers) = &mut *state.borrow_mut();
+                    if batch.worker_id != 0 {
+                        workers.insert(batch.worker_id);
+                    }
+                    for r in &batch.results {
+                        ledger.apply(r);
+                    }
+                }
+            },
+        )?;
+        let (ledger, workers) = state.into_inner();
+        if resumed {
+            tracing::info!(run = %id, generation, replayed, tallied = ledger.tallied(), "replayed the journal");
+        }
+        let (tx, rx) = mpsc::channel();
+        let notifier = self
+            .ctx
+            .socket(zmq::PAIR)
+            .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?;
+        notifier
+            .connect(notify_ep)
+            .map_err(|e| Error::zmq("cannot connect the journal notify socket", e))?;
+        let writer = JournalWriter::start(&dir, generation, notifier, tx)?;
+        let _ = sockets;
+        self.active = Some(ActiveRun {
+            id,
+            dir,
+            meta,
+            ledger,
+            workers,
+            writer,
+            synced: rx,
+            pending_records: Vec::new(),
+            pending_acks: Acks::default(),
+            issued: 0,
+            durable: 0,
+            waiting_acks: VecDeque::new(),
+            horizon: 0,
+            total: None,
+            ventilator: None,
+            journal_bytes: 0,
+            resumed,
+        });
+        Ok(Activation::Active)
+    }
+
+    fn bad_frame(&mut self, what: &str, error: &FrameError) {
+        self.stats.bad_frames += 1;
+        self.log_dropped(what, &error.to_string());
+    }
+
+    /// Logs a dropped frame at most once every few seconds.
+    fn log_dropped(&mut self, what: &str, why: &str) {
+        if self
+            .last_bad_log
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
+        {
+            self.last_bad_log = Some(Instant::now());
+            tracing::warn!(
+                socket = what,
+                reason = why,
+                bad_frames = self.stats.bad_frames,
+                other_run = self.stats.other_run_results,
+                unknown_orders = self.stats.unknown_order_results,
+                invalid = self.stats.invalid_results,
+                "dropped input (logged once in a while)"
+            );
+        }
+    }
+
+    fn serve(&mut self, s: &Sockets, notify_ep: &str, shutdown: &Shutdown) -> Result<SinkExit> {
+        let mut msg = zmq::Message::new();
+        let mut identity = zmq::Message::new();
+        let mut last_progress = Instant::now();
+        loop {
+            if shutdown.requested() {
+                return self.stop();
+            }
+            let mut items = [
+                s.results.as_poll_item(zmq::POLLIN),
+                s.acks.as_poll_item(zmq::POLLIN),
+                s.notify.as_poll_item(zmq::POLLIN),
+            ];
+            transport::poll(&mut items, 100)?;
+            let ready = [
+                items[0].is_readable(),
+                items[1].is_readable(),
+                items[2].is_readable(),
+            ];
+            if ready[2] {
+                while transport::try_recv(&s.notify, &mut msg, "journal notify")? {
+                    if let Ok(ticket) = <[u8; 8]>::try_from(&msg[..]) {
+                        self.durable(u64::from_le_bytes(ticket), s)?;
+                    }
+                }
+            }
+            // The ventilator's socket first: its progress tells which results are real.
+            if ready[1] {
+                for _ in 0..256 {
+                    if !transport::try_recv(&s.acks, &mut identity, "acks")? {
+                        break;
+                    }
+                    if !identity.get_more() || !transport::try_recv(&s.acks, &mut msg, "acks")? {
+                        continue;
+                    }
+                    // Drop any further parts of a multi-part message.
+                    let mut extra = msg.get_more();
+                    while extra {
+                        let mut rest = zmq::Message::new();
+                        if !transport::try_recv(&s.acks, &mut rest, "acks")? {
+                            break;
+                        }
+                        extra = rest.get_more();
+                    }
+                    if let Some(done) = self.on_ventilator_frame(&identity, &msg, s, notify_ep)? {
+                        return Ok(done);
+                    }
+                }
+            }
+            if ready[0] {
+                // Bounded, so the ventilator's socket is served too.
+                for _ in 0..256 {
+                    if !transport::try_recv(&s.results, &mut msg, "results")? {
+                        break;
+                    }
+                    self.on_results_frame(&msg, false);
+                }
+            }
+            self.hand_over(s)?;
+            if last_progress.elapsed() >= self.config.progress_every {
+                last_progress = Instant::now();
+                self.log_progress();
+            }
+            if self.is_complete() {
+                let report = self.finish(s)?;
+                return Ok(SinkExit::Complete(Box::new(report)));
+            }
+        }
+    }
+
+    fn log_progress(&self) {
+        match &self.active {
+            Some(run) => tracing::info!(
+                run = %run.id,
+                done = run.ledger.tallied(),
+                total = run.total.map_or("?".to_string(), |t| t.to_string()),
+                dispatched = run.horizon,
+                duplicates = self.stats.duplicate_results,
+                "progress"
+            ),
+            None => tracing::info!("waiting for a ventilator"),
+        }
+    }
+
+    /// Tallies one results frame (from a worker, or the ventilator's own outcomes).
+    fn on_results_frame(&mut self, frame: &[u8], from_ventilator: bool) {
+        let (header, body) = match protocol::split_frame(frame) {
+            Ok(x) => x,
+            Err(e) => return self.bad_frame("results", &e),
+        };
+        if header.kind != Kind::Results {
+            return self.bad_frame("results", &FrameError::Kind(header.kind as u8));
+        }
+        let batch: ResultBatch<'_> = match protocol::decode(body) {
+            Ok(b) => b,
+            Err(e) => return self.bad_frame("results", &e),
+        };
+        let Some(run) = self.active.as_mut().filter(|r| r.id == header.run) else {
+            self.stats.other_run_results += batch.results.len() as u64;
+            return self.log_dropped("results", "result for a run that is not active");
+        };
+        self.stats.result_frames += 1;
+        self.stats.results_received += batch.results.len() as u64;
+        let limit = run.total.unwrap_or(run.horizon).min(run.horizon);
+        let mut new = false;
+        let mut unknown = 0;
+        let mut invalid = 0;
+        for r in &batch.results {
+            if r.seq >= limit {
+                unknown += 1;
+                continue;
+            }
+            let ventilator_only =
+                Outcome::from_code(r.outcome).is_some_and(|o| o.is_ventilator_only());
+            if ventilator_only && !from_ventilator {
+                invalid += 1;
+                continue;
+            }
+            match run.ledger.apply(r) {
+                Applied::New => {
+                    new = true;
+                    run.pending_acks.push(r.seq);
+                }
+                Applied::AlreadyTallied => {
+                    self.stats.duplicate_results += 1;
+                    run.pending_acks.push(r.seq);
+                }
+                Applied::Invalid(_) => invalid += 1,
+            }
+        }
+        if new {
+            if batch.worker_id != 0 {
+                run.workers.insert(batch.worker_id);
+            }
+            journal::push_record(&mut run.pending_records, body);
+        }
+        self.stats.unknown_order_results += unknown;
+        self.stats.invalid_results += invalid;
+        if unknown > 0 {
+            self.log_dropped("results", "result for an order never dispatched");
+        }
+        if invalid > 0 {
+            self.log_dropped("results", "result breaking the rules of a result");
+        }
+    }
+
+    fn send_to_ventilator(s: &Sockets, identity: &[u8], frame: &[u8]) -> Result<()> {
+        // ROUTER drops messages to peers that are gone; the ventilator asks again.
+        let sent = s
+            .acks
+            .send(identity, zmq::SNDMORE | zmq::DONTWAIT)
+            .and_then(|()| s.acks.send(frame, zmq::DONTWAIT));
+        match sent {
+            Ok(()) | Err(zmq::Error::EAGAIN) | Err(zmq::Error::EHOSTUNREACH) => Ok(()),
+            Err(e) => Err(Error::zmq("cannot send to the ventilator", e)),
+        }
+    }
+
+    /// Handles one frame from the ventilator. Returns `Some` when the sink is done.
+    fn on_ventilator_frame(
+        &mut self,
+        identity: &[u8],
+        frame: &[u8],
+        s: &Sockets,
+        notify_ep: &str,
+    ) -> Result<Option<SinkExit>> {
+        let (header, body) = match protocol::split_frame(frame) {
+            Ok(x) => x,
+            Err(e) => {
+                self.bad_frame("acks", &e);
+                return Ok(None);
+            }
+        };
+        match header.kind {
+            Kind::Results => {
+                if let Some(run) = self.active.as_mut().filter(|r| r.id == header.run) {
+                    run.ventilator = Some(identity.to_vec());
+                }
+                self.on_results_frame(frame, true);
+            }
+            Kind::Hello => {
+                let hello: Hello = match protocol::decode(body) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.bad_frame("acks", &e);
+                        return Ok(None);
+                    }
+                };
+                return self.on_hello(identity, header.run, &hello, s, notify_ep);
+            }
+            Kind::Progress => {
+                let progress: Progress = match protocol::decode(body) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.bad_frame("acks", &e);
+                        return Ok(None);
+                    }
+                };
+                match self.active.as_mut() {
+                    Some(run) if run.id == header.run => {
+                        run.ventilator = Some(identity.to_vec());
+                        run.horizon = run.horizon.max(progress.horizon);
+                        if progress.total.is_some() {
+                            run.total = progress.total;
+                        }
+                    }
+                    _ => {
+                        // A ventilator of a run this sink is not serving: tell it what to do.
+                        let dir = RunDir::new(&self.config.state, &header.run.to_string());
+                        let kind = if dir.report()?.is_some() {
+                            Kind::Complete
+                        } else {
+                            Kind::Busy
+                        };
+                        // Busy also tells a ventilator whose sink restarted without
+                        // its run to say hello again.
+                        let reply = protocol::frame(kind, header.run, &protocol::Empty);
+                        Self::send_to_ventilator(s, identity, &reply)?;
+                    }
+                }
+            }
+            other => self.bad_frame("acks", &FrameError::Kind(other as u8)),
+        }
+        Ok(None)
+    }
+
+    fn on_hello(
+        &mut self,
+        identity: &[u8],
+        id: RunId,
+        hello: &Hello,
+        s: &Sockets,
+        notify_ep: &str,
+    ) -> Result<Option<SinkExit>> {
+        if let Some(active) = &self.active {
+            if active.id != id {
+                let dir = RunDir::new(&self.config.state, &id.to_string());
+                let kind = if dir.report()?.is_some() {
+                    Kind::Complete
+                } else {
+                    Kind::Busy
+                };
+                tracing::warn!(run = %id, active = %active.id, "a ventilator of another run said hello; this sink is busy");
+                Self::send_to_ventilator(
+                    s,
+                    identity,
+                    &protocol::frame(kind, id, &protocol::Empty),
+                )?;
+                return Ok(None);
+            }
+        } else {
+            match self.activate(id, Some(&hello.input), s, notify_ep)? {
+                Activation::Active => {
+                    tracing::info!(run = %id, input = %hello.input, "run started")
+                }
+                Activation::Completed(report) => {
+                    tracing::info!(run = %id, "this run is already complete: reprinting its report");
+                    let report: Report = serde_json::from_slice(&report).map_err(|e| {
+                        Error::State(format!("run {id}: stored report does not parse: {e}"))
+                    })?;
+                    self.publish_report(&report)?;
+                    Self::send_to_ventilator(
+                        s,
+                        identity,
+                        &protocol::frame(Kind::Complete, id, &protocol::Empty),
+                    )?;
+                    self.announce_run_over(id, s, Some(identity))?;
+                    return Ok(Some(SinkExit::Complete(Box::new(report))));
+                }
+            }
+        }
+        let run = self.active.as_mut().expect("active");
+        run.ventilator = Some(identity.to_vec());
+        let words = run.ledger.done().words();
+        let chunks: Vec<&[u64]> = if words.is_empty() {
+            vec![&[][..]]
+        } else {
+            words.chunks(8192).collect()
+        };
+        let n = chunks.len();
+        let mut first = 0u64;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let welcome = Welcome {
+                first_word: first,
+                words: chunk.to_vec(),
+                last: i + 1 == n,
+            };
+            first += chunk.len() as u64;
+            let frame = protocol::frame(Kind::Welcome, id, &welcome);
+            s.acks
+                .send(identity, zmq::SNDMORE)
+                .and_then(|()| s.acks.send(&frame[..], 0))
+                .map_err(|e| Error::zmq("cannot send to the ventilator", e))?;
+        }
+        Ok(None)
+    }
+
+    /// Hands tallied records to the journal writer, and releases acks that
+    /// need nothing new written.
+    fn hand_over(&mut self, s: &Sockets) -> Result<()> {
+        let compact_bytes = self.config.compact_bytes;
+        let Some(run) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let idle = run.issued == run.durable;
+        if !run.pending_records.is_empty() {
+            if !idle {
+                return Ok(()); // group commit: the next sync takes all of it
+            }
+            let records = std::mem::take(&mut run.pending_records);
+            run.journal_bytes += records.len() as u64;
+            run.issued = run.writer.append(records)?;
+            let acks = std::mem::take(&mut run.pending_acks);
+            run.waiting_acks.push_back((run.issued, acks));
+            if run.journal_bytes >= compact_bytes {
+                let snapshot = Snapshot {
+                    ledger: run.ledger.clone(),
+                    workers: run.workers.iter().copied().collect(),
+                };
+                let bytes = rmp_serde::to_vec(&snapshot)
+                    .map_err(|e| Error::State(format!("cannot encode snapshot: {e}")))?;
+                run.issued = run.writer.compact(bytes)?;
+                run.journal_bytes = 0;
+                self.stats.journal_compactions += 1;
+            }
+        } else if !run.pending_acks.is_empty() {
+            // Only repeats: they are durable once what is being written now is.
+            let acks = std::mem::take(&mut run.pending_acks);
+            if idle {
+                if let Some(v) = run.ventilator.clone() {
+                    Self::send_to_ventilator(s, &v, &protocol::frame(Kind::Acks, run.id, &acks))?;
+                }
+            } else {
+                run.waiting_acks.push_back((run.issued, acks));
+            }
+        }
+        Ok(())
+    }
+
+    /// The writer made everything up to `ticket` durable: release those acks.
+    fn durable(&mut self, ticket: u64, s: &Sockets) -> Result<()> {
+        let Some(run) = self.active.as_mut() else {
+            return Ok(());
+        };
+        run.durable = run.durable.max(ticket);
+        while let Ok(synced) = run.synced.try_recv() {
+            self.stats.journal_syncs = synced.syncs;
+        }
+        let mut merged = Acks::default();
+        while run
+            .waiting_acks
+            .front()
+            .is_some_and(|(t, _)| *t <= run.durable)
+        {
+            let (_, acks) = run.waiting_acks.pop_front().expect("front");
+            merged.ranges.extend(acks.ranges);
+        }
+        if !merged.is_empty() {
+            if let Some(v) = run.ventilator.clone() {
+                Self::send_to_ventilator(s, &v, &protocol::frame(Kind::Acks, run.id, &merged))?;
+            }
+        }
+        self.hand_over(s)
+    }
+
+    fn is_complete(&self) -> bool {
+        self.active.as_ref().is_some_and(|run| {
+            run.total == Some(run.ledger.tallied())
+                && run.pending_records.is_empty()
+                && run.issued == run.durable
+        })
+    }
+
+    fn build_report(&self, run: &ActiveRun) -> Report {
+        let elapsed = (now_unix() - run.meta.started_unix).max(1e-6);
+        let orders = run.ledger.order_counts();
+        Report {
+            orders,
+            rejected: run.ledger.rejected_counts(),
+            payments: run.ledger.payments(),
+            stock: run.ledger.stock(),
+            run: RunSection {
+                id: run.id.to_string(),
+                input: run.meta.input.clone(),
+                elapsed_seconds: elapsed,
+                orders_per_second: orders.lines as f64 / elapsed,
+                workers_seen: run.workers.len() as u64,
+                sink_restarts: u64::from(run.resumed),
+            },
+            stats: self.stats,
+        }
+    }
+
+    fn publish_report(&self, report: &Report) -> Result<()> {
+        let path = self
+            .config
+            .report
+            .clone()
+            .unwrap_or_else(|| self.config.state.join("report.json"));
+        journal::write_atomic(&path, report.to_json().as_bytes())?;
+        if self.config.print_table {
+            print!("{}", report.to_table(10));
+        }
+        tracing::info!(report = %path.display(), lines = report.orders.lines, "report written");
+        Ok(())
+    }
+
+    fn finish(&mut self, s: &Sockets) -> Result<Report> {
+        let run = self.active.take().expect("active run");
+        let report = self.build_report(&run);
+        journal::write_atomic(&run.dir.report_path(), report.to_json().as_bytes())?;
+        let _ = fs::remove_file(self.active_file());
+        run.writer.close()?;
+        self.publish_report(&report)?;
+        tracing::info!(run = %run.id, lines = report.orders.lines, seconds = format!("{:.2}", report.run.elapsed_seconds), "run complete");
+        self.announce_run_over(run.id, s, run.ventilator.as_deref())?;
+        let _ = self.started;
+        Ok(report)
+    }
+
+    /// Tells the ventilator and the workers the run is over, for a while, so
+    /// that late joiners hear it too.
+    fn announce_run_over(
+        &mut self,
+        id: RunId,
+        s: &Sockets,
+        ventilator: Option<&[u8]>,
+    ) -> Result<()> {
+        let complete = protocol::frame(Kind::Complete, id, &protocol::Empty);
+        if let Some(v) = ventilator {
+            Self::send_to_ventilator(s, v, &complete)?;
+        }
+        let over = protocol::frame(Kind::RunOver, id, &protocol::Empty);
+        let until = Instant::now() + self.config.run_over_for;
+        let mut identity = zmq::Message::new();
+        let mut msg = zmq::Message::new();
+        while Instant::now() < until {
+            let _ = s.control.send(&over[..], zmq::DONTWAIT);
+            // Answer a ventilator still asking, and drain late results.
+            while transport::try_recv(&s.acks, &mut identity, "acks")? {
+                if identity.get_more() && transport::try_recv(&s.acks, &mut msg, "acks")? {
+                    Self::send_to_ventilator(s, &identity, &complete)?;
+                }
+            }
+            while transport::try_recv(&s.results, &mut msg, "results")? {}
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stop requested: make what was tallied durable, then exit.
+    fn stop(&mut self) -> Result<SinkExit> {
+        if let Some(mut run) = self.active.take() {
+            if !run.pending_records.is_empty() {
+                let records = std::mem::take(&mut run.pending_records);
+                run.writer.append(records)?;
+            }
+            run.writer.close()?;
+            tracing::info!(run = %run.id, tallied = run.ledger.tallied(), "stopped; the journal is durable, restart to resume");
+        }
+        Ok(SinkExit::Stopped)
+    }
+}

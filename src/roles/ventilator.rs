@@ -1,0 +1,898 @@
+//! The ventilator: reads the input, gives each counted line a seq, sends
+//! orders to workers in batches and its own verdicts (malformed, duplicate,
+//! poison) to the sink, and keeps a bounded window of what is not yet
+//! acknowledged, redelivering what times out.
+//!
+//! Two threads: the *reader* parses lines, detects duplicates and encodes
+//! jobs; the *dispatcher* owns the sockets, the window and the timers.
+//!
+//! # Redelivery lanes
+//! An order whose result does not come back in time (an adaptive time-out,
+//! RFC 6298 style, from the measured acknowledgement delay) was lost with a
+//! worker. Its first loss sends it again with other orders; after a second
+//! loss it is a *suspect* and goes alone, flagged `isolate`, one suspect in
+//! the grid at a time, so a poison order takes nothing else down with it.
+//! After `max_deliveries` deliveries with no result it is written to the
+//! dead-letter file and tallied as `failed`. A time-out only counts as a loss
+//! while the sink is acknowledging other orders: a sink outage costs nothing.
+
+use crate::input::{InputSpec, LineSource, RawLine};
+use crate::ledger::SeqSet;
+use crate::order::{self, Line, Malformed};
+use crate::protocol::{self, Acks, Hello, Job, Kind, Progress, RunId, Welcome};
+use crate::rules::Outcome;
+use crate::shutdown::Shutdown;
+use crate::transport::{self, SocketTuning};
+use crate::{Error, Result};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What a ventilator needs to run.
+#[derive(Debug, Clone)]
+pub struct VentilatorConfig {
+    pub input: InputSpec,
+    pub jobs: String,
+    pub acks: String,
+    /// The run id; by default the digest of the input.
+    pub run_id: Option<RunId>,
+    pub dead_letter: PathBuf,
+    /// Orders per job frame at most.
+    pub batch: usize,
+    /// Orders sent and not yet acknowledged, at most.
+    pub window: usize,
+    /// Job frames queued towards each worker (ZMQ_SNDHWM).
+    pub send_hwm: i32,
+    /// Deliveries without a result before an order is given up as poison.
+    pub max_deliveries: u8,
+    /// Bounds of the adaptive redelivery time-out.
+    pub min_timeout: Duration,
+    pub max_timeout: Duration,
+}
+
+impl Default for VentilatorConfig {
+    fn default() -> Self {
+        VentilatorConfig {
+            input: InputSpec::Stdin,
+            jobs: crate::DEFAULT_JOBS.into(),
+            acks: crate::DEFAULT_ACKS.into(),
+            run_id: None,
+            dead_letter: crate::DEFAULT_DEAD_LETTER.into(),
+            batch: 256,
+            window: 16_384,
+            send_hwm: 8,
+            max_deliveries: 3,
+            min_timeout: Duration::from_millis(500),
+            max_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a ventilator's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VentilatorExit {
+    /// The sink reports the run complete.
+    Complete {
+        run: RunId,
+        lines: u64,
+        redelivered: u64,
+        poisoned: u64,
+    },
+    /// Stopped by a signal; start again with the same input to resume.
+    Stopped { run: RunId },
+}
+
+/// A hasher for seqs and digests, which are already well spread.
+#[derive(Default)]
+struct PassThrough(u64);
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing spreads sequential seqs over the table.
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<PassThrough>>;
+type FastSet<K> = HashSet<K, BuildHasherDefault<PassThrough>>;
+
+/// Appends `{"line": N, "reason": "…"}` records; opened on first use.
+struct DeadLetter {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl DeadLetter {
+    fn write(&mut self, line: u64, reason: &str) -> Result<()> {
+        if self.file.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| Error::io("cannot open dead-letter file", &self.path, e))?;
+            self.file = Some(f);
+        }
+        let mut rec = serde_json::to_string(&serde_json::json!({ "line": line, "reason": reason }))
+            .expect("json");
+        rec.push('\n');
+        self.file
+            .as_mut()
+            .expect("opened")
+            .write_all(rec.as_bytes())
+            .map_err(|e| Error::io("cannot write dead-letter file", &self.path, e))
+    }
+}
+
+/// What the reader hands the dispatcher.
+struct Prepared {
+    /// Encoded jobs back to back.
+    jobs_bytes: Arc<Vec<u8>>,
+    /// `(seq, line, start, end)` of each job in `jobs_bytes`.
+    jobs: Vec<(u64, u64, u32, u32)>,
+    /// The reader's own verdicts: `(seq, line, outcome)`.
+    locals: Vec<(u64, u64, Outcome)>,
+    /// Seqs up to here have been read (the next seq).
+    next_seq: u64,
+    /// Set on the last message: the number of counted lines.
+    total: Option<u64>,
+}
+
+struct Reader {
+    source: LineSource,
+    done: SeqSet,
+    seen: FastSet<u128>,
+    dead_letter: DeadLetter,
+    batch: usize,
+    tx: mpsc::SyncSender<Prepared>,
+    doorbell: zmq::Socket,
+    stop: Arc<AtomicBool>,
+}
+
+impl Reader {
+    fn run(mut self) -> Result<()> {
+        let mut seq = 0u64;
+        let mut out = self.empty();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if (!out.jobs.is_empty() || !out.locals.is_empty()) && self.source.may_block() {
+                // A stream went quiet: do not hold what we have.
+                out.next_seq = seq;
+                let full = std::mem::replace(&mut out, self.empty());
+                if !self.send(full) {
+                    return Ok(());
+                }
+            }
+            let Some(raw) = self.source.next_line()? else {
+                break;
+            };
+            let RawLine {
+                number,
+                bytes,
+                full_len,
+            } = raw;
+            let line = if full_len > bytes.len() {
+                Line::Malformed(Malformed::TooLong(full_len))
+            } else {
+                order::parse_line(bytes)
+            };
+            let this = seq;
+            match line {
+                Line::Blank => continue,
+                Line::Malformed(why) => {
+                    seq += 1;
+                    if !self.done.contains(this) {
+                        self.dead_letter.write(number, &why.to_string())?;
+                        out.locals.push((this, number, Outcome::Malformed));
+                    }
+                }
+                Line::Order(order) => {
+                    seq += 1;
+                    let fresh = self
+                        .seen
+                        .insert(xxhash_rust::xxh3::xxh3_128(order.order_id.as_bytes()));
+                    if self.done.contains(this) {
+                        continue;
+                    }
+                    if !fresh {
+                        out.locals.push((this, number, Outcome::Duplicate));
+                        continue;
+                    }
+                    let bytes = Arc::get_mut(&mut out.jobs_bytes).expect("unshared while filling");
+                    let start = bytes.len() as u32;
+                    protocol::encode_into(bytes, &Job { seq: this, order });
+                    let end = bytes.len() as u32;
+                    out.jobs.push((this, number, start, end));
+                }
+            }
+            if out.jobs.len() >= self.batch
+                || out.jobs_bytes.len() >= 256 << 10
+                || out.locals.len() >= self.batch
+            {
+                out.next_seq = seq;
+                let full = std::mem::replace(&mut out, self.empty());
+                if !self.send(full) {
+                    return Ok(());
+                }
+            }
+        }
+        out.next_seq = seq;
+        out.total = Some(seq);
+        self.send(out);
+        Ok(())
+    }
+
+    fn empty(&self) -> Prepared {
+        Prepared {
+            jobs_bytes: Arc::new(Vec::with_capacity(self.batch * 160)),
+            jobs: Vec::with_capacity(self.batch),
+            locals: Vec::new(),
+            next_seq: 0,
+            total: None,
+        }
+    }
+
+    /// False when the dispatcher is gone.
+    fn send(&self, prepared: Prepared) -> bool {
+        if self.tx.send(prepared).is_err() {
+            return false;
+        }
+        // One pending ring is enough; a full doorbell is fine.
+        let _ = self.doorbell.send(&b""[..], zmq::DONTWAIT);
+        true
+    }
+}
+
+/// The adaptive redelivery time-out (RFC 6298's estimator).
+struct Timeout {
+    srtt: Option<f64>,
+    rttvar: f64,
+    min: Duration,
+    max: Duration,
+}
+
+impl Timeout {
+    fn sample(&mut self, rtt: Duration) {
+        let r = rtt.as_secs_f64();
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2.0;
+            }
+            Some(s) => {
+                self.rttvar = 0.75 * self.rttvar + 0.25 * (s - r).abs();
+                self.srtt = Some(0.875 * s + 0.125 * r);
+            }
+        }
+    }
+
+    /// The time-out for an order lost `losses` times before (doubling per loss).
+    fn current(&self, losses: u8) -> Duration {
+        let base = self.srtt.map_or(1.0, |s| s + 4.0 * self.rttvar);
+        let t = Duration::from_secs_f64(base).clamp(self.min, self.max);
+        (t * (1u32 << losses.min(5))).min(self.max)
+    }
+}
+
+enum Payload {
+    Job {
+        bytes: Arc<Vec<u8>>,
+        start: u32,
+        end: u32,
+    },
+    Local(Outcome),
+}
+
+struct Slot {
+    line: u64,
+    payload: Payload,
+    losses: u8,
+    /// Increases at every send; a time-out entry with an older tag is stale.
+    tag: u32,
+    sent_at: Option<Instant>,
+}
+
+/// Job frames ready to go, each with the seqs it carries.
+struct Outgoing {
+    frame: Vec<u8>,
+    seqs: Vec<u64>,
+    suspect: bool,
+}
+
+struct Dispatcher {
+    config: VentilatorConfig,
+    run: RunId,
+    window: FastMap<u64, Slot>,
+    fresh: VecDeque<Outgoing>,
+    redeliver: VecDeque<u64>,
+    suspects: VecDeque<u64>,
+    suspect_in_flight: Option<u64>,
+    locals_out: Vec<u64>,
+    timeouts: VecDeque<(Instant, u64, u32)>,
+    timeout: Timeout,
+    last_ack: Option<Instant>,
+    horizon: u64,
+    total: Option<u64>,
+    reader_done: bool,
+    dead_letter: DeadLetter,
+    redelivered: u64,
+    poisoned: u64,
+    frame: Vec<u8>,
+}
+
+/// Runs a ventilator until the sink reports the run complete or a stop is requested.
+pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorExit> {
+    let (source, digest) = LineSource::open(&config.input)?;
+    let run = match (config.run_id, digest) {
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => {
+            let id = RunId(crate::roles::worker::new_worker_id());
+            tracing::warn!(run = %id, "reading a stream without --run-id: this run cannot be resumed after a ventilator restart");
+            id
+        }
+    };
+    let ctx = zmq::Context::new();
+    let jobs = transport::bind(
+        &ctx,
+        zmq::PUSH,
+        &config.jobs,
+        SocketTuning {
+            send_hwm: config.send_hwm,
+            recv_hwm: 1000,
+        },
+        "jobs",
+    )?;
+    let sink = transport::connect(
+        &ctx,
+        zmq::DEALER,
+        &config.acks,
+        SocketTuning {
+            send_hwm: 10_000,
+            recv_hwm: 10_000,
+        },
+        "acks",
+    )?;
+    tracing::info!(run = %run, input = %config.input.describe(), jobs = %config.jobs, acks = %config.acks, "ventilator started");
+
+    // Hello until the sink answers with what is already tallied.
+    let hello = protocol::frame(
+        Kind::Hello,
+        run,
+        &Hello {
+            input: config.input.describe(),
+        },
+    );
+    let mut done = SeqSet::default();
+    let mut msg = zmq::Message::new();
+    let mut last_hello: Option<Instant> = None;
+    let mut told_busy = false;
+    loop {
+        if shutdown.requested() {
+            return Ok(VentilatorExit::Stopped { run });
+        }
+        if last_hello.is_none_or(|t| t.elapsed() > Duration::from_millis(250)) {
+            transport::try_send(&sink, &hello, 0, "acks")?;
+            last_hello = Some(Instant::now());
+        }
+        let mut items = [sink.as_poll_item(zmq::POLLIN)];
+        transport::poll(&mut items, 100)?;
+        let mut welcomed = false;
+        while transport::try_recv(&sink, &mut msg, "acks")? {
+            let Ok((h, body)) = protocol::split_frame(&msg) else {
+                continue;
+            };
+            if h.run != run {
+                continue;
+            }
+            match h.kind {
+                Kind::Welcome => {
+                    if let Ok(w) = protocol::decode::<Welcome>(body) {
+                        done.merge_words(w.first_word as usize, &w.words);
+                        welcomed |= w.last;
+                    }
+                }
+                Kind::Complete => {
+                    tracing::info!(run = %run, "the sink reports this run complete");
+                    return Ok(VentilatorExit::Complete {
+                        run,
+                        lines: 0,
+                        redelivered: 0,
+                        poisoned: 0,
+                    });
+                }
+                Kind::Busy if !told_busy => {
+                    tracing::warn!(run = %run, "the sink is busy with another run; waiting");
+                    told_busy = true;
+                }
+                _ => {}
+            }
+        }
+        if welcomed {
+            break;
+        }
+    }
+    let already = done
+        .words()
+        .iter()
+        .map(|w| u64::from(w.count_ones()))
+        .sum::<u64>();
+    tracing::info!(run = %run, already_tallied = already, "the sink accepted the run");
+
+    // The reader thread.
+    let (tx, rx) = mpsc::sync_channel::<Prepared>(4);
+    let doorbell_ep = format!("inproc://ventilator-doorbell-{run}");
+    let doorbell = ctx
+        .socket(zmq::PAIR)
+        .map_err(|e| Error::zmq("cannot create the doorbell", e))?;
+    doorbell
+        .bind(&doorbell_ep)
+        .map_err(|e| Error::zmq("cannot bind the doorbell", e))?;
+    let ring = ctx
+        .socket(zmq::PAIR)
+        .map_err(|e| Error::zmq("cannot create the doorbell", e))?;
+    ring.set_sndhwm(1)
+        .map_err(|e| Error::zmq("cannot set the doorbell's HWM", e))?;
+    ring.connect(&doorbell_ep)
+        .map_err(|e| Error::zmq("cannot connect the doorbell", e))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = Reader {
+        source,
+        done,
+        seen: FastSet::default(),
+        dead_letter: DeadLetter {
+            path: config.dead_letter.clone(),
+            file: None,
+        },
+        batch: config.batch,
+        tx,
+        doorbell: ring,
+        stop: stop.clone(),
+    };
+    let reader_thread = thread::Builder::new()
+        .name("reader".into())
+        .spawn(move || reader.run())
+        .map_err(|e| Error::Config(format!("cannot start the reader thread: {e}")))?;
+
+    let mut dispatcher = Dispatcher {
+        config: config.clone(),
+        run,
+        window: FastMap::default(),
+        fresh: VecDeque::new(),
+        redeliver: VecDeque::new(),
+        suspects: VecDeque::new(),
+        suspect_in_flight: None,
+        locals_out: Vec::new(),
+        timeouts: VecDeque::new(),
+        timeout: Timeout {
+            srtt: None,
+            rttvar: 0.0,
+            min: config.min_timeout,
+            max: config.max_timeout,
+        },
+        last_ack: None,
+        horizon: 0,
+        total: None,
+        reader_done: false,
+        dead_letter: DeadLetter {
+            path: config.dead_letter.clone(),
+            file: None,
+        },
+        redelivered: 0,
+        poisoned: 0,
+        frame: Vec::new(),
+    };
+    let result = dispatcher.serve(&jobs, &sink, &doorbell, &rx, &hello, shutdown);
+    stop.store(true, Ordering::Relaxed);
+    drop(rx);
+    match reader_thread.join() {
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(Error::Config("the reader thread panicked".into())),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+impl Dispatcher {
+    fn serve(
+        &mut self,
+        jobs: &zmq::Socket,
+        sink: &zmq::Socket,
+        doorbell: &zmq::Socket,
+        rx: &mpsc::Receiver<Prepared>,
+        hello: &[u8],
+        shutdown: &Shutdown,
+    ) -> Result<VentilatorExit> {
+        let mut msg = zmq::Message::new();
+        let mut last_progress = Instant::now() - Duration::from_secs(1);
+        let mut last_hello = Instant::now();
+        let mut last_log = Instant::now();
+        loop {
+            if shutdown.requested() {
+                tracing::info!(run = %self.run, unacknowledged = self.window.len(), "stop requested; start again with the same input to resume");
+                return Ok(VentilatorExit::Stopped { run: self.run });
+            }
+            // Take what the reader prepared while the window has room.
+            let mut took = false;
+            while !self.reader_done && self.window.len() < self.config.window {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        self.take(p);
+                        took = true;
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        // The reader stopped early: only on an error, which join reports.
+                        return Err(Error::Config("the input reader stopped".into()));
+                    }
+                }
+            }
+            if took || last_progress.elapsed() >= Duration::from_millis(100) {
+                let progress = Progress {
+                    horizon: self.horizon,
+                    total: self.total,
+                };
+                transport::try_send(
+                    sink,
+                    &protocol::frame(Kind::Progress, self.run, &progress),
+                    0,
+                    "acks",
+                )?;
+                last_progress = Instant::now();
+            }
+            self.send_locals(sink)?;
+            let blocked = !self.send_jobs(jobs)?;
+            self.expire();
+
+            let wants_out = blocked;
+            let mut items = [
+                sink.as_poll_item(zmq::POLLIN),
+                doorbell.as_poll_item(zmq::POLLIN),
+                jobs.as_poll_item(if wants_out {
+                    zmq::POLLOUT
+                } else {
+                    zmq::PollEvents::empty()
+                }),
+            ];
+            let timeout = if took { 0 } else { self.poll_timeout() };
+            transport::poll(&mut items, timeout)?;
+            if items[1].is_readable() {
+                while transport::try_recv(doorbell, &mut msg, "doorbell")? {}
+            }
+            while transport::try_recv(sink, &mut msg, "acks")? {
+                let Ok((h, body)) = protocol::split_frame(&msg) else {
+                    continue;
+                };
+                if h.run != self.run {
+                    continue;
+                }
+                match h.kind {
+                    Kind::Acks => {
+                        if let Ok(acks) = protocol::decode::<Acks>(body) {
+                            self.acknowledge(&acks);
+                        }
+                    }
+                    Kind::Welcome => {
+                        // After a re-hello: bits set are tallied.
+                        if let Ok(w) = protocol::decode::<Welcome>(body) {
+                            let mut acks = Acks::default();
+                            for (i, word) in w.words.iter().enumerate() {
+                                for bit in 0..64 {
+                                    if word & (1 << bit) != 0 {
+                                        acks.push((w.first_word + i as u64) * 64 + bit);
+                                    }
+                                }
+                            }
+                            self.acknowledge(&acks);
+                        }
+                    }
+                    Kind::Busy if last_hello.elapsed() > Duration::from_secs(1) => {
+                        transport::try_send(sink, hello, 0, "acks")?;
+                        last_hello = Instant::now();
+                    }
+                    Kind::Complete => {
+                        let lines = self.total.unwrap_or(self.horizon);
+                        tracing::info!(run = %self.run, lines, redelivered = self.redelivered, poisoned = self.poisoned, "the sink reports the run complete");
+                        return Ok(VentilatorExit::Complete {
+                            run: self.run,
+                            lines,
+                            redelivered: self.redelivered,
+                            poisoned: self.poisoned,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(run = %self.run, dispatched = self.horizon, unacknowledged = self.window.len(), redelivered = self.redelivered, timeout_ms = self.timeout.current(0).as_millis() as u64, "progress");
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> i64 {
+        let now = Instant::now();
+        let next = self.timeouts.front().map(|t| t.0);
+        match next {
+            Some(due) if due <= now => 0,
+            Some(due) => ((due - now).as_millis() as i64 + 1).min(100),
+            None => 100,
+        }
+    }
+
+    fn take(&mut self, p: Prepared) {
+        for &(seq, line, outcome) in &p.locals {
+            self.window.insert(
+                seq,
+                Slot {
+                    line,
+                    payload: Payload::Local(outcome),
+                    losses: 0,
+                    tag: 0,
+                    sent_at: None,
+                },
+            );
+            self.locals_out.push(seq);
+        }
+        if !p.jobs.is_empty() {
+            let mut seqs = Vec::with_capacity(p.jobs.len());
+            for &(seq, line, start, end) in &p.jobs {
+                self.window.insert(
+                    seq,
+                    Slot {
+                        line,
+                        payload: Payload::Job {
+                            bytes: p.jobs_bytes.clone(),
+                            start,
+                            end,
+                        },
+                        losses: 0,
+                        tag: 0,
+                        sent_at: None,
+                    },
+                );
+                seqs.push(seq);
+            }
+            let mut frame = Vec::with_capacity(p.jobs_bytes.len() + 32);
+            protocol::jobs_frame(
+                &mut frame,
+                self.run,
+                false,
+                p.jobs.len(),
+                std::iter::once(&p.jobs_bytes[..]),
+            );
+            self.fresh.push_back(Outgoing {
+                frame,
+                seqs,
+                suspect: false,
+            });
+        }
+        self.horizon = self.horizon.max(p.next_seq);
+        if let Some(total) = p.total {
+            self.total = Some(total);
+            self.reader_done = true;
+            tracing::info!(run = %self.run, total, "input read to the end");
+        }
+    }
+
+    fn job_slice(slot: &Slot) -> Option<&[u8]> {
+        match &slot.payload {
+            Payload::Job { bytes, start, end } => Some(&bytes[*start as usize..*end as usize]),
+            Payload::Local(_) => None,
+        }
+    }
+
+    /// Sends job frames: the suspect first, then redeliveries, then fresh
+    /// orders. False when the jobs socket is full.
+    fn send_jobs(&mut self, jobs: &zmq::Socket) -> Result<bool> {
+        loop {
+            let next = if self.suspect_in_flight.is_none() && !self.suspects.is_empty() {
+                let seq = self.suspects.pop_front().expect("non-empty");
+                let Some(slot) = self.window.get(&seq) else {
+                    continue;
+                };
+                let Some(job) = Self::job_slice(slot) else {
+                    continue;
+                };
+                let mut frame = Vec::new();
+                protocol::jobs_frame(&mut frame, self.run, true, 1, std::iter::once(job));
+                Outgoing {
+                    frame,
+                    seqs: vec![seq],
+                    suspect: true,
+                }
+            } else if !self.redeliver.is_empty() {
+                let mut seqs = Vec::new();
+                while seqs.len() < self.config.batch {
+                    let Some(seq) = self.redeliver.pop_front() else {
+                        break;
+                    };
+                    if self
+                        .window
+                        .get(&seq)
+                        .is_some_and(|s| matches!(s.payload, Payload::Job { .. }))
+                    {
+                        seqs.push(seq);
+                    }
+                }
+                if seqs.is_empty() {
+                    continue;
+                }
+                let slices: Vec<&[u8]> = seqs
+                    .iter()
+                    .filter_map(|s| Self::job_slice(&self.window[s]))
+                    .collect();
+                let mut frame = Vec::new();
+                protocol::jobs_frame(
+                    &mut frame,
+                    self.run,
+                    false,
+                    slices.len(),
+                    slices.iter().copied(),
+                );
+                Outgoing {
+                    frame,
+                    seqs,
+                    suspect: false,
+                }
+            } else if let Some(out) = self.fresh.pop_front() {
+                out
+            } else {
+                return Ok(true);
+            };
+            if !transport::try_send(jobs, &next.frame, 0, "jobs")? {
+                // Put it back in front of its lane.
+                if next.suspect {
+                    self.suspects.push_front(next.seqs[0]);
+                } else if self.window.get(&next.seqs[0]).is_some_and(|s| s.losses > 0) {
+                    for &s in next.seqs.iter().rev() {
+                        self.redeliver.push_front(s);
+                    }
+                } else {
+                    self.fresh.push_front(next);
+                }
+                return Ok(false);
+            }
+            let now = Instant::now();
+            if next.suspect {
+                self.suspect_in_flight = Some(next.seqs[0]);
+            }
+            for seq in next.seqs {
+                if let Some(slot) = self.window.get_mut(&seq) {
+                    slot.tag += 1;
+                    slot.sent_at = Some(now);
+                    if slot.tag > 1 {
+                        self.redelivered += 1;
+                    }
+                    let due = now + self.timeout.current(slot.losses);
+                    self.timeouts.push_back((due, seq, slot.tag));
+                }
+            }
+        }
+    }
+
+    /// Sends the ventilator's own outcomes to the sink.
+    fn send_locals(&mut self, sink: &zmq::Socket) -> Result<()> {
+        while !self.locals_out.is_empty() {
+            let take = self.locals_out.len().min(self.config.batch.max(64));
+            let seqs: Vec<u64> = self.locals_out.drain(..take).collect();
+            let mut records = Vec::new();
+            let mut count = 0;
+            for &seq in &seqs {
+                if let Some(Slot {
+                    payload: Payload::Local(outcome),
+                    ..
+                }) = self.window.get(&seq)
+                {
+                    protocol::write_result_record(
+                        &mut records,
+                        seq,
+                        outcome.code(),
+                        "",
+                        0,
+                        std::iter::empty(),
+                    );
+                    count += 1;
+                }
+            }
+            protocol::results_frame(&mut self.frame, self.run, 0, count, &records);
+            if !transport::try_send(sink, &self.frame, 0, "acks")? {
+                let rest: Vec<u64> = self.locals_out.drain(..).collect();
+                self.locals_out = seqs;
+                self.locals_out.extend(rest);
+                return Ok(());
+            }
+            let now = Instant::now();
+            for seq in seqs {
+                if let Some(slot) = self.window.get_mut(&seq) {
+                    slot.tag += 1;
+                    slot.sent_at = Some(now);
+                    self.timeouts
+                        .push_back((now + self.timeout.current(0), seq, slot.tag));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&mut self, acks: &Acks) {
+        let now = Instant::now();
+        self.last_ack = Some(now);
+        for seq in acks.seqs() {
+            let Some(slot) = self.window.remove(&seq) else {
+                continue;
+            };
+            if self.suspect_in_flight == Some(seq) {
+                self.suspect_in_flight = None;
+            }
+            // Karn: only orders delivered once measure the delay.
+            if slot.tag == 1 && matches!(slot.payload, Payload::Job { .. }) {
+                if let Some(sent) = slot.sent_at {
+                    self.timeout.sample(now - sent);
+                }
+            }
+        }
+    }
+
+    /// Handles orders whose time-out passed.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(&(due, seq, tag)) = self.timeouts.front() {
+            if due > now {
+                break;
+            }
+            self.timeouts.pop_front();
+            let max = self.config.max_deliveries;
+            let last_ack = self.last_ack;
+            let Some(slot) = self.window.get_mut(&seq) else {
+                continue;
+            };
+            if slot.tag != tag {
+                continue; // sent again since
+            }
+            if self.suspect_in_flight == Some(seq) {
+                self.suspect_in_flight = None;
+            }
+            if let Payload::Local(_) = slot.payload {
+                self.locals_out.push(seq);
+                continue;
+            }
+            // Lost only if the sink acknowledged something since it was sent:
+            // otherwise the sink is away and nothing is to blame.
+            let sink_alive = matches!((last_ack, slot.sent_at), (Some(a), Some(s)) if a > s);
+            if sink_alive {
+                slot.losses += 1;
+            }
+            if slot.losses >= max {
+                let line = slot.line;
+                slot.payload = Payload::Local(Outcome::Failed);
+                self.poisoned += 1;
+                let reason = format!("poison: no result after {max} deliveries");
+                tracing::warn!(run = %self.run, line, seq, "{reason}; giving it up as failed");
+                if let Err(e) = self.dead_letter.write(line, &reason) {
+                    tracing::error!(error = %e, "cannot write the dead-letter file");
+                }
+                self.locals_out.push(seq);
+            } else if slot.losses + 1 >= max {
+                self.suspects.push_back(seq);
+            } else {
+                self.redeliver.push_back(seq);
+            }
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The worker: PULLs job batches, applies the rules, takes payments through a
+//! [`PaymentGateway`] with up to `concurrency` in flight, and PUSHes outcomes
+//! to the sink in batches. It holds no durable state: whatever it loses by
+//! dying, the ventilator delivers again.
+
+use crate::gateway::{GatewayReply, PaymentGateway, PaymentRequest};
+use crate::protocol::{self, FrameError, JobBatch, Kind, RunId};
+use crate::rules::{self, Outcome};
+use crate::shutdown::Shutdown;
+use crate::transport::{self, SocketTuning};
+use crate::Result;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// What a worker needs to run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub jobs: String,
+    pub results: String,
+    pub control: String,
+    /// Payments in flight at the gateway at once.
+    pub concurrency: usize,
+    /// Attempts of a payment that fails transiently before it counts as failed.
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubled at each further attempt.
+    pub retry_backoff: Duration,
+    /// Job batches queued towards this worker (ZMQ_RCVHWM).
+    pub recv_hwm: i32,
+    /// Results per frame at most.
+    pub batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            jobs: crate::DEFAULT_JOBS.into(),
+            results: crate::DEFAULT_RESULTS.into(),
+            control: crate::DEFAULT_CONTROL.into(),
+            concurrency: 64,
+            max_attempts: 5,
+            retry_backoff: Duration::from_millis(5),
+            recv_hwm: 4,
+            batch: 1024,
+        }
+    }
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSummary {
+    pub worker_id: u64,
+    pub processed: u64,
+    pub paid: u64,
+    pub retries: u64,
+    pub bad_frames: u64,
+    /// True when the sink said the run is over (false: stopped by a signal).
+    pub run_over: bool,
+}
+
+/// An order waiting for, or at, the gateway (owned: it outlives its frame).
+#[derive(Debug)]
+struct Task {
+    run: RunId,
+    seq: u64,
+    order_id: String,
+    token: String,
+    currency: [u8; 3],
+    amount_cents: i64,
+    items: Vec<(String, i64)>,
+    attempts: u32,
+}
+
+/// Outcome records waiting to be sent, for one run.
+struct Outbox {
+    run: Option<RunId>,
+    records: Vec<u8>,
+    count: usize,
+    frame: Vec<u8>,
+}
+
+impl Outbox {
+    fn record(
+        &mut self,
+        results: &zmq::Socket,
+        worker_id: u64,
+        run: RunId,
+        seq: u64,
+        outcome: Outcome,
+        paid: Option<(
+            &[u8; 3],
+            i64,
+            &mut dyn ExactSizeIterator<Item = (&str, i64)>,
+        )>,
+    ) -> Result<()> {
+        if self.run != Some(run) {
+            self.flush(results, worker_id)?;
+            self.run = Some(run);
+        }
+        match paid {
+            Some((currency, amount, items)) => {
+                let currency = std::str::from_utf8(currency).unwrap_or("");
+                protocol::write_result_record(
+                    &mut self.records,
+                    seq,
+                    outcome.code(),
+                    currency,
+                    amount,
+                    items,
+                )
+            }
+            None => protocol::write_result_record(
+                &mut self.records,
+                seq,
+                outcome.code(),
+                "",
+                0,
+                std::iter::empty(),
+            ),
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self, results: &zmq::Socket, worker_id: u64) -> Result<()> {
+        let Some(run) = self.run else { return Ok(()) };
+        if self.count == 0 {
+            return Ok(());
+        }
+        protocol::results_frame(&mut self.frame, run, worker_id, self.count, &self.records);
+        // PUSH blocks when the sink is away: results wait here, not lost.
+        results
+            .send(&self.frame[..], 0)
+            .map_err(|e| crate::Error::zmq("cannot send results", e))?;
+        self.records.clear();
+        self.count = 0;
+        Ok(())
+    }
+}
+
+struct Worker<'g> {
+    id: u64,
+    config: WorkerConfig,
+    gateway: &'g mut dyn PaymentGateway,
+    next_ticket: u64,
+    in_flight: HashMap<u64, Task>,
+    waiting: VecDeque<Task>,
+    retries: BinaryHeap<Reverse<(Instant, u64)>>,
+    retrying: HashMap<u64, Task>,
+    ready: Vec<(u64, GatewayReply)>,
+    outbox: Outbox,
+    summary: WorkerSummary,
+}
+
+/// A fresh id for this worker process.
+pub fn new_worker_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!("{}:{nanos}", std::process::id());
+    // 0 is the ventilator's own id.
+    xxhash_rust::xxh3::xxh3_64(seed.as_bytes()).max(1)
+}
+
+/// Runs a worker until the sink says the run is over or a stop is requested.
+pub fn run(
+    config: &WorkerConfig,
+    gateway: &mut dyn PaymentGateway,
+    shutdown: &Shutdown,
+) -> Result<WorkerSummary> {
+    let ctx = zmq::Context::new();
+    let jobs = transport::connect(
+        &ctx,
+        zmq::PULL,
+        &config.jobs,
+        SocketTuning {
+            send_hwm: 1000,
+            recv_hwm: config.recv_hwm,
+        },
+        "jobs",
+    )?;
+    let results = transport::connect(
+        &ctx,
+        zmq::PUSH,
+        &config.results,
+        SocketTuning::default(),
+        "results",
+    )?;
+    let control = transport::connect(
+        &ctx,
+        zmq::SUB,
+        &config.control,
+        SocketTuning::default(),
+        "control",
+    )?;
+    control
+        .set_subscribe(b"")
+        .map_err(|e| crate::Error::zmq("cannot subscribe to control", e))?;
+
+    let id = new_worker_id();
+    tracing::info!(worker = format!("{id:016x}"), jobs = %config.jobs, results = %config.results, concurrency = config.concurrency, "worker started");
+    let mut worker = Worker {
+        id,
+        config: config.clone(),
+        gateway,
+        next_ticket: 0,
+        in_flight: HashMap::new(),
+        waiting: VecDeque::new(),
+        retries: BinaryHeap::new(),
+        retrying: HashMap::new(),
+        ready: Vec::new(),
+        outbox: Outbox {
+            run: None,
+            records: Vec::new(),
+            count: 0,
+            frame: Vec::new(),
+        },
+        summary: WorkerSummary {
+            worker_id: id,
+            ..WorkerSummary::default()
+        },
+    };
+    worker.serve(&jobs, &results, &control, shutdown)?;
+    tracing::info!(processed = worker.summary.processed, "worker stopped");
+    Ok(worker.summary)
+}
+
+impl Worker<'_> {
+    fn busy(&self) -> usize {
+        self.in_flight.len() + self.waiting.len() + self.retrying.len()
+    }
+
+    fn serve(
+        &mut self,
+        jobs: &zmq::Socket,
+        results: &zmq::Socket,
+        control: &zmq::Socket,
+        shutdown: &Shutdown,
+    ) -> Result<()> {
+        let mut msg = zmq::Message::new();
+        let mut draining = false;
+        let mut last_bad_log = Instant::now() - Duration::from_secs(60);
+        loop {
+            if shutdown.requested() && !draining {
+                tracing::info!(
+                    holding = self.busy(),
+                    "stop requested: finishing what this worker holds"
+                );
+                draining = true;
+            }
+            if draining && self.busy() == 0 {
+                self.outbox.flush(results, self.id)?;
+                return Ok(());
+            }
+            let take_jobs = !draining && self.busy() < self.config.concurrency;
+            let timeout = self.poll_timeout(take_jobs);
+            let (jobs_ready, control_ready) = {
+                let mut items = [
+                    jobs.as_poll_item(if take_jobs {
+                        zmq::POLLIN
+                    } else {
+                        zmq::PollEvents::empty()
+                    }),
+                    control.as_poll_item(zmq::POLLIN),
+                ];
+                transport::poll(&mut items, timeout)?;
+                (items[0].is_readable(), items[1].is_readable())
+            };
+            if control_ready {
+                while transport::try_recv(control, &mut msg, "control")? {
+                    if let Ok((h, _)) = protocol::split_frame(&msg) {
+                        if h.kind == Kind::RunOver {
+                            tracing::info!(run = %h.run, "the sink says the run is over");
+                            self.summary.run_over = true;
+                            draining = true;
+                        }
+                    }
+                }
+            }
+            if jobs_ready {
+                while !draining
+                    && self.busy() < self.config.concurrency
+                    && transport::try_recv(jobs, &mut msg, "jobs")?
+                {
+                    if let Err(e) = self.take_frame(&msg, results) {
+                        self.summary.bad_frames += 1;
+                        if last_bad_log.elapsed() > Duration::from_secs(5) {
+                            tracing::warn!(error = %e, dropped_so_far = self.summary.bad_frames, "dropped a job frame");
+                            last_bad_log = Instant::now();
+                        }
+                    }
+                    if self.outbox.count >= self.config.batch {
+                        self.outbox.flush(results, self.id)?;
+                    }
+                }
+            }
+            self.advance(results)?;
+            // Nothing more to read right now: do not hold results back.
+            self.outbox.flush(results, self.id)?;
+        }
+    }
+
+    fn poll_timeout(&self, take_jobs: bool) -> i64 {
+        let now = Instant::now();
+        let next = [self.gateway.next_due(), self.retries.peek().map(|r| r.0 .0)]
+            .into_iter()
+            .flatten()
+            .min();
+        // Short enough to notice a stop request or new work promptly.
+        let cap = if take_jobs { 100 } else { 20 };
+        match next {
+            Some(due) if due <= now => 0,
+            Some(due) => ((due - now).as_micros().div_ceil(1000) as i64).min(cap),
+            None => cap,
+        }
+    }
+
+    /// Decodes one job frame and starts its orders.
+    fn take_frame(&mut self, frame: &[u8], results: &zmq::Socket) -> Result<(), FrameError> {
+        let (header, body) = protocol::split_frame(frame)?;
+        if header.kind != Kind::Jobs {
+            return Err(FrameError::Kind(header.kind as u8));
+        }
+        let batch: JobBatch<'_> = protocol::decode(body)?;
+        if batch.isolate {
+            // Possibly a poison order: let everything else finish and its
+            // results leave first, so a crash takes nothing else with it.
+            self.finish_all(results)
+                .map_err(|e| FrameError::Body(e.to_string()))?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for job in &batch.jobs {
+            self.summary.processed += 1;
+            let order = &job.order;
+            let priced = match rules::price(order) {
+                Ok(p) => p,
+                Err(rejection) => {
+                    self.outbox
+                        .record(
+                            results,
+                            self.id,
+                            header.run,
+                            job.seq,
+                            Outcome::Rejected(rejection),
+                            None,
+                        )
+                        .map_err(|e| FrameError::Body(e.to_string()))?;
+                    continue;
+                }
+            };
+            let request = PaymentRequest {
+                idempotency_key: &order.order_id,
+                payment_token: &order.payment_token,
+                currency: priced.currency,
+                amount_cents: priced.amount_cents,
+            };
+            let ticket = self.next_ticket;
+            if self.in_flight.len() < self.config.concurrency {
+                self.next_ticket += 1;
+                if let Some(reply) = self.gateway.begin(ticket, &request) {
+                    if reply != GatewayReply::TransientFailure {
+                        // The common fast path: answered at once, nothing copied.
+                        let outcome = if reply == GatewayReply::Approved {
+                            Outcome::Paid
+                        } else {
+                            Outcome::Declined
+                        };
+                        if outcome == Outcome::Paid {
+                            self.summary.paid += 1;
+                            let mut items = order.items.iter().map(|i| (&*i.sku, i.qty));
+                            self.outbox
+                                .record(
+                                    results,
+                                    self.id,
+                                    header.run,
+                                    job.seq,
+                                    outcome,
+                                    Some((&priced.currency, priced.amount_cents, &mut items)),
+                                )
+                                .map_err(|e| FrameError::Body(e.to_string()))?;
+                        } else {
+                            self.outbox
+                                .record(results, self.id, header.run, job.seq, outcome, None)
+                                .map_err(|e| FrameError::Body(e.to_string()))?;
+                        }
+                        continue;
+                    }
+                    let mut task =
+                        owned_task(header.run, job, priced.currency, priced.amount_cents);
+                    task.attempts = 1;
+                    self.schedule_retry(task);
+                    continue;
+                }
+                let mut task = owned_task(header.run, job, priced.currency, priced.amount_cents);
+                task.attempts = 1;
+                self.in_flight.insert(ticket, task);
+            } else {
+                self.waiting.push_back(owned_task(
+                    header.run,
+                    job,
+                    priced.currency,
+                    priced.amount_cents,
+                ));
+            }
+        }
+        if batch.isolate {
+            self.finish_all(results)
+                .map_err(|e| FrameError::Body(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs everything held to completion and sends the results.
+    fn finish_all(&mut self, results: &zmq::Socket) -> Result<()> {
+        while self.busy() > 0 {
+            let timeout = self.poll_timeout(false);
+            if timeout > 0 {
+                std::thread::sleep(Duration::from_millis(timeout as u64));
+            }
+            self.advance(results)?;
+        }
+        self.outbox.flush(results, self.id)
+    }
+
+    fn schedule_retry(&mut self, task: Task) {
+        self.summary.retries += 1;
+        let backoff = self.config.retry_backoff
+            * 2u32.saturating_pow(task.attempts.saturating_sub(1)).min(64);
+        let key = self.next_ticket;
+        self.next_ticket += 1;
+        self.retries.push(Reverse((Instant::now() + backoff, key)));
+        self.retrying.insert(key, task);
+    }
+
+    /// Collects gateway replies, starts retries and waiting orders.
+    fn advance(&mut self, results: &zmq::Socket) -> Result<()> {
+        let now = Instant::now();
+        while let Some(&Reverse((due, key))) = self.retries.peek() {
+            if due > now {
+                break;
+            }
+            self.retries.pop();
+            if let Some(task) = self.retrying.remove(&key) {
+                self.waiting.push_front(task);
+            }
+        }
+        loop {
+            self.ready.clear();
+            self.gateway.poll(Instant::now(), &mut self.ready);
+            let replies = std::mem::take(&mut self.ready);
+            let had = !replies.is_empty();
+            for &(ticket, reply) in &replies {
+                if let Some(task) = self.in_flight.remove(&ticket) {
+                    self.complete(task, reply, results)?;
+                }
+            }
+            self.ready = replies;
+            let mut started = false;
+            while self.in_flight.len() < self.config.concurrency {
+                let Some(mut task) = self.waiting.pop_front() else {
+                    break;
+                };
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                task.attempts += 1;
+                let request = PaymentRequest {
+                    idempotency_key: &task.order_id,
+                    payment_token: &task.token,
+                    currency: task.currency,
+                    amount_cents: task.amount_cents,
+                };
+                match self.gateway.begin(ticket, &request) {
+                    Some(reply) => self.complete(task, reply, results)?,
+                    None => {
+                        self.in_flight.insert(ticket, task);
+                    }
+                }
+                started = true;
+            }
+            if !had && !started {
+                return Ok(());
+            }
+        }
+    }
+
+    fn complete(&mut self, task: Task, reply: GatewayReply, results: &zmq::Socket) -> Result<()> {
+        let outcome = match reply {
+            GatewayReply::Approved => Outcome::Paid,
+            GatewayReply::Declined => Outcome::Declined,
+            GatewayReply::TransientFailure if task.attempts < self.config.max_attempts => {
+                self.schedule_retry(task);
+                return Ok(());
+            }
+            GatewayReply::TransientFailure => Outcome::Failed,
+        };
+        if outcome == Outcome::Paid {
+            self.summary.paid += 1;
+            let mut items = task.items.iter().map(|(s, q)| (s.as_str(), *q));
+            self.outbox.record(
+                results,
+                self.id,
+                task.run,
+                task.seq,
+                outcome,
+                Some((&task.currency, task.amount_cents, &mut items)),
+            )
+        } else {
+            self.outbox
+                .record(results, self.id, task.run, task.seq, outcome, None)
+        }
+    }
+}
+
+fn owned_task(run: RunId, job: &protocol::Job<'_>, currency: [u8; 3], amount_cents: i64) -> Task {
+    Task {
+        run,
+        seq: job.seq,
+        order_id: job.order.order_id.to_string(),
+        token: job.order.payment_token.to_string(),
+        currency,
+        amount_cents,
+        items: job
+            .order
+            .items
+            .iter()
+            .map(|i| (i.sku.to_string(), i.qty))
+            .collect(),
+        attempts: 0,
+    }
+}

@@ -1,0 +1,189 @@
+//! ZeroMQ socket set-up: every socket the grid opens goes through here so
+//! that each gets a finite linger, a maximum message size, reconnect back-off,
+//! ZMTP heartbeats and the high-water marks its role asks for.
+
+use crate::protocol::MAX_FRAME_BYTES;
+use crate::{Error, Result};
+
+/// Per-socket tuning a role chooses.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketTuning {
+    /// ZMQ_SNDHWM, in messages.
+    pub send_hwm: i32,
+    /// ZMQ_RCVHWM, in messages.
+    pub recv_hwm: i32,
+}
+
+impl Default for SocketTuning {
+    fn default() -> Self {
+        SocketTuning {
+            send_hwm: 1000,
+            recv_hwm: 1000,
+        }
+    }
+}
+
+fn configure(socket: &zmq::Socket, tuning: SocketTuning, what: &str) -> Result<()> {
+    let set = |r: zmq::Result<()>, option: &str| {
+        r.map_err(|e| Error::zmq(format!("cannot set {option} on the {what} socket"), e))
+    };
+    // Never hang at exit on unsent messages.
+    set(socket.set_linger(200), "ZMQ_LINGER")?;
+    // No peer can make this process allocate without bound.
+    set(
+        socket.set_maxmsgsize(MAX_FRAME_BYTES as i64),
+        "ZMQ_MAXMSGSIZE",
+    )?;
+    set(socket.set_sndhwm(tuning.send_hwm), "ZMQ_SNDHWM")?;
+    set(socket.set_rcvhwm(tuning.recv_hwm), "ZMQ_RCVHWM")?;
+    set(socket.set_reconnect_ivl(100), "ZMQ_RECONNECT_IVL")?;
+    set(socket.set_reconnect_ivl_max(2000), "ZMQ_RECONNECT_IVL_MAX")?;
+    // ZMTP heartbeats close connections to peers that went silent (a host
+    // that vanished), so their pipes stop swallowing messages.
+    set(socket.set_heartbeat_ivl(1000), "ZMQ_HEARTBEAT_IVL")?;
+    set(socket.set_heartbeat_ttl(5000), "ZMQ_HEARTBEAT_TTL")?;
+    set(socket.set_heartbeat_timeout(5000), "ZMQ_HEARTBEAT_TIMEOUT")?;
+    Ok(())
+}
+
+/// A socket of `kind` bound to `endpoint`; `what` names it in errors ("jobs").
+pub fn bind(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    endpoint: &str,
+    tuning: SocketTuning,
+    what: &str,
+) -> Result<zmq::Socket> {
+    let socket = ctx
+        .socket(kind)
+        .map_err(|e| Error::zmq(format!("cannot create the {what} socket"), e))?;
+    configure(&socket, tuning, what)?;
+    socket
+        .bind(endpoint)
+        .map_err(|e| Error::zmq(format!("cannot bind the {what} socket to {endpoint}"), e))?;
+    Ok(socket)
+}
+
+/// A socket of `kind` connected to `endpoint`. Connecting succeeds before the
+/// peer exists; ZeroMQ reconnects by itself.
+pub fn connect(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    endpoint: &str,
+    tuning: SocketTuning,
+    what: &str,
+) -> Result<zmq::Socket> {
+    let socket = ctx
+        .socket(kind)
+        .map_err(|e| Error::zmq(format!("cannot create the {what} socket"), e))?;
+    configure(&socket, tuning, what)?;
+    if kind == zmq::PUSH {
+        // Queue only towards completed connections: a PUSH with no peer blocks
+        // instead of filling a pipe that may never connect.
+        socket
+            .set_immediate(true)
+            .map_err(|e| Error::zmq(format!("cannot set ZMQ_IMMEDIATE on the {what} socket"), e))?;
+    }
+    socket
+        .connect(endpoint)
+        .map_err(|e| Error::zmq(format!("cannot connect the {what} socket to {endpoint}"), e))?;
+    Ok(socket)
+}
+
+/// Waits up to `timeout_ms` for any of `items`; a signal (EINTR) counts as
+/// "nothing ready" so the caller re-checks its shutdown flag.
+pub fn poll(items: &mut [zmq::PollItem<'_>], timeout_ms: i64) -> Result<i32> {
+    match zmq::poll(items, timeout_ms) {
+        Ok(n) => Ok(n),
+        Err(zmq::Error::EINTR) => Ok(0),
+        Err(e) => Err(Error::zmq("cannot poll sockets", e)),
+    }
+}
+
+/// Receives one message without blocking; `None` when nothing is waiting.
+pub fn try_recv(socket: &zmq::Socket, msg: &mut zmq::Message, what: &str) -> Result<bool> {
+    match socket.recv(msg, zmq::DONTWAIT) {
+        Ok(()) => Ok(true),
+        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(false),
+        Err(e) => Err(Error::zmq(
+            format!("cannot receive on the {what} socket"),
+            e,
+        )),
+    }
+}
+
+/// Sends without blocking; `false` when the socket cannot take it now (no
+/// peer, or every peer's high-water mark reached).
+pub fn try_send(socket: &zmq::Socket, data: &[u8], flags: i32, what: &str) -> Result<bool> {
+    match socket.send(data, flags | zmq::DONTWAIT) {
+        Ok(()) => Ok(true),
+        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(false),
+        Err(e) => Err(Error::zmq(format!("cannot send on the {what} socket"), e)),
+    }
+}
+
+/// True when the endpoint names a loopback or in-process address.
+pub fn is_local_endpoint(endpoint: &str) -> bool {
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return false;
+    };
+    match scheme {
+        "inproc" | "ipc" => true,
+        "tcp" => {
+            let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost" || host.starts_with("127.") || host == "::1"
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_endpoints() {
+        for ep in [
+            "tcp://127.0.0.1:5557",
+            "tcp://localhost:1",
+            "ipc:///tmp/x",
+            "inproc://a",
+            "tcp://[::1]:9",
+        ] {
+            assert!(is_local_endpoint(ep), "{ep}");
+        }
+        for ep in [
+            "tcp://0.0.0.0:5557",
+            "tcp://10.0.0.2:1",
+            "tcp://*:5",
+            "tcp://host-a:5558",
+            "bogus",
+        ] {
+            assert!(!is_local_endpoint(ep), "{ep}");
+        }
+    }
+
+    #[test]
+    fn endpoint_in_use_is_a_clear_error() {
+        let ctx = zmq::Context::new();
+        let first = bind(
+            &ctx,
+            zmq::PULL,
+            "tcp://127.0.0.1:*",
+            SocketTuning::default(),
+            "results",
+        )
+        .unwrap();
+        let ep = first.get_last_endpoint().unwrap().unwrap();
+        let Err(err) = bind(&ctx, zmq::PULL, &ep, SocketTuning::default(), "results") else {
+            panic!("second bind to {ep} succeeded")
+        };
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("cannot bind the results socket to {ep}: ")),
+            "{text}"
+        );
+        assert!(text.contains("in use"), "{text}");
+    }
+}
