@@ -32,6 +32,9 @@ struct Args {
     /// Journal size in MiB after which the tally is checkpointed and the journal restarted.
     #[arg(long, env = "ORDERGRID_COMPACT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     compact_mib: u64,
+    /// How often a progress line is logged, in milliseconds.
+    #[arg(long, env = "ORDERGRID_PROGRESS_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    progress_ms: u64,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -58,6 +61,7 @@ fn run(args: Args) -> ordergrid::Result<SinkExit> {
         state: args.state,
         report: args.report,
         compact_bytes: args.compact_mib << 20,
+        progress_every: std::time::Duration::from_millis(args.progress_ms),
         ..SinkConfig::default()
     };
     sink::run(&config, &shutdown)
