@@ -3,6 +3,7 @@
 //! clap exits 2 on a bad command line).
 
 use crate::Error;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// How log lines are written to stderr.
@@ -29,6 +30,7 @@ pub fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_target(false);
     match format {
         LogFormat::Text => builder.init(),
