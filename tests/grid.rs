@@ -24,23 +24,54 @@ fn every_contract_case_is_tallied_exactly() {
     // Numbers worked out by hand from the file, as a check on the oracle too.
     let o = &report["orders"];
     assert_eq!(
-        (o["lines"].as_u64(), o["paid"].as_u64(), o["declined"].as_u64(), o["rejected"].as_u64(), o["duplicate"].as_u64(), o["malformed"].as_u64(), o["failed"].as_u64()),
-        (Some(58), Some(10), Some(1), Some(14), Some(2), Some(31), Some(0))
+        (
+            o["lines"].as_u64(),
+            o["paid"].as_u64(),
+            o["declined"].as_u64(),
+            o["rejected"].as_u64(),
+            o["duplicate"].as_u64(),
+            o["malformed"].as_u64(),
+            o["failed"].as_u64()
+        ),
+        (
+            Some(58),
+            Some(10),
+            Some(1),
+            Some(14),
+            Some(2),
+            Some(31),
+            Some(0)
+        )
     );
     let r = &report["rejected"];
-    for (reason, n) in [("bad_currency", 5), ("no_items", 1), ("bad_sku", 2), ("bad_quantity", 3), ("bad_price", 1), ("amount_overflow", 2)] {
+    for (reason, n) in [
+        ("bad_currency", 5),
+        ("no_items", 1),
+        ("bad_sku", 2),
+        ("bad_quantity", 3),
+        ("bad_price", 1),
+        ("amount_overflow", 2),
+    ] {
         assert_eq!(r[reason].as_u64(), Some(n), "{reason}");
     }
     // Two orders of i64::MAX cents: exact, past i64::MAX.
-    assert_eq!(report["payments"]["JPY"]["captured_cents"].to_string(), "18446744073709551614");
+    assert_eq!(
+        report["payments"]["JPY"]["captured_cents"].to_string(),
+        "18446744073709551614"
+    );
     assert_eq!(report["stock"]["SKU-1"].as_i64(), Some(-15));
     // Every malformed line is in the dead-letter file with its line number.
     let dead = std::fs::read_to_string(g.path("ordergrid-dead-letter.jsonl")).unwrap();
     assert_eq!(dead.lines().count(), 31);
-    assert!(dead.lines().all(|l| l.contains("\"line\":") && l.contains("\"reason\":")));
+    assert!(dead
+        .lines()
+        .all(|l| l.contains("\"line\":") && l.contains("\"reason\":")));
     // The human table is on stdout.
     let table = std::fs::read_to_string(&sink.stdout).unwrap();
-    assert!(table.contains("malformed") && table.contains("JPY"), "{table}");
+    assert!(
+        table.contains("malformed") && table.contains("JPY"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -49,7 +80,9 @@ fn generated_orders_across_several_workers_match_the_oracle() {
     let input = g.generate(30_000, 11, 0);
     let mut sink = g.sink(&[]);
     // A slow gateway keeps the run long enough for every worker to join.
-    let workers: Vec<_> = (0..3).map(|_| g.worker(&["--gateway-latency-ms", "1", "--concurrency", "16"])).collect();
+    let workers: Vec<_> = (0..3)
+        .map(|_| g.worker(&["--gateway-latency-ms", "1", "--concurrency", "16"]))
+        .collect();
     let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
     vent.success();
     sink.success();
@@ -92,7 +125,13 @@ fn generate_flag_equals_the_generated_file_and_tcp_works() {
     let mut g = Grid::new("generate");
     let input = g.generate(20_000, 9, 0);
     // Over loopback TCP on ports the OS picks free for this test.
-    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let ports: Vec<u16> = (0..4).map(port).collect();
     g.jobs = format!("tcp://127.0.0.1:{}", ports[0]);
     g.results = format!("tcp://127.0.0.1:{}", ports[1]);
@@ -113,7 +152,16 @@ fn standard_input_is_streamed() {
     let mut sink = g.sink(&[]);
     let _w = g.worker(&[]);
     let mut child = Command::new(util::bin("ventilator"))
-        .args(["--jobs", &g.jobs, "--acks", &g.acks, "--input", "-", "--run-id", "stdin-test"])
+        .args([
+            "--jobs",
+            &g.jobs,
+            "--acks",
+            &g.acks,
+            "--input",
+            "-",
+            "--run-id",
+            "stdin-test",
+        ])
         .current_dir(&g.dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -138,8 +186,15 @@ fn standard_input_is_streamed() {
 fn bad_command_lines_exit_2_and_run_time_failures_exit_1() {
     let g = Grid::new("exit-codes");
     let run = |bin: &str, args: &[&str]| {
-        let out = Command::new(util::bin(bin)).args(args).current_dir(&g.dir).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = Command::new(util::bin(bin))
+            .args(args)
+            .current_dir(&g.dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     for (bin, args) in [
         ("ventilator", &["--bogus"][..]),
@@ -155,18 +210,36 @@ fn bad_command_lines_exit_2_and_run_time_failures_exit_1() {
     }
     let (code, err) = run("ventilator", &["--input", "/nonexistent/orders.jsonl"]);
     assert_eq!(code, Some(1), "{err}");
-    assert_eq!(err.lines().filter(|l| l.starts_with("ordergrid-ventilator:")).count(), 1, "{err}");
-    assert!(err.contains("cannot open input /nonexistent/orders.jsonl"), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("ordergrid-ventilator:"))
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot open input /nonexistent/orders.jsonl"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
     // An endpoint already in use.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = format!("tcp://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let state = g.path("state");
-    let (code, err) = run("sink", &["--results", &busy, "--state", state.to_str().unwrap()]);
+    let (code, err) = run(
+        "sink",
+        &["--results", &busy, "--state", state.to_str().unwrap()],
+    );
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains(&format!("cannot bind the results socket to {busy}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot bind the results socket to {busy}")),
+        "{err}"
+    );
     let (code, err) = run("worker", &["--jobs", "nonsense"]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("cannot connect the jobs socket to nonsense"), "{err}");
+    assert!(
+        err.contains("cannot connect the jobs socket to nonsense"),
+        "{err}"
+    );
 }

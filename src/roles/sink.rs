@@ -501,6 +501,10 @@ impl Sink {
                         if progress.total.is_some() {
                             run.total = progress.total;
                         }
+                        // An empty ack: "alive", so the ventilator can tell a
+                        // lost order from a sink outage.
+                        let alive = protocol::frame(Kind::Acks, run.id, &Acks::default());
+                        Self::send_to_ventilator(s, identity, &alive)?;
                     }
                     _ => {
                         // A ventilator of a run this sink is not serving: tell it what to do.
@@ -620,6 +624,7 @@ impl Sink {
                 run.issued = run.writer.compact(bytes)?;
                 run.journal_bytes = 0;
                 self.stats.journal_compactions += 1;
+                tracing::info!(run = %run.id, tallied = run.ledger.tallied(), compactions = self.stats.journal_compactions, "journal compacted into a snapshot");
             }
         } else if !run.pending_acks.is_empty() {
             // Only repeats: they are durable once what is being written now is.

@@ -9,12 +9,17 @@
 //! # Redelivery lanes
 //! An order whose result does not come back in time (an adaptive time-out,
 //! RFC 6298 style, from the measured acknowledgement delay) was lost with a
-//! worker. Its first loss sends it again with other orders; after a second
-//! loss it is a *suspect* and goes alone, flagged `isolate`, one suspect in
-//! the grid at a time, so a poison order takes nothing else down with it.
-//! After `max_deliveries` deliveries with no result it is written to the
-//! dead-letter file and tallied as `failed`. A time-out only counts as a loss
-//! while the sink is acknowledging other orders: a sink outage costs nothing.
+//! worker. Lost orders are narrowed down like a group test, so that a poison
+//! order takes nothing innocent down with it for good:
+//! - first delivery: with the stream, in ordinary batches;
+//! - after a loss: in small *isolated* groups (the worker finishes everything
+//!   else first and processes the group alone), a few groups at a time;
+//! - on the last delivery: *alone*, isolated, one in the whole grid at a time.
+//!
+//! After `max_deliveries` deliveries with no result the order is written to
+//! the dead-letter file and tallied as `failed`. A time-out only counts as a
+//! loss while the sink is acknowledging other orders: a sink outage costs
+//! nothing.
 
 use crate::input::{InputSpec, LineSource, RawLine};
 use crate::ledger::SeqSet;
@@ -306,13 +311,30 @@ struct Slot {
     /// Increases at every send; a time-out entry with an older tag is stale.
     tag: u32,
     sent_at: Option<Instant>,
+    lane: Lane,
 }
+
+/// Which lane an order was last sent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// With the stream.
+    Fresh,
+    /// In an isolated group, after a loss.
+    Group,
+    /// Alone, on its last delivery.
+    Single,
+}
+
+/// Orders per isolated group.
+const GROUP_SIZE: usize = 32;
+/// Isolated groups in flight at once.
+const GROUPS_IN_FLIGHT: usize = 4;
 
 /// Job frames ready to go, each with the seqs it carries.
 struct Outgoing {
     frame: Vec<u8>,
     seqs: Vec<u64>,
-    suspect: bool,
+    lane: Lane,
 }
 
 struct Dispatcher {
@@ -320,13 +342,21 @@ struct Dispatcher {
     run: RunId,
     window: FastMap<u64, Slot>,
     fresh: VecDeque<Outgoing>,
-    redeliver: VecDeque<u64>,
-    suspects: VecDeque<u64>,
-    suspect_in_flight: Option<u64>,
+    /// Lost once or more, waiting for an isolated group.
+    groups: VecDeque<u64>,
+    /// Orders of isolated groups in flight.
+    group_members_in_flight: usize,
+    /// Groups in flight: their unresolved member counts by group number.
+    groups_in_flight: FastMap<u64, usize>,
+    group_of: FastMap<u64, u64>,
+    next_group: u64,
+    /// On their last delivery, waiting to go alone.
+    singles: VecDeque<u64>,
+    single_in_flight: Option<u64>,
     locals_out: Vec<u64>,
     timeouts: VecDeque<(Instant, u64, u32)>,
     timeout: Timeout,
-    last_ack: Option<Instant>,
+    last_heard: Option<Instant>,
     horizon: u64,
     total: Option<u64>,
     reader_done: bool,
@@ -474,9 +504,13 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         run,
         window: FastMap::default(),
         fresh: VecDeque::new(),
-        redeliver: VecDeque::new(),
-        suspects: VecDeque::new(),
-        suspect_in_flight: None,
+        groups: VecDeque::new(),
+        group_members_in_flight: 0,
+        groups_in_flight: FastMap::default(),
+        group_of: FastMap::default(),
+        next_group: 0,
+        singles: VecDeque::new(),
+        single_in_flight: None,
         locals_out: Vec::new(),
         timeouts: VecDeque::new(),
         timeout: Timeout {
@@ -485,7 +519,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
             min: config.min_timeout,
             max: config.max_timeout,
         },
-        last_ack: None,
+        last_heard: None,
         horizon: 0,
         total: None,
         reader_done: false,
@@ -581,6 +615,8 @@ impl Dispatcher {
                 if h.run != self.run {
                     continue;
                 }
+                // The sink answers every progress report: it is alive.
+                self.last_heard = Some(Instant::now());
                 match h.kind {
                     Kind::Acks => {
                         if let Ok(acks) = protocol::decode::<Acks>(body) {
@@ -645,6 +681,7 @@ impl Dispatcher {
                     losses: 0,
                     tag: 0,
                     sent_at: None,
+                    lane: Lane::Fresh,
                 },
             );
             self.locals_out.push(seq);
@@ -664,6 +701,7 @@ impl Dispatcher {
                         losses: 0,
                         tag: 0,
                         sent_at: None,
+                        lane: Lane::Fresh,
                     },
                 );
                 seqs.push(seq);
@@ -679,7 +717,7 @@ impl Dispatcher {
             self.fresh.push_back(Outgoing {
                 frame,
                 seqs,
-                suspect: false,
+                lane: Lane::Fresh,
             });
         }
         self.horizon = self.horizon.max(p.next_seq);
@@ -697,90 +735,121 @@ impl Dispatcher {
         }
     }
 
-    /// Sends job frames: the suspect first, then redeliveries, then fresh
-    /// orders. False when the jobs socket is full.
+    /// Builds an isolated frame from orders in the window.
+    fn isolated(&self, seqs: Vec<u64>, lane: Lane) -> Option<Outgoing> {
+        let slices: Vec<&[u8]> = seqs
+            .iter()
+            .filter_map(|s| self.window.get(s).and_then(Self::job_slice))
+            .collect();
+        if slices.len() != seqs.len() || seqs.is_empty() {
+            return None;
+        }
+        let mut frame = Vec::new();
+        protocol::jobs_frame(
+            &mut frame,
+            self.run,
+            true,
+            slices.len(),
+            slices.iter().copied(),
+        );
+        Some(Outgoing { frame, seqs, lane })
+    }
+
+    /// The next frame to send: a single when nothing else isolated is out,
+    /// else a group, else the stream.
+    fn next_outgoing(&mut self) -> Option<Outgoing> {
+        let still_a_job = |w: &FastMap<u64, Slot>, seq: &u64| {
+            w.get(seq)
+                .is_some_and(|s| matches!(s.payload, Payload::Job { .. }))
+        };
+        while self.single_in_flight.is_none() && self.groups_in_flight.is_empty() {
+            let Some(seq) = self.singles.pop_front() else {
+                break;
+            };
+            if still_a_job(&self.window, &seq) {
+                return self.isolated(vec![seq], Lane::Single);
+            }
+        }
+        if self.single_in_flight.is_none()
+            && self.singles.is_empty()
+            && self.groups_in_flight.len() < GROUPS_IN_FLIGHT
+        {
+            let mut seqs = Vec::new();
+            while seqs.len() < GROUP_SIZE {
+                let Some(seq) = self.groups.pop_front() else {
+                    break;
+                };
+                if still_a_job(&self.window, &seq) {
+                    seqs.push(seq);
+                }
+            }
+            if !seqs.is_empty() {
+                return self.isolated(seqs, Lane::Group);
+            }
+        }
+        self.fresh.pop_front()
+    }
+
+    /// Sends job frames until none is ready or the jobs socket is full
+    /// (then returns false).
     fn send_jobs(&mut self, jobs: &zmq::Socket) -> Result<bool> {
         loop {
-            let next = if self.suspect_in_flight.is_none() && !self.suspects.is_empty() {
-                let seq = self.suspects.pop_front().expect("non-empty");
-                let Some(slot) = self.window.get(&seq) else {
-                    continue;
-                };
-                let Some(job) = Self::job_slice(slot) else {
-                    continue;
-                };
-                let mut frame = Vec::new();
-                protocol::jobs_frame(&mut frame, self.run, true, 1, std::iter::once(job));
-                Outgoing {
-                    frame,
-                    seqs: vec![seq],
-                    suspect: true,
-                }
-            } else if !self.redeliver.is_empty() {
-                let mut seqs = Vec::new();
-                while seqs.len() < self.config.batch {
-                    let Some(seq) = self.redeliver.pop_front() else {
-                        break;
-                    };
-                    if self
-                        .window
-                        .get(&seq)
-                        .is_some_and(|s| matches!(s.payload, Payload::Job { .. }))
-                    {
-                        seqs.push(seq);
-                    }
-                }
-                if seqs.is_empty() {
-                    continue;
-                }
-                let slices: Vec<&[u8]> = seqs
-                    .iter()
-                    .filter_map(|s| Self::job_slice(&self.window[s]))
-                    .collect();
-                let mut frame = Vec::new();
-                protocol::jobs_frame(
-                    &mut frame,
-                    self.run,
-                    false,
-                    slices.len(),
-                    slices.iter().copied(),
-                );
-                Outgoing {
-                    frame,
-                    seqs,
-                    suspect: false,
-                }
-            } else if let Some(out) = self.fresh.pop_front() {
-                out
-            } else {
+            let Some(next) = self.next_outgoing() else {
                 return Ok(true);
             };
             if !transport::try_send(jobs, &next.frame, 0, "jobs")? {
                 // Put it back in front of its lane.
-                if next.suspect {
-                    self.suspects.push_front(next.seqs[0]);
-                } else if self.window.get(&next.seqs[0]).is_some_and(|s| s.losses > 0) {
-                    for &s in next.seqs.iter().rev() {
-                        self.redeliver.push_front(s);
+                match next.lane {
+                    Lane::Single => self.singles.push_front(next.seqs[0]),
+                    Lane::Group => {
+                        for &s in next.seqs.iter().rev() {
+                            self.groups.push_front(s);
+                        }
                     }
-                } else {
-                    self.fresh.push_front(next);
+                    Lane::Fresh => self.fresh.push_front(next),
                 }
                 return Ok(false);
             }
             let now = Instant::now();
-            if next.suspect {
-                self.suspect_in_flight = Some(next.seqs[0]);
+            match next.lane {
+                Lane::Single => self.single_in_flight = Some(next.seqs[0]),
+                Lane::Group => {
+                    let group = self.next_group;
+                    self.next_group += 1;
+                    self.groups_in_flight.insert(group, next.seqs.len());
+                    self.group_members_in_flight += next.seqs.len();
+                    for &seq in &next.seqs {
+                        self.group_of.insert(seq, group);
+                    }
+                }
+                Lane::Fresh => {}
             }
             for seq in next.seqs {
                 if let Some(slot) = self.window.get_mut(&seq) {
                     slot.tag += 1;
                     slot.sent_at = Some(now);
+                    slot.lane = next.lane;
                     if slot.tag > 1 {
                         self.redelivered += 1;
                     }
                     let due = now + self.timeout.current(slot.losses);
                     self.timeouts.push_back((due, seq, slot.tag));
+                }
+            }
+        }
+    }
+
+    /// An isolated order was answered or lost: free its place in its lane.
+    fn resolve_isolated(&mut self, seq: u64) {
+        if self.single_in_flight == Some(seq) {
+            self.single_in_flight = None;
+        }
+        if let Some(group) = self.group_of.remove(&seq) {
+            self.group_members_in_flight -= 1;
+            if let Some(left) = self.groups_in_flight.get_mut(&group) {
+                *left -= 1;
+                if *left == 0 {
+                    self.groups_in_flight.remove(&group);
                 }
             }
         }
@@ -832,14 +901,11 @@ impl Dispatcher {
 
     fn acknowledge(&mut self, acks: &Acks) {
         let now = Instant::now();
-        self.last_ack = Some(now);
         for seq in acks.seqs() {
             let Some(slot) = self.window.remove(&seq) else {
                 continue;
             };
-            if self.suspect_in_flight == Some(seq) {
-                self.suspect_in_flight = None;
-            }
+            self.resolve_isolated(seq);
             // Karn: only orders delivered once measure the delay.
             if slot.tag == 1 && matches!(slot.payload, Payload::Job { .. }) {
                 if let Some(sent) = slot.sent_at {
@@ -858,23 +924,20 @@ impl Dispatcher {
             }
             self.timeouts.pop_front();
             let max = self.config.max_deliveries;
-            let last_ack = self.last_ack;
-            let Some(slot) = self.window.get_mut(&seq) else {
-                continue;
-            };
-            if slot.tag != tag {
-                continue; // sent again since
+            let last_heard = self.last_heard;
+            if self.window.get(&seq).is_none_or(|slot| slot.tag != tag) {
+                continue; // answered, or sent again since
             }
-            if self.suspect_in_flight == Some(seq) {
-                self.suspect_in_flight = None;
-            }
+            self.resolve_isolated(seq);
+            let slot = self.window.get_mut(&seq).expect("checked above");
             if let Payload::Local(_) = slot.payload {
                 self.locals_out.push(seq);
                 continue;
             }
-            // Lost only if the sink acknowledged something since it was sent:
-            // otherwise the sink is away and nothing is to blame.
-            let sink_alive = matches!((last_ack, slot.sent_at), (Some(a), Some(s)) if a > s);
+            // Lost only if the sink was heard from since it was sent (it
+            // answers every progress report): otherwise the sink is away and
+            // nothing is to blame.
+            let sink_alive = matches!((last_heard, slot.sent_at), (Some(a), Some(s)) if a > s);
             if sink_alive {
                 slot.losses += 1;
             }
@@ -888,10 +951,13 @@ impl Dispatcher {
                     tracing::error!(error = %e, "cannot write the dead-letter file");
                 }
                 self.locals_out.push(seq);
+            } else if slot.losses == 0 {
+                // The sink is away: send it again with the stream.
+                self.groups.push_back(seq);
             } else if slot.losses + 1 >= max {
-                self.suspects.push_back(seq);
+                self.singles.push_back(seq);
             } else {
-                self.redeliver.push_back(seq);
+                self.groups.push_back(seq);
             }
         }
     }

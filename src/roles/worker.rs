@@ -80,44 +80,56 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn record(
-        &mut self,
-        results: &zmq::Socket,
-        worker_id: u64,
-        run: RunId,
-        seq: u64,
-        outcome: Outcome,
-        paid: Option<(
-            &[u8; 3],
-            i64,
-            &mut dyn ExactSizeIterator<Item = (&str, i64)>,
-        )>,
-    ) -> Result<()> {
+    /// Starts a new frame when the run changes.
+    fn switch_run(&mut self, results: &zmq::Socket, worker_id: u64, run: RunId) -> Result<()> {
         if self.run != Some(run) {
             self.flush(results, worker_id)?;
             self.run = Some(run);
         }
-        match paid {
-            Some((currency, amount, items)) => {
-                let currency = std::str::from_utf8(currency).unwrap_or("");
-                protocol::write_result_record(
-                    &mut self.records,
-                    seq,
-                    outcome.code(),
-                    currency,
-                    amount,
-                    items,
-                )
-            }
-            None => protocol::write_result_record(
-                &mut self.records,
-                seq,
-                outcome.code(),
-                "",
-                0,
-                std::iter::empty(),
-            ),
-        }
+        Ok(())
+    }
+
+    /// Adds a paid order's outcome: its currency, amount and items.
+    fn paid<'i>(
+        &mut self,
+        results: &zmq::Socket,
+        worker_id: u64,
+        (run, seq): (RunId, u64),
+        currency: &[u8; 3],
+        amount_cents: i64,
+        items: impl ExactSizeIterator<Item = (&'i str, i64)>,
+    ) -> Result<()> {
+        self.switch_run(results, worker_id, run)?;
+        let currency = std::str::from_utf8(currency).unwrap_or("");
+        protocol::write_result_record(
+            &mut self.records,
+            seq,
+            Outcome::Paid.code(),
+            currency,
+            amount_cents,
+            items,
+        );
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Adds any other outcome (nothing captured).
+    fn other(
+        &mut self,
+        results: &zmq::Socket,
+        worker_id: u64,
+        (run, seq): (RunId, u64),
+        outcome: Outcome,
+    ) -> Result<()> {
+        self.switch_run(results, worker_id, run)?;
+        protocol::write_result_record(
+            &mut self.records,
+            seq,
+            outcome.code(),
+            "",
+            0,
+            std::iter::empty(),
+        );
         self.count += 1;
         Ok(())
     }
@@ -282,7 +294,7 @@ impl Worker<'_> {
                     && self.busy() < self.config.concurrency
                     && transport::try_recv(jobs, &mut msg, "jobs")?
                 {
-                    if let Err(e) = self.take_frame(&msg, results) {
+                    if let Err(e) = self.take_frame(&msg, results)? {
                         self.summary.bad_frames += 1;
                         if last_bad_log.elapsed() > Duration::from_secs(5) {
                             tracing::warn!(error = %e, dropped_so_far = self.summary.bad_frames, "dropped a job frame");
@@ -315,99 +327,97 @@ impl Worker<'_> {
         }
     }
 
-    /// Decodes one job frame and starts its orders.
-    fn take_frame(&mut self, frame: &[u8], results: &zmq::Socket) -> Result<(), FrameError> {
-        let (header, body) = protocol::split_frame(frame)?;
+    /// Decodes one job frame and starts its orders. A frame that does not
+    /// decode is returned as the inner error (dropped and counted).
+    fn take_frame(
+        &mut self,
+        frame: &[u8],
+        results: &zmq::Socket,
+    ) -> Result<Result<(), FrameError>> {
+        let (header, body) = match protocol::split_frame(frame) {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(e)),
+        };
         if header.kind != Kind::Jobs {
-            return Err(FrameError::Kind(header.kind as u8));
+            return Ok(Err(FrameError::Kind(header.kind as u8)));
         }
-        let batch: JobBatch<'_> = protocol::decode(body)?;
+        let batch: JobBatch<'_> = match protocol::decode(body) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
         if batch.isolate {
             // Possibly a poison order: let everything else finish and its
             // results leave first, so a crash takes nothing else with it.
-            self.finish_all(results)
-                .map_err(|e| FrameError::Body(e.to_string()))?;
-            std::thread::sleep(Duration::from_millis(50));
+            self.finish_all(results)?;
         }
         for job in &batch.jobs {
-            self.summary.processed += 1;
-            let order = &job.order;
-            let priced = match rules::price(order) {
-                Ok(p) => p,
-                Err(rejection) => {
-                    self.outbox
-                        .record(
-                            results,
-                            self.id,
-                            header.run,
-                            job.seq,
-                            Outcome::Rejected(rejection),
-                            None,
-                        )
-                        .map_err(|e| FrameError::Body(e.to_string()))?;
-                    continue;
-                }
-            };
-            let request = PaymentRequest {
-                idempotency_key: &order.order_id,
-                payment_token: &order.payment_token,
-                currency: priced.currency,
-                amount_cents: priced.amount_cents,
-            };
-            let ticket = self.next_ticket;
-            if self.in_flight.len() < self.config.concurrency {
-                self.next_ticket += 1;
-                if let Some(reply) = self.gateway.begin(ticket, &request) {
-                    if reply != GatewayReply::TransientFailure {
-                        // The common fast path: answered at once, nothing copied.
-                        let outcome = if reply == GatewayReply::Approved {
-                            Outcome::Paid
-                        } else {
-                            Outcome::Declined
-                        };
-                        if outcome == Outcome::Paid {
-                            self.summary.paid += 1;
-                            let mut items = order.items.iter().map(|i| (&*i.sku, i.qty));
-                            self.outbox
-                                .record(
-                                    results,
-                                    self.id,
-                                    header.run,
-                                    job.seq,
-                                    outcome,
-                                    Some((&priced.currency, priced.amount_cents, &mut items)),
-                                )
-                                .map_err(|e| FrameError::Body(e.to_string()))?;
-                        } else {
-                            self.outbox
-                                .record(results, self.id, header.run, job.seq, outcome, None)
-                                .map_err(|e| FrameError::Body(e.to_string()))?;
-                        }
-                        continue;
-                    }
-                    let mut task =
-                        owned_task(header.run, job, priced.currency, priced.amount_cents);
-                    task.attempts = 1;
-                    self.schedule_retry(task);
-                    continue;
-                }
-                let mut task = owned_task(header.run, job, priced.currency, priced.amount_cents);
-                task.attempts = 1;
-                self.in_flight.insert(ticket, task);
-            } else {
-                self.waiting.push_back(owned_task(
-                    header.run,
-                    job,
-                    priced.currency,
-                    priced.amount_cents,
-                ));
-            }
+            self.start(header.run, job, results)?;
         }
         if batch.isolate {
-            self.finish_all(results)
-                .map_err(|e| FrameError::Body(e.to_string()))?;
+            self.finish_all(results)?;
         }
-        Ok(())
+        Ok(Ok(()))
+    }
+
+    /// Applies the rules to one order and starts its payment.
+    fn start(&mut self, run: RunId, job: &protocol::Job<'_>, results: &zmq::Socket) -> Result<()> {
+        self.summary.processed += 1;
+        let order = &job.order;
+        let priced = match rules::price(order) {
+            Ok(p) => p,
+            Err(rejection) => {
+                return self.outbox.other(
+                    results,
+                    self.id,
+                    (run, job.seq),
+                    Outcome::Rejected(rejection),
+                );
+            }
+        };
+        if self.in_flight.len() >= self.config.concurrency {
+            self.waiting
+                .push_back(owned_task(run, job, priced.currency, priced.amount_cents));
+            return Ok(());
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let request = PaymentRequest {
+            idempotency_key: &order.order_id,
+            payment_token: &order.payment_token,
+            currency: priced.currency,
+            amount_cents: priced.amount_cents,
+        };
+        match self.gateway.begin(ticket, &request) {
+            // The common fast path: answered at once, nothing copied.
+            Some(GatewayReply::Approved) => {
+                self.summary.paid += 1;
+                let items = order.items.iter().map(|i| (&*i.sku, i.qty));
+                self.outbox.paid(
+                    results,
+                    self.id,
+                    (run, job.seq),
+                    &priced.currency,
+                    priced.amount_cents,
+                    items,
+                )
+            }
+            Some(GatewayReply::Declined) => {
+                self.outbox
+                    .other(results, self.id, (run, job.seq), Outcome::Declined)
+            }
+            Some(GatewayReply::TransientFailure) => {
+                let mut task = owned_task(run, job, priced.currency, priced.amount_cents);
+                task.attempts = 1;
+                self.schedule_retry(task);
+                Ok(())
+            }
+            None => {
+                let mut task = owned_task(run, job, priced.currency, priced.amount_cents);
+                task.attempts = 1;
+                self.in_flight.insert(ticket, task);
+                Ok(())
+            }
+        }
     }
 
     /// Runs everything held to completion and sends the results.
@@ -495,18 +505,18 @@ impl Worker<'_> {
         };
         if outcome == Outcome::Paid {
             self.summary.paid += 1;
-            let mut items = task.items.iter().map(|(s, q)| (s.as_str(), *q));
-            self.outbox.record(
+            let items = task.items.iter().map(|(s, q)| (s.as_str(), *q));
+            self.outbox.paid(
                 results,
                 self.id,
-                task.run,
-                task.seq,
-                outcome,
-                Some((&task.currency, task.amount_cents, &mut items)),
+                (task.run, task.seq),
+                &task.currency,
+                task.amount_cents,
+                items,
             )
         } else {
             self.outbox
-                .record(results, self.id, task.run, task.seq, outcome, None)
+                .other(results, self.id, (task.run, task.seq), outcome)
         }
     }
 }

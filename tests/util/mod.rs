@@ -62,11 +62,25 @@ impl Grid {
         cmd.current_dir(&self.dir);
         match role {
             "sink" => {
-                cmd.args(["--results", &self.results, "--acks", &self.acks, "--control", &self.control]);
+                cmd.args([
+                    "--results",
+                    &self.results,
+                    "--acks",
+                    &self.acks,
+                    "--control",
+                    &self.control,
+                ]);
                 cmd.args(["--state", self.dir.join("state").to_str().unwrap()]);
             }
             "worker" => {
-                cmd.args(["--jobs", &self.jobs, "--results", &self.results, "--control", &self.control]);
+                cmd.args([
+                    "--jobs",
+                    &self.jobs,
+                    "--results",
+                    &self.results,
+                    "--control",
+                    &self.control,
+                ]);
             }
             "ventilator" => {
                 cmd.args(["--jobs", &self.jobs, "--acks", &self.acks]);
@@ -94,7 +108,14 @@ impl Grid {
         let path = self.dir.join(format!("gen-{count}-{seed}-{poison}.jsonl"));
         let out = fs::File::create(&path).unwrap();
         let status = Command::new(bin("gen"))
-            .args(["--count", &count.to_string(), "--seed", &seed.to_string(), "--poison", &poison.to_string()])
+            .args([
+                "--count",
+                &count.to_string(),
+                "--seed",
+                &seed.to_string(),
+                "--poison",
+                &poison.to_string(),
+            ])
             .stdout(out)
             .status()
             .unwrap();
@@ -117,7 +138,8 @@ impl Drop for Grid {
 }
 
 pub fn read_json(path: &Path) -> Value {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
@@ -138,8 +160,15 @@ impl Proc {
             .stderr(fs::File::create(&stderr).unwrap())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.into(), child: Some(child), stdout, stderr }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            stdout,
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -167,7 +196,11 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("{} did not exit in {PATIENCE:?}\n{}", self.name, self.logs());
+                panic!(
+                    "{} did not exit in {PATIENCE:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -176,12 +209,20 @@ impl Proc {
     /// Waits for exit code 0.
     pub fn success(&mut self) {
         let status = self.wait();
-        assert!(status.success(), "{} exited with {status}\n{}", self.name, self.logs());
+        assert!(
+            status.success(),
+            "{} exited with {status}\n{}",
+            self.name,
+            self.logs()
+        );
     }
 
     /// Sends a signal (`"-9"`, `"-TERM"`, `"-INT"`).
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -225,14 +266,23 @@ impl Proc {
                 .lines()
                 .filter(|l| l.contains(needle))
                 .filter_map(|l| l.split(&pat).nth(1))
-                .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+                .filter_map(|rest| {
+                    rest.split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
                 .max()
                 .unwrap_or(0);
             if best >= at_least {
                 return;
             }
             if Instant::now() > deadline || !self.is_running() {
-                panic!("{} never logged {needle} with {key} >= {at_least}\n{}", self.name, self.logs());
+                panic!(
+                    "{} never logged {needle} with {key} >= {at_least}\n{}",
+                    self.name,
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -258,7 +308,11 @@ pub fn oracle(input: &Path) -> Value {
         .arg(input)
         .output()
         .expect("python3 runs the oracle");
-    assert!(out.status.success(), "oracle failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -279,7 +333,11 @@ pub fn assert_tallies(report: &Value, expected: &Value) {
             if got[key] != expected[key] {
                 let g = got[key].to_string();
                 let e = expected[key].to_string();
-                panic!("report section {key} differs\n got: {}\nwant: {}", &g[..g.len().min(2000)], &e[..e.len().min(2000)]);
+                panic!(
+                    "report section {key} differs\n got: {}\nwant: {}",
+                    &g[..g.len().min(2000)],
+                    &e[..e.len().min(2000)]
+                );
             }
         }
     }
