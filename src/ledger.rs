@@ -88,9 +88,9 @@ impl Ledger {
         if r.seq >= MAX_SEQ {
             return Applied::Invalid("seq out of range");
         }
-        if self.done.contains(r.seq) {
-            return Applied::AlreadyTallied;
-        }
+        // Validate fully before anything else, so a bad record is always
+        // counted as such, even for an order already tallied.
+        let mut paid_in = None;
         if outcome == Outcome::Paid {
             let Ok(currency) = <[u8; 3]>::try_from(r.currency.as_bytes()) else {
                 return Applied::Invalid("paid result without a currency");
@@ -105,6 +105,12 @@ impl Ledger {
             if !items_ok {
                 return Applied::Invalid("paid result with bad items");
             }
+            paid_in = Some(currency);
+        }
+        if self.done.contains(r.seq) {
+            return Applied::AlreadyTallied;
+        }
+        if let Some(currency) = paid_in {
             let entry = self.payments.entry(currency).or_insert((0, 0));
             entry.0 += 1;
             entry.1 += i128::from(r.amount_cents);

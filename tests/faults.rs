@@ -170,3 +170,109 @@ fn another_input_is_another_run_and_a_completed_run_is_reprinted() {
     );
     assert_eq!(stored, first);
 }
+
+/// A socket of the test's own, sending raw bytes at a grid endpoint.
+fn raw_socket(kind: zmq::SocketType, endpoint: &str) -> (zmq::Context, zmq::Socket) {
+    let ctx = zmq::Context::new();
+    let s = ctx.socket(kind).unwrap();
+    s.set_linger(1000).unwrap();
+    s.set_sndtimeo(5000).unwrap();
+    s.connect(endpoint).unwrap();
+    (ctx, s)
+}
+
+fn header(kind: u8, run: u64) -> Vec<u8> {
+    let mut f = b"OG\x01".to_vec();
+    f.push(kind);
+    f.extend_from_slice(&run.to_le_bytes());
+    f
+}
+
+#[test]
+fn garbage_on_every_socket_changes_nothing_and_is_counted() {
+    let mut g = Grid::new("garbage");
+    let input = g.generate(20_000, 28, 0);
+    let mut sink = g.sink(&SINK);
+    // A fake ventilator feeds the first worker garbage before the real one binds.
+    let fake_ctx = zmq::Context::new();
+    let fake = fake_ctx.socket(zmq::PUSH).unwrap();
+    fake.set_linger(1000).unwrap();
+    fake.bind(&g.jobs).unwrap();
+    let mut w1 = g.worker(&SLOW);
+    for frame in [
+        b"garbage".to_vec(),
+        vec![],
+        header(1, 5),
+        [header(1, 5), vec![0xc1, 0x00]].concat(),
+        [header(9, 5), vec![0x90]].concat(),
+        b"OG\x07\x01xxxxxxxx".to_vec(),
+    ] {
+        fake.send(&frame[..], 0).unwrap();
+    }
+    w1.wait_for_log(&["dropped a job frame"]);
+    drop(fake);
+    drop(fake_ctx);
+
+    let (_ctx, results) = raw_socket(zmq::PUSH, &g.results);
+    let (_ctx2, acks) = raw_socket(zmq::DEALER, &g.acks);
+    let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
+    let _w2 = g.worker(&SLOW);
+    let started = sink.wait_for_log(&["run started"]);
+    let run = u64::from_str_radix(
+        started
+            .split("run=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap(),
+        16,
+    )
+    .unwrap();
+    sink.wait_for_count("progress", "done", 2_000);
+
+    let record = |seq: u64, outcome: u8| {
+        // [worker_id, [[seq, outcome, "", 0, []]]]
+        let mut body = vec![0x92, 0x07, 0x91, 0x95];
+        body.push(0xcf);
+        body.extend_from_slice(&seq.to_be_bytes());
+        body.extend_from_slice(&[outcome, 0xa0, 0x00, 0x90]);
+        body
+    };
+    let garbage: Vec<Vec<u8>> = vec![
+        b"garbage".to_vec(),
+        vec![],
+        header(2, run)[..7].to_vec(), // truncated header
+        [b"OG\x02".to_vec(), header(2, run)[3..].to_vec()].concat(), // unknown version
+        [header(2, run), vec![0x92, 0x07]].concat(), // truncated body
+        [header(2, run), record(1, 0)[..9].to_vec()].concat(), // truncated record
+        [header(2, run ^ 1), record(3, 1)].concat(), // another run
+        [header(2, run), record(1 << 39, 1)].concat(), // an order never sent
+        [header(2, run), record(5, 99)].concat(), // no such outcome
+        [header(2, run), record(6, 10)].concat(), // "malformed" from a worker
+        [header(2, run), record(7, 0)].concat(), // "paid" without currency or items
+        [header(42, run), vec![0x90]].concat(), // unknown kind
+    ];
+    for frame in &garbage {
+        results.send(&frame[..], 0).unwrap();
+        acks.send(&frame[..], 0).unwrap();
+    }
+    // An oversized frame: the sink's ZMQ_MAXMSGSIZE drops it (and that connection).
+    let (_ctx3, big) = raw_socket(zmq::PUSH, &g.results);
+    big.send(vec![0u8; 5 << 20], 0).unwrap();
+
+    vent.success();
+    sink.success();
+    let report = g.report();
+    assert_tallies(&report, &oracle(&input));
+    let stats = &report["stats"];
+    let n = |k: &str| stats[k].as_u64().unwrap();
+    assert!(n("bad_frames") >= 2 * 6, "{stats}");
+    assert!(n("other_run_results") >= 2, "{stats}");
+    assert!(n("unknown_order_results") >= 2, "{stats}");
+    assert!(n("invalid_results") >= 5, "{stats}");
+    assert!(
+        w1.is_running() || w1.wait().success(),
+        "the worker fed garbage carried on"
+    );
+}
