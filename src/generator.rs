@@ -50,6 +50,93 @@ const STREAM_ALTERED: u64 = 3;
 /// The token of a poison order.
 const POISON_TOKEN: &[u8] = b"tok_crash";
 
+/// What [`Generator::produce`] made.
+enum Produced {
+    /// A line was written out (a malformed one).
+    Written,
+    /// An order, to be written as JSON or handed over as fields.
+    Order(Order),
+}
+
+/// A generated order as fields, exactly as parsing its JSON line would give
+/// them (escapes undone, unknown fields dropped). Buffers are reused.
+#[derive(Debug, Default, Clone)]
+pub struct GeneratedOrder {
+    pub order_id: String,
+    pub customer_id: String,
+    pub currency: &'static str,
+    pub payment_token: &'static str,
+    /// Every item's sku, back to back; `items` holds their byte ranges.
+    pub skus: String,
+    /// `(sku start, sku end, qty, unit_price_cents)`.
+    pub items: Vec<(usize, usize, i64, i64)>,
+}
+
+impl GeneratedOrder {
+    /// Fills the fields from `o`; false when `o` is not plainly well-formed
+    /// (then its JSON must be written and parsed like any line).
+    fn fill(&mut self, o: &Order, prefix: &[u8; 6]) -> bool {
+        let text = |v: Val| match v {
+            Val::Str(s) => std::str::from_utf8(s).ok(),
+            Val::Json(_) => None,
+        };
+        let (Id::Line(line), Some(currency), Some(token)) = (o.id, text(o.currency), text(o.token))
+        else {
+            return false;
+        };
+        let plain_extra = matches!(o.extra, Extra::None | Extra::Field(..));
+        if o.items_raw.is_some() || o.omit.is_some() || !plain_extra {
+            return false;
+        }
+        let items = &o.items[..o.n_items as usize];
+        let plain_item = |it: &Item| {
+            it.raw.is_none()
+                && it.omit.is_none()
+                && matches!(it.sku, Sku::Num(_) | Sku::Empty | Sku::Long)
+                && matches!((it.qty, it.price), (Num::Int(_), Num::Int(_)))
+        };
+        if !items.iter().all(plain_item) {
+            return false;
+        }
+        use std::fmt::Write as _;
+        self.order_id.clear();
+        self.order_id.push_str("o-");
+        self.order_id
+            .push_str(std::str::from_utf8(prefix).unwrap_or(""));
+        let _ = write!(self.order_id, "-{}", line + 1);
+        self.customer_id.clear();
+        let _ = match o.customer {
+            Customer::Plain(n) => write!(self.customer_id, "c-{n}"),
+            Customer::EscapedQuote(n) => write!(self.customer_id, "c-\"vip\"-{n}"),
+            Customer::EscapedUnicode(n) => write!(self.customer_id, "c-caf\u{e9}-{n}"),
+            Customer::InvalidUtf8(..) => return false,
+        };
+        self.currency = currency;
+        self.payment_token = token;
+        self.skus.clear();
+        self.items.clear();
+        for it in items {
+            let start = self.skus.len();
+            match it.sku {
+                Sku::Num(n) => {
+                    let _ = write!(self.skus, "SKU-{n:05}");
+                }
+                Sku::Empty => {}
+                Sku::Long => {
+                    self.skus.push_str("SKU-");
+                    self.skus.extend(std::iter::repeat_n('X', 61));
+                }
+                Sku::InvalidUtf8(_) => return false,
+            }
+            let (Num::Int(qty), Num::Int(price)) = (it.qty, it.price) else {
+                return false;
+            };
+            self.items.push((start, self.skus.len(), qty, price));
+        }
+        true
+    }
+}
+
 /// A deterministic stream of synthetic order lines (see the module docs).
 pub struct Generator {
     count: u64,
@@ -105,8 +192,39 @@ impl Generator {
 
     /// Appends the next line WITHOUT its trailing newline to `out` (does not clear it); false when all `count` lines are out.
     pub fn next_line(&mut self, out: &mut Vec<u8>) -> bool {
+        match self.produce(out) {
+            None => false,
+            Some(Produced::Written) => true,
+            Some(Produced::Order(o)) => {
+                write_order(out, &o, &self.prefix);
+                true
+            }
+        }
+    }
+
+    /// The next line as [`next_line`](Self::next_line) would write it, but a
+    /// plainly well-formed order comes as fields in `order` instead of JSON
+    /// (what parsing its line would give), so a ventilator need not write
+    /// and parse JSON it made itself. `Some(true)`: `order` holds it;
+    /// `Some(false)`: `line` holds the line; `None`: the end.
+    pub fn next_record(&mut self, line: &mut Vec<u8>, order: &mut GeneratedOrder) -> Option<bool> {
+        match self.produce(line)? {
+            Produced::Written => Some(false),
+            Produced::Order(o) => {
+                if order.fill(&o, &self.prefix) {
+                    Some(true)
+                } else {
+                    write_order(line, &o, &self.prefix);
+                    Some(false)
+                }
+            }
+        }
+    }
+
+    /// The next line: malformed lines are written to `out`, orders returned.
+    fn produce(&mut self, out: &mut Vec<u8>) -> Option<Produced> {
         if self.next >= self.count {
-            return false;
+            return None;
         }
         let i = self.next;
         self.next += 1;
@@ -121,24 +239,22 @@ impl Generator {
             self.poison_at = self.poison_position(self.poison_k);
             let mut o = ordinary(&mut content, i);
             o.token = Val::Str(POISON_TOKEN);
-            write_order(out, &o, &self.prefix);
-            return true;
+            return Some(Produced::Order(o));
         }
         if i == self.giant_at {
             let mut o = ordinary(&mut content, i);
             o.extra = Extra::Padding(MAX_LINE as usize + content.below(20_000) as usize);
             o.extra_pos = content.below(6) as u8;
-            write_order(out, &o, &self.prefix);
-            return true;
+            return Some(Produced::Order(o));
         }
 
         let mut k = Rng::for_line(self.key, i, STREAM_KIND);
         let r = k.below(1_000_000);
         if r < REJECT_PPM {
-            let o = rejected(&mut k, &mut content, i);
-            write_order(out, &o, &self.prefix);
+            return Some(Produced::Order(rejected(&mut k, &mut content, i)));
         } else if r < REJECT_PPM + MALFORMED_PPM {
             self.malformed(&mut k, &mut content, i, out);
+            return Some(Produced::Written);
         } else if let Some(j) = (r < REJECT_PPM + MALFORMED_PPM + DUPLICATE_PPM)
             .then(|| self.earlier(&mut k))
             .flatten()
@@ -149,13 +265,12 @@ impl Generator {
             } else {
                 ordinary(&mut Rng::for_line(self.key, i, STREAM_ALTERED), j)
             };
-            write_order(out, &o, &self.prefix);
+            Some(Produced::Order(o))
         } else {
             let o = ordinary(&mut content, i);
-            write_order(out, &o, &self.prefix);
             self.remember(i, &mut k);
+            Some(Produced::Order(o))
         }
-        true
     }
 
     /// Line index of poison order `k` (u64::MAX past the last): the middles of
@@ -1167,6 +1282,45 @@ mod tests {
         } else {
             "valid".into()
         }
+    }
+
+    #[test]
+    fn records_equal_what_parsing_the_lines_gives() {
+        use crate::order::{parse_line, Line};
+        let mut lines = Generator::new(50_000, 5).with_poison(2);
+        let mut records = Generator::new(50_000, 5).with_poison(2);
+        let (mut a, mut b, mut g) = (Vec::new(), Vec::new(), GeneratedOrder::default());
+        let mut direct = 0;
+        while lines.next_line(&mut a) {
+            b.clear();
+            let is_order = records.next_record(&mut b, &mut g).expect("same length");
+            if is_order {
+                direct += 1;
+                let Line::Order(o) = parse_line(&a) else {
+                    panic!("not an order: {}", String::from_utf8_lossy(&a))
+                };
+                assert_eq!(o.order_id, g.order_id);
+                assert_eq!(o.customer_id, g.customer_id);
+                assert_eq!(o.currency, g.currency);
+                assert_eq!(o.payment_token, g.payment_token);
+                let items: Vec<_> = g
+                    .items
+                    .iter()
+                    .map(|&(s, e, q, p)| (&g.skus[s..e], q, p))
+                    .collect();
+                let parsed: Vec<_> = o
+                    .items
+                    .iter()
+                    .map(|i| (&*i.sku, i.qty, i.unit_price_cents))
+                    .collect();
+                assert_eq!(items, parsed);
+            } else {
+                assert_eq!(a, b);
+            }
+            a.clear();
+        }
+        assert!(records.next_record(&mut b, &mut g).is_none());
+        assert!(direct > 48_000, "most orders skip JSON: {direct}");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! generator. Each gives lines without their newline, numbered from 1, and
 //! never holds more than one over-long line's worth of memory.
 
-use crate::generator::Generator;
-use crate::order::MAX_LINE_BYTES;
+use crate::generator::{GeneratedOrder, Generator};
+use crate::order::{Item, Order, MAX_LINE_BYTES};
 use crate::protocol::RunId;
 use crate::{Error, Result};
 use std::fs::File;
@@ -64,8 +64,17 @@ pub enum LineSource {
     Generated {
         generator: Generator,
         line: Vec<u8>,
+        record: GeneratedOrder,
         number: u64,
     },
+}
+
+/// What a source gives: a raw line, or (from the generator) an order that
+/// needs no parsing.
+#[derive(Debug)]
+pub enum SourceItem<'a> {
+    Raw(RawLine<'a>),
+    Order { number: u64, order: Order<'a> },
 }
 
 impl LineSource {
@@ -85,6 +94,7 @@ impl LineSource {
                 let source = LineSource::Generated {
                     generator: Generator::new(*count, *seed).with_poison(*poison),
                     line: Vec::new(),
+                    record: GeneratedOrder::default(),
                     number: 0,
                 };
                 Ok((source, Some(RunId(id))))
@@ -120,6 +130,37 @@ impl LineSource {
         }
     }
 
+    /// The next line or generated order, or `None` at the end of the input.
+    pub fn next_item(&mut self) -> Result<Option<SourceItem<'_>>> {
+        match self {
+            LineSource::Generated {
+                generator,
+                line,
+                record,
+                number,
+            } => {
+                line.clear();
+                let Some(is_order) = generator.next_record(line, record) else {
+                    return Ok(None);
+                };
+                *number += 1;
+                Ok(Some(if is_order {
+                    SourceItem::Order {
+                        number: *number,
+                        order: as_order(record),
+                    }
+                } else {
+                    SourceItem::Raw(RawLine {
+                        number: *number,
+                        bytes: line,
+                        full_len: line.len(),
+                    })
+                }))
+            }
+            other => Ok(other.next_line()?.map(SourceItem::Raw)),
+        }
+    }
+
     /// The next line, or `None` at the end of the input.
     pub fn next_line(&mut self) -> Result<Option<RawLine<'_>>> {
         match self {
@@ -143,6 +184,7 @@ impl LineSource {
                 generator,
                 line,
                 number,
+                ..
             } => {
                 line.clear();
                 if !generator.next_line(line) {
@@ -231,6 +273,25 @@ impl LineSource {
                 }
             }
         }
+    }
+}
+
+/// The order a generated record stands for, borrowing its strings.
+fn as_order(r: &GeneratedOrder) -> Order<'_> {
+    Order {
+        order_id: r.order_id.as_str().into(),
+        customer_id: r.customer_id.as_str().into(),
+        currency: r.currency.into(),
+        items: r
+            .items
+            .iter()
+            .map(|&(start, end, qty, unit_price_cents)| Item {
+                sku: r.skus[start..end].into(),
+                qty,
+                unit_price_cents,
+            })
+            .collect(),
+        payment_token: r.payment_token.into(),
     }
 }
 

@@ -70,7 +70,8 @@ def price(order):
 
 def well_formed(line):
     try:
-        o = json.loads(line)
+        # Strict UTF-8, as the grid reads lines (json.loads alone lets surrogates through).
+        o = json.loads(line.decode("utf-8"))
     except ValueError:
         return False
     if not isinstance(o, dict):
@@ -116,12 +117,24 @@ class Publisher:
         self.singles = set()
         self.nacked = 0
         self.start_ns = None
+        self.failed = False
         self.conn = pika.SelectConnection(
-            params(args.url), on_open_callback=self.on_open, on_open_error_callback=self.on_error
+            params(args.url),
+            on_open_callback=self.on_open,
+            on_open_error_callback=self.on_error,
+            on_close_callback=self.on_closed,
         )
 
-    def on_error(self, _conn, err):
-        sys.exit(f"publish: cannot connect: {err}")
+    def on_error(self, conn, err):
+        print(f"publish: cannot connect: {err!r}", file=sys.stderr)
+        self.failed = True
+        conn.ioloop.stop()
+
+    def on_closed(self, conn, reason):
+        if self.confirmed < len(self.bodies):
+            print(f"publish: connection closed early: {reason!r}", file=sys.stderr)
+            self.failed = True
+        conn.ioloop.stop()
 
     def on_open(self, conn):
         conn.channel(on_open_callback=self.on_channel)
@@ -167,6 +180,7 @@ class Publisher:
 
     def run(self):
         self.conn.ioloop.start()
+        return 1 if self.failed or self.nacked else 0
 
 
 def publish(args):
@@ -182,10 +196,26 @@ def publish(args):
     if len(bodies) < args.count:
         sys.exit(f"publish: only {len(bodies)} well-formed orders in {args.input}")
     print(f"publish: {len(bodies)} orders loaded in {time.time() - t:.2f} s (not timed)", file=sys.stderr)
-    Publisher(args, bodies).run()
+    return Publisher(args, bodies).run()
 
 
 # --- workers -----------------------------------------------------------------
+
+
+def process(order):
+    """The result of one order, as the grid's worker decides it."""
+    amount, reason = price(order)
+    if reason is not None:
+        return {"order_id": order["order_id"], "outcome": reason}
+    if order["payment_token"].startswith("tok_decline"):
+        return {"order_id": order["order_id"], "outcome": "declined"}
+    return {
+        "order_id": order["order_id"],
+        "outcome": "paid",
+        "currency": order["currency"],
+        "amount_cents": amount,
+        "items": [[i["sku"], i["qty"]] for i in order["items"]],
+    }
 
 
 class Worker:
@@ -193,44 +223,58 @@ class Worker:
         self.args = args
         self.published = 0  # publish seq of the last result sent (delivery tags from 1)
         self.pending = collections.deque()  # (result seq, order delivery tag), in order
-        self.confirmed = set()
+        self.singles = set()
         self.frontier = 0  # every result seq <= frontier is confirmed
         self.processed = 0
+        self.stopping = False
+        self.failed = False
         self.conn = pika.SelectConnection(
-            params(args.url), on_open_callback=self.on_open, on_open_error_callback=self.on_error
+            params(args.url),
+            on_open_callback=self.on_open,
+            on_open_error_callback=self.on_error,
+            on_close_callback=self.on_closed,
         )
 
-    def on_error(self, _conn, err):
-        sys.exit(f"work: cannot connect: {err}")
+    def on_error(self, conn, err):
+        print(f"work: cannot connect: {err!r}", file=sys.stderr)
+        self.failed = True
+        conn.ioloop.stop()
+
+    def on_closed(self, conn, reason):
+        if not self.stopping:
+            print(f"work: connection closed: {reason!r}", file=sys.stderr)
+            self.failed = True
+        conn.ioloop.stop()
 
     def on_open(self, conn):
         conn.channel(on_open_callback=self.on_channel)
 
     def on_channel(self, ch):
         self.ch = ch
-        ch.add_on_close_callback(lambda _ch, reason: self.conn.close())
-        ch.confirm_delivery(self.on_confirm, callback=lambda _f: ch.basic_qos(
-            prefetch_count=self.args.prefetch, callback=self.on_qos))
+        ch.add_on_close_callback(self.on_channel_closed)
+        ch.confirm_delivery(self.on_confirm, callback=self.on_confirm_mode)
+
+    def on_confirm_mode(self, _frame):
+        self.ch.basic_qos(prefetch_count=self.args.prefetch, callback=self.on_qos)
 
     def on_qos(self, _frame):
         self.ch.basic_consume(ORDERS, self.on_message)
 
+    def on_channel_closed(self, _ch, reason):
+        if not self.stopping:
+            print(f"work: channel closed: {reason!r}", file=sys.stderr)
+            self.failed = True
+        if self.conn.is_open:
+            self.conn.close()
+
     def on_message(self, ch, method, _props, body):
-        order = json.loads(body)
-        amount, reason = price(order)
-        if reason is None:
-            if order["payment_token"].startswith("tok_decline"):
-                result = {"order_id": order["order_id"], "outcome": "declined"}
-            else:
-                result = {
-                    "order_id": order["order_id"],
-                    "outcome": "paid",
-                    "currency": order["currency"],
-                    "amount_cents": amount,
-                    "items": [[i["sku"], i["qty"]] for i in order["items"]],
-                }
-        else:
-            result = {"order_id": order["order_id"], "outcome": reason}
+        try:
+            result = process(json.loads(body))
+        except Exception as e:  # a bug here must not pass for the broker's fault
+            print(f"work: cannot process {body[:200]!r}: {e!r}", file=sys.stderr)
+            self.failed = True
+            self.shutdown()
+            return
         ch.basic_publish("", RESULTS, json.dumps(result, separators=(",", ":")), PERSISTENT)
         self.published += 1
         self.pending.append((self.published, method.delivery_tag))
@@ -239,14 +283,17 @@ class Worker:
     def on_confirm(self, frame):
         m = frame.method
         if isinstance(m, pika.spec.Basic.Nack):
-            sys.exit("work: the broker refused a result")
+            print("work: the broker refused a result", file=sys.stderr)
+            self.failed = True
+            self.shutdown()
+            return
         if m.multiple:
             self.frontier = max(self.frontier, m.delivery_tag)
         else:
-            self.confirmed.add(m.delivery_tag)
-        while self.frontier + 1 in self.confirmed:
+            self.singles.add(m.delivery_tag)
+        while self.frontier + 1 in self.singles:
             self.frontier += 1
-            self.confirmed.discard(self.frontier)
+            self.singles.discard(self.frontier)
         # Acknowledge the orders whose results are safely queued, in one frame.
         last = None
         while self.pending and self.pending[0][0] <= self.frontier:
@@ -254,12 +301,17 @@ class Worker:
         if last is not None:
             self.ch.basic_ack(delivery_tag=last, multiple=True)
 
+    def shutdown(self):
+        self.stopping = True
+        if self.conn.is_open:
+            self.conn.close()
+        else:
+            self.conn.ioloop.stop()
+
     def run(self):
-        try:
-            self.conn.ioloop.start()
-        except KeyboardInterrupt:
-            pass
+        self.conn.ioloop.start()
         print(f"work: {self.processed} orders processed", file=sys.stderr)
+        return 1 if self.failed else 0
 
 
 def work(args):
@@ -268,11 +320,11 @@ def work(args):
     w = Worker(args)
 
     def stop(*_):
-        w.conn.ioloop.add_callback_threadsafe(w.conn.ioloop.stop)
+        w.conn.ioloop.add_callback_threadsafe(w.shutdown)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    w.run()
+    return w.run()
 
 
 # --- tally -------------------------------------------------------------------
@@ -332,7 +384,7 @@ def main():
     t.add_argument("--prefetch", type=int, default=1000)
     t.add_argument("--ack-every", type=int, default=250)
     args = ap.parse_args()
-    {"setup": setup, "publish": publish, "work": work, "tally": tally}[args.role](args)
+    sys.exit({"setup": setup, "publish": publish, "work": work, "tally": tally}[args.role](args) or 0)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@
 //! loss while the sink is acknowledging other orders: a sink outage costs
 //! nothing.
 
-use crate::input::{InputSpec, LineSource, RawLine};
+use crate::input::{InputSpec, LineSource, RawLine, SourceItem};
 use crate::ledger::SeqSet;
 use crate::order::{self, Line, Malformed};
 use crate::protocol::{self, Acks, Hello, Job, Kind, Progress, RunId, Welcome};
@@ -184,18 +184,19 @@ impl Reader {
                     return Ok(());
                 }
             }
-            let Some(raw) = self.source.next_line()? else {
+            let Some(item) = self.source.next_item()? else {
                 break;
             };
-            let RawLine {
-                number,
-                bytes,
-                full_len,
-            } = raw;
-            let line = if full_len > bytes.len() {
-                Line::Malformed(Malformed::TooLong(full_len))
-            } else {
-                order::parse_line(bytes)
+            let (number, line) = match item {
+                SourceItem::Order { number, order } => (number, Line::Order(order)),
+                SourceItem::Raw(RawLine {
+                    number,
+                    bytes,
+                    full_len,
+                }) if full_len > bytes.len() => {
+                    (number, Line::Malformed(Malformed::TooLong(full_len)))
+                }
+                SourceItem::Raw(raw) => (raw.number, order::parse_line(raw.bytes)),
             };
             let this = seq;
             match line {
@@ -577,8 +578,10 @@ impl Dispatcher {
                 }
             }
             if took || last_progress.elapsed() >= Duration::from_millis(100) {
+                // Announce a window ahead, so the sink knows every seq this
+                // ventilator may send before any result for it can arrive.
                 let progress = Progress {
-                    horizon: self.horizon,
+                    horizon: self.horizon + self.config.window as u64,
                     total: self.total,
                 };
                 transport::try_send(

@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# Runs the whole grid on this host: a sink, WORKERS workers and a ventilator
+# streaming N synthetic orders (--generate N), waits for the run to complete
+# and prints the report.
+#
+#   scripts/run-local.sh [N] [WORKERS] [--supervise]
+#
+#   N            orders to generate (default 1000000)
+#   WORKERS      worker processes (default 2)
+#   --supervise  restart any worker that dies (non-zero exit or killed by a
+#                signal) until the sink has exited, and log each restart
+#
+# Environment:
+#   ORDERGRID_WORKDIR   work folder (default: a fresh mktemp -d). It holds the
+#                       sink's state, the logs, the dead-letter file and the
+#                       ipc sockets. Run again with the same folder and N to
+#                       resume an interrupted run.
+#   ORDERGRID_JOBS, ORDERGRID_RESULTS, ORDERGRID_ACKS, ORDERGRID_CONTROL
+#                       endpoints (default: ipc sockets in the work folder, so
+#                       that several runs can coexist on one host)
+#   ORDERGRID_REPORT    where the sink writes report.json (default: STATE/report.json)
+#   Any other ORDERGRID_* variable (ORDERGRID_GATEWAY_LATENCY_MS, ORDERGRID_SEED,
+#   ORDERGRID_POISON, ORDERGRID_CONCURRENCY, ...) reaches the binaries as is.
+#
+# Exit status: 0 when the run completed, 1 when the sink or the ventilator
+# failed (or no worker is left), 2 on a bad command line, 130 on Ctrl-C.
+# Every process it started is stopped on the way out (SIGTERM, then SIGKILL).
+set -euo pipefail
+
+PROG=$(basename "$0")
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+GRACE_S=3 # SIGTERM -> SIGKILL grace when cleaning up
+
+usage() {
+    echo "usage: $PROG [N] [WORKERS] [--supervise]   (N >= 1, default 1000000; 1 <= WORKERS <= 256, default 2)"
+}
+usage_error() {
+    echo "$PROG: $1" >&2
+    usage >&2
+    exit 2
+}
+say() { printf '%s %s: %s\n' "$(date +%H:%M:%S)" "$PROG" "$*" >&2; }
+
+# ---------------------------------------------------------------- arguments
+N=1000000
+WORKERS=2
+SUPERVISE=0
+positional=()
+for arg in "$@"; do
+    case $arg in
+    --supervise) SUPERVISE=1 ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    -*) usage_error "unknown option: $arg" ;;
+    *) positional+=("$arg") ;;
+    esac
+done
+((${#positional[@]} <= 2)) || usage_error "too many arguments: ${positional[*]}"
+is_count() { [[ $1 =~ ^[0-9]{1,15}$ ]] && ((10#$1 >= 1)); }
+if ((${#positional[@]} >= 1)); then
+    is_count "${positional[0]}" || usage_error "N must be a whole number >= 1, not '${positional[0]}'"
+    N=$((10#${positional[0]}))
+fi
+if ((${#positional[@]} >= 2)); then
+    is_count "${positional[1]}" && ((10#${positional[1]} <= 256)) ||
+        usage_error "WORKERS must be a whole number from 1 to 256, not '${positional[1]}'"
+    WORKERS=$((10#${positional[1]}))
+fi
+
+# ---------------------------------------------------------------- build
+say "building (cargo build --release) in $ROOT"
+(cd "$ROOT" && cargo build --release --quiet)
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+BIN=${TARGET_DIR:-$ROOT/target}/release
+for b in sink worker ventilator; do
+    [[ -x $BIN/ordergrid-$b ]] || {
+        echo "$PROG: $BIN/ordergrid-$b not found after the build" >&2
+        exit 1
+    }
+done
+
+# ---------------------------------------------------------------- work folder
+if [[ -n ${ORDERGRID_WORKDIR:-} ]]; then
+    mkdir -p "$ORDERGRID_WORKDIR"
+    WORK=$(cd "$ORDERGRID_WORKDIR" && pwd)
+else
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/ordergrid-run.XXXXXX")
+fi
+LOGS=$WORK/logs
+STATE=$WORK/state
+DEAD_LETTER=$WORK/dead-letter.jsonl
+REPORT=${ORDERGRID_REPORT:-$STATE/report.json}
+mkdir -p "$LOGS"
+
+JOBS=${ORDERGRID_JOBS:-ipc://$WORK/jobs.ipc}
+RESULTS=${ORDERGRID_RESULTS:-ipc://$WORK/results.ipc}
+ACKS=${ORDERGRID_ACKS:-ipc://$WORK/acks.ipc}
+CONTROL=${ORDERGRID_CONTROL:-ipc://$WORK/control.ipc}
+for ep in "$JOBS" "$RESULTS" "$ACKS" "$CONTROL"; do
+    # A Unix socket path holds at most 107 bytes.
+    if [[ $ep == ipc://* ]] && ((${#ep} - 6 > 100)); then
+        usage_error "ipc path too long for a Unix socket ($ep): use a shorter ORDERGRID_WORKDIR"
+    fi
+done
+# The ventilator is given --generate: an input file from the environment would conflict.
+unset ORDERGRID_INPUT ORDERGRID_GENERATE
+
+# ---------------------------------------------------------------- processes
+declare -A ALIVE=() # pid -> name, for every process started and not yet reaped
+
+# start NAME STDOUT STDERR CMD...: starts CMD in the background; sets STARTED to its pid.
+start() {
+    local name=$1 out=$2 err=$3
+    shift 3
+    "$@" >>"$out" 2>>"$err" &
+    STARTED=$!
+    ALIVE[$STARTED]=$name
+}
+
+running() { kill -0 "$1" 2>/dev/null; }
+
+# reap PID: waits for an exited child; sets RC to its exit status.
+reap() {
+    RC=0
+    wait "$1" 2>/dev/null || RC=$?
+    unset "ALIVE[$1]"
+}
+
+describe_rc() {
+    if (($1 > 128)) && name=$(kill -l $(($1 - 128)) 2>/dev/null); then
+        echo "killed by SIG$name"
+    else
+        echo "exit status $1"
+    fi
+}
+
+# True if PID is still a child of this shell (guards against a recycled pid).
+mine() {
+    local stat ppid
+    [[ -r /proc/$1/stat ]] || return 1
+    read -r stat <"/proc/$1/stat" || return 1
+    stat=${stat##*) }
+    read -r _ ppid _ <<<"$stat"
+    [[ $ppid == "$$" ]]
+}
+
+stop_all() {
+    local pid pids=() left deadline
+    for pid in "${!ALIVE[@]}"; do
+        if mine "$pid"; then pids+=("$pid"); else reap "$pid"; fi
+    done
+    ((${#pids[@]})) || return 0
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    deadline=$((SECONDS + GRACE_S))
+    while :; do
+        left=()
+        for pid in "${pids[@]}"; do
+            if running "$pid" && mine "$pid"; then left+=("$pid"); fi
+        done
+        ((${#left[@]})) || break
+        if ((SECONDS >= deadline)); then
+            say "SIGKILL to what did not stop within ${GRACE_S}s: ${left[*]}"
+            kill -KILL "${left[@]}" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do reap "$pid"; done
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_all
+    if ((rc != 0)); then
+        say "failed (status $rc); work folder kept: $WORK (logs in $LOGS)"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT
+trap 'say "terminated"; exit 143' TERM
+
+fail() {
+    say "FAILED: $*"
+    local f
+    for f in "$LOGS"/*.log; do
+        [[ -s $f ]] || continue
+        echo "---- tail of $f" >&2
+        tail -n 8 "$f" >&2
+    done
+    exit 1
+}
+
+# ---------------------------------------------------------------- the grid
+say "work folder $WORK; logs in $LOGS/ (sink.log, worker-K.log, ventilator.log)"
+say "N=$N workers=$WORKERS supervise=$([[ $SUPERVISE == 1 ]] && echo yes || echo no) jobs=$JOBS"
+T0=$SECONDS
+
+start sink "$LOGS/sink.out" "$LOGS/sink.log" \
+    "$BIN/ordergrid-sink" --results "$RESULTS" --acks "$ACKS" --control "$CONTROL" \
+    --state "$STATE" --report "$REPORT"
+SINK=$STARTED
+
+declare -a WPID=() WBORN=() WNEXT=()
+start_worker() {
+    local k=$1
+    start "worker-$k" "$LOGS/worker-$k.log" "$LOGS/worker-$k.log" \
+        "$BIN/ordergrid-worker" --jobs "$JOBS" --results "$RESULTS" --control "$CONTROL"
+    WPID[k]=$STARTED
+    WBORN[k]=$SECONDS
+    WNEXT[k]=
+}
+for ((k = 1; k <= WORKERS; k++)); do start_worker "$k"; done
+
+start ventilator "$LOGS/ventilator.log" "$LOGS/ventilator.log" \
+    "$BIN/ordergrid-ventilator" --generate "$N" --jobs "$JOBS" --acks "$ACKS" \
+    --dead-letter "$DEAD_LETTER"
+VENT=$STARTED
+
+SINK_RC=
+VENT_RC=
+SINK_DONE_AT=
+RESTARTS=0
+while :; do
+    if [[ -z $VENT_RC ]] && ! running "$VENT"; then
+        reap "$VENT"
+        VENT_RC=$RC
+        ((VENT_RC == 0)) || fail "the ventilator stopped: $(describe_rc "$VENT_RC") (see $LOGS/ventilator.log)"
+        say "ventilator done"
+    fi
+    if [[ -z $SINK_RC ]] && ! running "$SINK"; then
+        reap "$SINK"
+        SINK_RC=$RC
+        ((SINK_RC == 0)) || fail "the sink stopped: $(describe_rc "$SINK_RC") (see $LOGS/sink.log)"
+        SINK_DONE_AT=$SECONDS
+        say "sink done: run complete"
+    fi
+    [[ -n $SINK_RC && -n $VENT_RC ]] && break
+    if [[ -n $SINK_RC ]] && ((SECONDS - SINK_DONE_AT > 30)); then
+        fail "the sink completed the run but the ventilator did not exit within 30s"
+    fi
+
+    alive=0
+    for ((k = 1; k <= WORKERS; k++)); do
+        pid=${WPID[k]}
+        if [[ -n $pid ]] && ! running "$pid"; then
+            reap "$pid"
+            WPID[k]=
+            if ((RC == 0)); then
+                say "worker $k (pid $pid) exited"
+            elif ((SUPERVISE)) && [[ -z $SINK_RC ]]; then
+                # A worker that dies at once is restarted after a short pause.
+                WNEXT[k]=$((SECONDS - WBORN[k] < 1 ? SECONDS + 1 : SECONDS))
+                say "worker $k (pid $pid) died: $(describe_rc "$RC"); restarting it"
+            else
+                say "worker $k (pid $pid) died: $(describe_rc "$RC"); not restarted (no --supervise)"
+            fi
+        fi
+        if [[ -z ${WPID[k]} && -n ${WNEXT[k]} && -z $SINK_RC ]] && ((SECONDS >= WNEXT[k])); then
+            start_worker "$k"
+            RESTARTS=$((RESTARTS + 1))
+            say "worker $k restarted as pid ${WPID[k]} (restart #$RESTARTS)"
+        fi
+        [[ -n ${WPID[k]} || -n ${WNEXT[k]} ]] && alive=$((alive + 1))
+    done
+    if ((alive == 0)) && [[ -z $SINK_RC ]]; then
+        fail "no worker is left and the run is not complete (poison orders abort workers: use --supervise)"
+    fi
+    sleep 0.2
+done
+
+# Workers hear "run over" from the sink and exit by themselves; cleanup stops stragglers.
+for ((k = 1; k <= WORKERS; k++)); do
+    pid=${WPID[k]}
+    [[ -n $pid ]] || continue
+    for _ in {1..20}; do running "$pid" || break; sleep 0.1; done
+done
+
+say "run complete in $((SECONDS - T0))s; worker restarts: $RESTARTS"
+cat "$LOGS/sink.out"
+echo
+echo "report:      $REPORT"
+if [[ -s $DEAD_LETTER ]]; then
+    echo "dead letter: $DEAD_LETTER ($(wc -l <"$DEAD_LETTER") lines)"
+fi
+echo "logs:        $LOGS"
