@@ -58,10 +58,10 @@ struct Args {
     #[arg(long, env = "ORDERGRID_DEAD_LETTER", default_value = ordergrid::DEFAULT_DEAD_LETTER)]
     dead_letter: PathBuf,
     /// Orders per job frame at most.
-    #[arg(long, env = "ORDERGRID_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    #[arg(long, env = "ORDERGRID_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_535))]
     batch: u32,
     /// Orders sent and not yet acknowledged, at most.
-    #[arg(long, env = "ORDERGRID_WINDOW", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ORDERGRID_WINDOW", default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(1..))]
     window: u32,
     /// Job frames queued towards each worker (ZMQ_SNDHWM).
     #[arg(long, env = "ORDERGRID_SEND_HWM", default_value_t = 8)]

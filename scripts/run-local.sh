@@ -39,7 +39,11 @@ usage_error() {
     usage >&2
     exit 2
 }
-say() { printf '%s %s: %s\n' "$(date +%H:%M:%S)" "$PROG" "$*" >&2; }
+# Messages go to the script's stderr (fd 3): while the grid runs, the shell's
+# own stderr goes to a log, as bash reports there every background process a
+# signal ended ("Aborted", "Killed"), which this script reports itself.
+exec 3>&2
+say() { printf '%s %s: %s\n' "$(date +%H:%M:%S)" "$PROG" "$*" >&3; }
 
 # ---------------------------------------------------------------- arguments
 N=1000000
@@ -64,8 +68,9 @@ if ((${#positional[@]} >= 1)); then
     N=$((10#${positional[0]}))
 fi
 if ((${#positional[@]} >= 2)); then
-    is_count "${positional[1]}" && ((10#${positional[1]} <= 256)) ||
+    if ! is_count "${positional[1]}" || ((10#${positional[1]} > 256)); then
         usage_error "WORKERS must be a whole number from 1 to 256, not '${positional[1]}'"
+    fi
     WORKERS=$((10#${positional[1]}))
 fi
 
@@ -171,11 +176,19 @@ stop_all() {
     for pid in "${pids[@]}"; do reap "$pid"; done
 }
 
+# How bash reports a background process that a signal ended.
+# shellcheck disable=SC2016 # a literal $@ and $out
+JOB_NOTICE=': line [0-9]+: +[0-9]+ .*"\$@" >> "\$out"'
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stop_all
     if ((rc != 0)); then
+        # Errors of this script itself, if any, are among the shell's job notices.
+        if [[ -s $LOGS/shell.log ]] && grep -qvE "$JOB_NOTICE" "$LOGS/shell.log"; then
+            echo "---- $LOGS/shell.log (other than job notices)" >&3
+            grep -vE "$JOB_NOTICE" "$LOGS/shell.log" | tail -n 20 >&3
+        fi
         say "failed (status $rc); work folder kept: $WORK (logs in $LOGS)"
     fi
     exit "$rc"
@@ -188,9 +201,9 @@ fail() {
     say "FAILED: $*"
     local f
     for f in "$LOGS"/*.log; do
-        [[ -s $f ]] || continue
-        echo "---- tail of $f" >&2
-        tail -n 8 "$f" >&2
+        [[ -s $f && $f != "$LOGS/shell.log" ]] || continue
+        echo "---- tail of $f" >&3
+        tail -n 8 "$f" >&3
     done
     exit 1
 }
@@ -225,53 +238,64 @@ SINK_RC=
 VENT_RC=
 SINK_DONE_AT=
 RESTARTS=0
-while :; do
-    if [[ -z $VENT_RC ]] && ! running "$VENT"; then
-        reap "$VENT"
-        VENT_RC=$RC
-        ((VENT_RC == 0)) || fail "the ventilator stopped: $(describe_rc "$VENT_RC") (see $LOGS/ventilator.log)"
-        say "ventilator done"
-    fi
-    if [[ -z $SINK_RC ]] && ! running "$SINK"; then
-        reap "$SINK"
-        SINK_RC=$RC
-        ((SINK_RC == 0)) || fail "the sink stopped: $(describe_rc "$SINK_RC") (see $LOGS/sink.log)"
-        SINK_DONE_AT=$SECONDS
-        say "sink done: run complete"
-    fi
-    [[ -n $SINK_RC && -n $VENT_RC ]] && break
-    if [[ -n $SINK_RC ]] && ((SECONDS - SINK_DONE_AT > 30)); then
-        fail "the sink completed the run but the ventilator did not exit within 30s"
-    fi
+CLEAN_EXITS=0
+NO_WORKER_SINCE=
+# Waits for the ventilator and the sink, restarting workers with --supervise.
+supervise() {
+    while :; do
+        if [[ -z $VENT_RC ]] && ! running "$VENT"; then
+            reap "$VENT"
+            VENT_RC=$RC
+            ((VENT_RC == 0)) || fail "the ventilator stopped: $(describe_rc "$VENT_RC") (see $LOGS/ventilator.log)"
+            say "ventilator done"
+        fi
+        if [[ -z $SINK_RC ]] && ! running "$SINK"; then
+            reap "$SINK"
+            SINK_RC=$RC
+            ((SINK_RC == 0)) || fail "the sink stopped: $(describe_rc "$SINK_RC") (see $LOGS/sink.log)"
+            SINK_DONE_AT=$SECONDS
+            say "sink done: run complete"
+        fi
+        [[ -n $SINK_RC && -n $VENT_RC ]] && break
+        if [[ -n $SINK_RC ]] && ((SECONDS - SINK_DONE_AT > 30)); then
+            fail "the sink completed the run but the ventilator did not exit within 30s"
+        fi
 
-    alive=0
-    for ((k = 1; k <= WORKERS; k++)); do
-        pid=${WPID[k]}
-        if [[ -n $pid ]] && ! running "$pid"; then
-            reap "$pid"
-            WPID[k]=
-            if ((RC == 0)); then
-                say "worker $k (pid $pid) exited"
-            elif ((SUPERVISE)) && [[ -z $SINK_RC ]]; then
-                # A worker that dies at once is restarted after a short pause.
-                WNEXT[k]=$((SECONDS - WBORN[k] < 1 ? SECONDS + 1 : SECONDS))
-                say "worker $k (pid $pid) died: $(describe_rc "$RC"); restarting it"
-            else
-                say "worker $k (pid $pid) died: $(describe_rc "$RC"); not restarted (no --supervise)"
+        alive=0
+        for ((k = 1; k <= WORKERS; k++)); do
+            pid=${WPID[k]}
+            if [[ -n $pid ]] && ! running "$pid"; then
+                reap "$pid"
+                WPID[k]=
+                if ((RC == 0)); then
+                    CLEAN_EXITS=$((CLEAN_EXITS + 1)) # the run is over, or someone stopped it
+                    say "worker $k (pid $pid) exited"
+                elif ((SUPERVISE)) && [[ -z $SINK_RC ]]; then
+                    # A worker that dies at once is restarted after a short pause.
+                    WNEXT[k]=$((SECONDS - WBORN[k] < 1 ? SECONDS + 1 : SECONDS))
+                    say "worker $k (pid $pid) died: $(describe_rc "$RC"); restarting it"
+                else
+                    say "worker $k (pid $pid) died: $(describe_rc "$RC"); not restarted (no --supervise)"
+                fi
+            fi
+            if [[ -z ${WPID[k]} && -n ${WNEXT[k]} && -z $SINK_RC ]] && ((SECONDS >= WNEXT[k])); then
+                start_worker "$k"
+                RESTARTS=$((RESTARTS + 1))
+                say "worker $k restarted as pid ${WPID[k]} (restart #$RESTARTS)"
+            fi
+            [[ -n ${WPID[k]} || -n ${WNEXT[k]} ]] && alive=$((alive + 1))
+        done
+        if ((alive == 0)) && [[ -z $SINK_RC ]]; then
+            # Workers leave when the sink says the run is over, a moment before the sink exits.
+            NO_WORKER_SINCE=${NO_WORKER_SINCE:-$SECONDS}
+            if ((CLEAN_EXITS == 0 || SECONDS - NO_WORKER_SINCE > 30)); then
+                fail "no worker is left and the run is not complete (poison orders abort workers: use --supervise)"
             fi
         fi
-        if [[ -z ${WPID[k]} && -n ${WNEXT[k]} && -z $SINK_RC ]] && ((SECONDS >= WNEXT[k])); then
-            start_worker "$k"
-            RESTARTS=$((RESTARTS + 1))
-            say "worker $k restarted as pid ${WPID[k]} (restart #$RESTARTS)"
-        fi
-        [[ -n ${WPID[k]} || -n ${WNEXT[k]} ]] && alive=$((alive + 1))
+        sleep 0.2
     done
-    if ((alive == 0)) && [[ -z $SINK_RC ]]; then
-        fail "no worker is left and the run is not complete (poison orders abort workers: use --supervise)"
-    fi
-    sleep 0.2
-done
+}
+supervise 2>>"$LOGS/shell.log"
 
 # Workers hear "run over" from the sink and exit by themselves; cleanup stops stragglers.
 for ((k = 1; k <= WORKERS; k++)); do

@@ -50,7 +50,9 @@ const STREAM_ALTERED: u64 = 3;
 /// The token of a poison order.
 const POISON_TOKEN: &[u8] = b"tok_crash";
 
-/// What [`Generator::produce`] made.
+/// What [`Generator::produce`] made. Short-lived (one per line), so the
+/// size difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Produced {
     /// A line was written out (a malformed one).
     Written,
@@ -98,19 +100,28 @@ impl GeneratedOrder {
         if !items.iter().all(plain_item) {
             return false;
         }
-        use std::fmt::Write as _;
         self.order_id.clear();
         self.order_id.push_str("o-");
-        self.order_id
-            .push_str(std::str::from_utf8(prefix).unwrap_or(""));
-        let _ = write!(self.order_id, "-{}", line + 1);
+        self.order_id.extend(prefix.iter().map(|&b| char::from(b)));
+        self.order_id.push('-');
+        push_decimal(&mut self.order_id, line + 1);
         self.customer_id.clear();
-        let _ = match o.customer {
-            Customer::Plain(n) => write!(self.customer_id, "c-{n}"),
-            Customer::EscapedQuote(n) => write!(self.customer_id, "c-\"vip\"-{n}"),
-            Customer::EscapedUnicode(n) => write!(self.customer_id, "c-caf\u{e9}-{n}"),
+        let n = match o.customer {
+            Customer::Plain(n) => {
+                self.customer_id.push_str("c-");
+                n
+            }
+            Customer::EscapedQuote(n) => {
+                self.customer_id.push_str("c-\"vip\"-");
+                n
+            }
+            Customer::EscapedUnicode(n) => {
+                self.customer_id.push_str("c-caf\u{e9}-");
+                n
+            }
             Customer::InvalidUtf8(..) => return false,
         };
+        push_decimal(&mut self.customer_id, u64::from(n));
         self.currency = currency;
         self.payment_token = token;
         self.skus.clear();
@@ -119,7 +130,10 @@ impl GeneratedOrder {
             let start = self.skus.len();
             match it.sku {
                 Sku::Num(n) => {
-                    let _ = write!(self.skus, "SKU-{n:05}");
+                    self.skus.push_str("SKU-");
+                    let digits =
+                        [10_000, 1_000, 100, 10, 1].map(|p| char::from(b'0' + (n / p % 10) as u8));
+                    self.skus.extend(digits);
                 }
                 Sku::Empty => {}
                 Sku::Long => {
@@ -135,6 +149,21 @@ impl GeneratedOrder {
         }
         true
     }
+}
+
+/// Appends `n` in decimal to a String, with no allocation.
+fn push_decimal(s: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.extend(digits[at..].iter().map(|&b| char::from(b)));
 }
 
 /// A deterministic stream of synthetic order lines (see the module docs).
@@ -251,10 +280,10 @@ impl Generator {
         let mut k = Rng::for_line(self.key, i, STREAM_KIND);
         let r = k.below(1_000_000);
         if r < REJECT_PPM {
-            return Some(Produced::Order(rejected(&mut k, &mut content, i)));
+            Some(Produced::Order(rejected(&mut k, &mut content, i)))
         } else if r < REJECT_PPM + MALFORMED_PPM {
             self.malformed(&mut k, &mut content, i, out);
-            return Some(Produced::Written);
+            Some(Produced::Written)
         } else if let Some(j) = (r < REJECT_PPM + MALFORMED_PPM + DUPLICATE_PPM)
             .then(|| self.earlier(&mut k))
             .flatten()

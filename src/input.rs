@@ -4,7 +4,7 @@
 //! never holds more than one over-long line's worth of memory.
 
 use crate::generator::{GeneratedOrder, Generator};
-use crate::order::{Item, Order, MAX_LINE_BYTES};
+use crate::order::MAX_LINE_BYTES;
 use crate::protocol::RunId;
 use crate::{Error, Result};
 use std::fs::File;
@@ -74,7 +74,10 @@ pub enum LineSource {
 #[derive(Debug)]
 pub enum SourceItem<'a> {
     Raw(RawLine<'a>),
-    Order { number: u64, order: Order<'a> },
+    Generated {
+        number: u64,
+        order: &'a GeneratedOrder,
+    },
 }
 
 impl LineSource {
@@ -145,9 +148,9 @@ impl LineSource {
                 };
                 *number += 1;
                 Ok(Some(if is_order {
-                    SourceItem::Order {
+                    SourceItem::Generated {
                         number: *number,
-                        order: as_order(record),
+                        order: record,
                     }
                 } else {
                     SourceItem::Raw(RawLine {
@@ -273,25 +276,6 @@ impl LineSource {
                 }
             }
         }
-    }
-}
-
-/// The order a generated record stands for, borrowing its strings.
-fn as_order(r: &GeneratedOrder) -> Order<'_> {
-    Order {
-        order_id: r.order_id.as_str().into(),
-        customer_id: r.customer_id.as_str().into(),
-        currency: r.currency.into(),
-        items: r
-            .items
-            .iter()
-            .map(|&(start, end, qty, unit_price_cents)| Item {
-                sku: r.skus[start..end].into(),
-                qty,
-                unit_price_cents,
-            })
-            .collect(),
-        payment_token: r.payment_token.into(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! seq. Applying a seq twice is a no-op, which is what makes redelivery,
 //! journal replay and replayed frames harmless.
 
+use crate::fasthash::FxMap;
 use crate::protocol::ResultRecord;
 use crate::report::{CurrencyTotals, OrderCounts, RejectedCounts};
 use crate::rules::{Outcome, Rejection, MAX_QTY, MAX_SKU_BYTES, OUTCOME_CODES};
@@ -69,7 +70,7 @@ pub struct Ledger {
     tallied: u64,
     counts: Vec<u64>,
     payments: HashMap<[u8; 3], (u64, i128)>,
-    stock: HashMap<String, i64>,
+    stock: FxMap<String, i64>,
 }
 
 impl Ledger {

@@ -27,10 +27,12 @@
 //! - [`input`]: where the ventilator's lines come from (file, stdin, generator).
 //! - [`roles`]: `ventilator`, `worker` and `sink`: each a `run(config, shutdown)`.
 //! - [`shutdown`]: the signal-driven stop request every loop polls.
+//! - [`fasthash`]: hashers for the hot maps.
 //! - [`cli`]: what the thin binaries share: logging set-up and exit codes.
 
 pub mod cli;
 pub mod error;
+pub mod fasthash;
 pub mod gateway;
 pub mod generator;
 pub mod input;

@@ -242,6 +242,47 @@ pub fn write_result_record<'a>(
     }
 }
 
+/// Appends one [`Job`] in its MessagePack form without serde (the
+/// ventilator's hot path); decodes as `Job` (structs as arrays).
+pub fn write_job(buf: &mut Vec<u8>, seq: u64, order: &Order<'_>) {
+    let items = order
+        .items
+        .iter()
+        .map(|i| (&*i.sku, i.qty, i.unit_price_cents));
+    let fields = [
+        &*order.order_id,
+        &*order.customer_id,
+        &*order.currency,
+        &*order.payment_token,
+    ];
+    write_job_fields(buf, seq, fields, items);
+}
+
+/// [`write_job`] from the order's fields: `[order_id, customer_id,
+/// currency, payment_token]` and `(sku, qty, unit_price_cents)` items.
+pub fn write_job_fields<'a>(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    [order_id, customer_id, currency, payment_token]: [&str; 4],
+    items: impl ExactSizeIterator<Item = (&'a str, i64, i64)>,
+) {
+    // Writing into a Vec cannot fail.
+    buf.push(0x92);
+    let _ = rmp::encode::write_uint(buf, seq);
+    buf.push(0x95);
+    let _ = rmp::encode::write_str(buf, order_id);
+    let _ = rmp::encode::write_str(buf, customer_id);
+    let _ = rmp::encode::write_str(buf, currency);
+    write_array_len(buf, items.len());
+    for (sku, qty, unit_price_cents) in items {
+        buf.push(0x93);
+        let _ = rmp::encode::write_str(buf, sku);
+        let _ = rmp::encode::write_sint(buf, qty);
+        let _ = rmp::encode::write_sint(buf, unit_price_cents);
+    }
+    let _ = rmp::encode::write_str(buf, payment_token);
+}
+
 /// Writes a Results frame around `count` records already encoded in `records`.
 pub fn results_frame(buf: &mut Vec<u8>, run: RunId, worker_id: u64, count: usize, records: &[u8]) {
     begin_frame(buf, Kind::Results, run);
@@ -450,6 +491,47 @@ mod tests {
             assert_eq!(batch.isolate, count == 1);
             assert_eq!(batch.jobs.len(), count);
             assert_eq!(batch.jobs[count - 1].seq, count as u64 - 1);
+        }
+    }
+
+    #[test]
+    fn hand_written_jobs_match_serde() {
+        use crate::order::Item;
+        let orders = [
+            Order {
+                order_id: "o-1".into(),
+                customer_id: "c\"é".into(),
+                currency: "USD".into(),
+                items: vec![],
+                payment_token: "t".into(),
+            },
+            Order {
+                order_id: "x".repeat(64).into(),
+                customer_id: "".into(),
+                currency: "usd".into(),
+                items: (0..20)
+                    .map(|i| Item {
+                        sku: format!("SKU-{i}").into(),
+                        qty: i64::MIN + i,
+                        unit_price_cents: i64::MAX - i,
+                    })
+                    .collect(),
+                payment_token: "s".repeat(300).into(),
+            },
+        ];
+        for (seq, order) in [0, u64::MAX].into_iter().zip(orders) {
+            let mut hand = Vec::new();
+            write_job(&mut hand, seq, &order);
+            let mut serde = Vec::new();
+            encode_into(
+                &mut serde,
+                &Job {
+                    seq,
+                    order: order.clone(),
+                },
+            );
+            assert_eq!(decode::<Job>(&hand).unwrap(), Job { seq, order });
+            assert_eq!(hand, serde, "the same bytes as serde's encoding");
         }
     }
 

@@ -21,17 +21,18 @@
 //! loss while the sink is acknowledging other orders: a sink outage costs
 //! nothing.
 
+use crate::fasthash::{DigestSet, SeqMap};
+use crate::generator::GeneratedOrder;
 use crate::input::{InputSpec, LineSource, RawLine, SourceItem};
 use crate::ledger::SeqSet;
 use crate::order::{self, Line, Malformed};
-use crate::protocol::{self, Acks, Hello, Job, Kind, Progress, RunId, Welcome};
+use crate::protocol::{self, Acks, Hello, Kind, Progress, RunId, Welcome};
 use crate::rules::Outcome;
 use crate::shutdown::Shutdown;
 use crate::transport::{self, SocketTuning};
 use crate::{Error, Result};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,8 +70,8 @@ impl Default for VentilatorConfig {
             acks: crate::DEFAULT_ACKS.into(),
             run_id: None,
             dead_letter: crate::DEFAULT_DEAD_LETTER.into(),
-            batch: 256,
-            window: 16_384,
+            batch: 1024,
+            window: 32_768,
             send_hwm: 8,
             max_deliveries: 3,
             min_timeout: Duration::from_millis(500),
@@ -93,28 +94,8 @@ pub enum VentilatorExit {
     Stopped { run: RunId },
 }
 
-/// A hasher for seqs and digests, which are already well spread.
-#[derive(Default)]
-struct PassThrough(u64);
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing spreads sequential seqs over the table.
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
-    }
-}
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<PassThrough>>;
-type FastSet<K> = HashSet<K, BuildHasherDefault<PassThrough>>;
+type FastMap<K, V> = SeqMap<K, V>;
+type FastSet<K> = DigestSet<K>;
 
 /// Appends `{"line": N, "reason": "…"}` records; opened on first use.
 struct DeadLetter {
@@ -146,7 +127,7 @@ impl DeadLetter {
 /// What the reader hands the dispatcher.
 struct Prepared {
     /// Encoded jobs back to back.
-    jobs_bytes: Arc<Vec<u8>>,
+    jobs_bytes: Vec<u8>,
     /// `(seq, line, start, end)` of each job in `jobs_bytes`.
     jobs: Vec<(u64, u64, u32, u32)>,
     /// The reader's own verdicts: `(seq, line, outcome)`.
@@ -166,6 +147,23 @@ struct Reader {
     tx: mpsc::SyncSender<Prepared>,
     doorbell: zmq::Socket,
     stop: Arc<AtomicBool>,
+}
+
+/// A line as the reader sees it: parsed, or a generated order's fields.
+enum Parsed<'a> {
+    Line(Line<'a>),
+    Generated(&'a GeneratedOrder),
+}
+
+/// About how many distinct orders the input holds, to size the duplicate
+/// set once instead of growing it (each growth copies the whole table).
+fn expected_orders(input: &InputSpec) -> usize {
+    match input {
+        InputSpec::Generate { count, .. } => *count as usize,
+        // Synthetic orders average about 150 bytes a line.
+        InputSpec::File(path) => std::fs::metadata(path).map_or(0, |m| (m.len() / 150) as usize),
+        InputSpec::Stdin => 0,
+    }
 }
 
 impl Reader {
@@ -188,45 +186,55 @@ impl Reader {
                 break;
             };
             let (number, line) = match item {
-                SourceItem::Order { number, order } => (number, Line::Order(order)),
+                SourceItem::Generated { number, order } => (number, Parsed::Generated(order)),
                 SourceItem::Raw(RawLine {
                     number,
                     bytes,
                     full_len,
-                }) if full_len > bytes.len() => {
-                    (number, Line::Malformed(Malformed::TooLong(full_len)))
-                }
-                SourceItem::Raw(raw) => (raw.number, order::parse_line(raw.bytes)),
+                }) if full_len > bytes.len() => (
+                    number,
+                    Parsed::Line(Line::Malformed(Malformed::TooLong(full_len))),
+                ),
+                SourceItem::Raw(raw) => (raw.number, Parsed::Line(order::parse_line(raw.bytes))),
             };
             let this = seq;
-            match line {
-                Line::Blank => continue,
-                Line::Malformed(why) => {
+            let order_id: &str = match &line {
+                Parsed::Line(Line::Blank) => continue,
+                Parsed::Line(Line::Malformed(why)) => {
                     seq += 1;
                     if !self.done.contains(this) {
                         self.dead_letter.write(number, &why.to_string())?;
                         out.locals.push((this, number, Outcome::Malformed));
                     }
+                    continue;
                 }
-                Line::Order(order) => {
-                    seq += 1;
-                    let fresh = self
-                        .seen
-                        .insert(xxhash_rust::xxh3::xxh3_128(order.order_id.as_bytes()));
-                    if self.done.contains(this) {
-                        continue;
-                    }
-                    if !fresh {
-                        out.locals.push((this, number, Outcome::Duplicate));
-                        continue;
-                    }
-                    let bytes = Arc::get_mut(&mut out.jobs_bytes).expect("unshared while filling");
-                    let start = bytes.len() as u32;
-                    protocol::encode_into(bytes, &Job { seq: this, order });
-                    let end = bytes.len() as u32;
-                    out.jobs.push((this, number, start, end));
-                }
+                Parsed::Line(Line::Order(order)) => &order.order_id,
+                Parsed::Generated(order) => &order.order_id,
+            };
+            seq += 1;
+            let fresh = self
+                .seen
+                .insert(xxhash_rust::xxh3::xxh3_128(order_id.as_bytes()));
+            if self.done.contains(this) {
+                continue;
             }
+            if !fresh {
+                out.locals.push((this, number, Outcome::Duplicate));
+                continue;
+            }
+            let bytes = &mut out.jobs_bytes;
+            let start = bytes.len() as u32;
+            match &line {
+                Parsed::Generated(g) => {
+                    let items = g.items.iter().map(|&(s, e, q, p)| (&g.skus[s..e], q, p));
+                    let fields = [&*g.order_id, &*g.customer_id, g.currency, g.payment_token];
+                    protocol::write_job_fields(bytes, this, fields, items);
+                }
+                Parsed::Line(Line::Order(order)) => protocol::write_job(bytes, this, order),
+                Parsed::Line(_) => unreachable!("only orders get here"),
+            }
+            let end = bytes.len() as u32;
+            out.jobs.push((this, number, start, end));
             if out.jobs.len() >= self.batch
                 || out.jobs_bytes.len() >= 256 << 10
                 || out.locals.len() >= self.batch
@@ -246,7 +254,7 @@ impl Reader {
 
     fn empty(&self) -> Prepared {
         Prepared {
-            jobs_bytes: Arc::new(Vec::with_capacity(self.batch * 160)),
+            jobs_bytes: Vec::with_capacity(self.batch * 160),
             jobs: Vec::with_capacity(self.batch),
             locals: Vec::new(),
             next_seq: 0,
@@ -485,7 +493,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let reader = Reader {
         source,
         done,
-        seen: FastSet::default(),
+        seen: FastSet::with_capacity_and_hasher(expected_orders(&config.input), Default::default()),
         dead_letter: DeadLetter {
             path: config.dead_letter.clone(),
             file: None,
@@ -690,6 +698,7 @@ impl Dispatcher {
             self.locals_out.push(seq);
         }
         if !p.jobs.is_empty() {
+            let jobs_bytes = Arc::new(p.jobs_bytes);
             let mut seqs = Vec::with_capacity(p.jobs.len());
             for &(seq, line, start, end) in &p.jobs {
                 self.window.insert(
@@ -697,7 +706,7 @@ impl Dispatcher {
                     Slot {
                         line,
                         payload: Payload::Job {
-                            bytes: p.jobs_bytes.clone(),
+                            bytes: jobs_bytes.clone(),
                             start,
                             end,
                         },
@@ -709,13 +718,13 @@ impl Dispatcher {
                 );
                 seqs.push(seq);
             }
-            let mut frame = Vec::with_capacity(p.jobs_bytes.len() + 32);
+            let mut frame = Vec::with_capacity(jobs_bytes.len() + 32);
             protocol::jobs_frame(
                 &mut frame,
                 self.run,
                 false,
                 p.jobs.len(),
-                std::iter::once(&p.jobs_bytes[..]),
+                std::iter::once(&jobs_bytes[..]),
             );
             self.fresh.push_back(Outgoing {
                 frame,

@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# The throughput benchmark of issue 4: the grid side by side with the naive
+# ZeroMQ Guide pipeline (examples/naive_pipeline.rs) and a RabbitMQ work queue.
+#
+#   scripts/bench.sh [--quick] [--runs R] [--no-rabbitmq]
+#
+# Builds in release, runs every scenario R times (default 3; --quick: fewer
+# orders and 1 run), prints the table (median orders/s with min and max, the
+# ratio to the naive pipeline, peak RSS of each role) and writes
+# docs/bench/results.md and docs/bench/throughput.svg. Raw data, logs and the
+# state folders go to bench-out/ (ignored by git; BENCH_OUT overrides it),
+# which is on the same disk as the repo, so the sink's journal fsyncs for real.
+#
+# orders/s = orders / wall-clock seconds, from the start of the ventilator to
+# the end of the run: for the grid, the ventilator's exit, which comes once
+# the sink has tallied every order, synced its journal and written the report
+# (the sink itself lingers ~1.5 s after that to tell the workers; that later
+# exit is recorded too, as "to sink exit"). For the naive pipeline and the
+# broker, whose ventilator/publisher first builds its orders in memory (not
+# timed), from its start signal to the last result tallied.
+#
+# The machine may be shared: before each run the script waits (up to
+# BENCH_QUIET_WAIT seconds, default 120) for the other processes to use less
+# than a quarter of the CPU, and it records the CPU others used during the run.
+#
+# Needs: cargo, python3 (with venv), GNU time (installed with apt-get if
+# missing), rabbitmq-server (installed with apt-get if missing; --no-rabbitmq
+# skips the broker).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+QUICK=0
+RUNS=""
+RABBIT=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --runs) RUNS=$2; shift ;;
+        --no-rabbitmq) RABBIT=0 ;;
+        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$QUICK" = 1 ]; then
+    N=200000; N_RSS=1000000; N_GATEWAY=20000; N_RABBIT=20000; RUNS=${RUNS:-1}
+else
+    N=2000000; N_RSS=10000000; N_GATEWAY=100000; N_RABBIT=200000; RUNS=${RUNS:-3}
+fi
+SCALING="1 2 4"
+QUIET_WAIT=${BENCH_QUIET_WAIT:-120}
+
+OUT=${BENCH_OUT:-$ROOT/bench-out}
+DOCS=$ROOT/docs/bench
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET/release
+NAIVE=$BIN/examples/naive_pipeline
+RESULTS=$OUT/results.jsonl
+SOCK=$(mktemp -d /tmp/ordergrid-bench.XXXXXX) # ipc paths must be short
+mkdir -p "$OUT" "$DOCS"
+: > "$RESULTS"
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# --- leave nothing behind -----------------------------------------------------
+PIDS=()          # the /usr/bin/time wrappers of every role started
+RABBIT_STARTED=0
+EPMD_BEFORE=$(pgrep -x epmd || true)
+
+kill_tree() { # pid...: TERM each process and its descendants, then KILL
+    local p
+    for p in "$@"; do
+        kill -0 "$p" 2>/dev/null || continue
+        # shellcheck disable=SC2046
+        kill_tree $(pgrep -P "$p" || true)
+        kill -TERM "$p" 2>/dev/null || true
+    done
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ ${#PIDS[@]} -gt 0 ]; then
+        kill_tree "${PIDS[@]}"
+        sleep 0.5
+        for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    fi
+    if [ "$RABBIT_STARTED" = 1 ]; then
+        log "stopping RabbitMQ"
+        rabbitmqctl stop >/dev/null 2>&1 || true
+        if [ -z "$EPMD_BEFORE" ]; then epmd -kill >/dev/null 2>&1 || true; fi
+    fi
+    rm -rf "$SOCK"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- tools --------------------------------------------------------------------
+if [ ! -x /usr/bin/time ]; then
+    log "installing GNU time"
+    apt-get install -y time >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y time >/dev/null; }
+fi
+
+log "building (release) into $TARGET"
+(cd "$ROOT" && cargo build --release --bins --example naive_pipeline)
+
+# --- measuring ----------------------------------------------------------------
+cpu_busy() { # busy and total jiffies of the whole machine
+    awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat
+}
+
+wait_quiet() { # wait until others use < 25% of the CPU (1 s samples)
+    local waited=0 a b
+    while :; do
+        read -r a at < <(cpu_busy); sleep 1; read -r b bt < <(cpu_busy)
+        BUSY_BEFORE=$(( 100 * (b - a) / (bt - at > 0 ? bt - at : 1) ))
+        [ "$BUSY_BEFORE" -lt 25 ] && return
+        if [ "$waited" -ge "$QUIET_WAIT" ]; then
+            log "the machine is still ${BUSY_BEFORE}% busy after ${waited}s: measuring anyway"
+            return
+        fi
+        [ "$waited" = 0 ] && log "the machine is ${BUSY_BEFORE}% busy with other work: waiting"
+        waited=$((waited + 1))
+    done
+}
+
+now_ns() { date +%s%N; }
+
+start_role() { # name dir cmd...: start in the background under GNU time; sets STARTED
+    local name=$1 dir=$2; shift 2
+    /usr/bin/time -f '%M %e %U %S' -o "$dir/$name.time" \
+        timeout -k 5 "$TMO" "$@" >"$dir/$name.out" 2>"$dir/$name.err" &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+wait_rc() { # pid: sets RC to its exit code (no subshell: wait needs this shell)
+    RC=0
+    wait "$1" || RC=$?
+}
+
+snap() { # machine busy jiffies, broker jiffies, now: for the CPU others used
+    local broker=0
+    if [ -n "${BROKER_PID:-}" ] && [ -r "/proc/$BROKER_PID/stat" ]; then
+        broker=$(awk '{print $14+$15}' "/proc/$BROKER_PID/stat")
+    fi
+    echo "$(cpu_busy | cut -d' ' -f1),$broker,$(now_ns)"
+}
+
+record() { # name workers run dir start_ns end_ns end2_ns ok note extra-json
+    python3 "$ROOT/scripts/bench/collect.py" "$@" >>"$RESULTS"
+}
+
+# One run of the grid. mode: generate|file; input: N or the file.
+grid_run() { # scenario orders workers run input-args... -- worker-args...
+    local scenario=$1 orders=$2 workers=$3 run=$4; shift 4
+    local vent_args=() worker_args=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do vent_args+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    worker_args=("$@")
+    local dir=$OUT/runs/$scenario/w$workers-r$run
+    rm -rf "$dir"; mkdir -p "$dir"
+    local ep=ipc://$SOCK/$scenario-$workers-$run
+    export RUST_LOG=${RUST_LOG:-info}
+    wait_quiet
+    local snap0; snap0=$(snap)
+    start_role sink "$dir" "$BIN/ordergrid-sink" --results "$ep-res" --acks "$ep-acks" \
+        --control "$ep-ctl" --state "$dir/state" --progress-ms 1000
+    local sink=$STARTED ws=() i
+    for i in $(seq "$workers"); do
+        start_role "worker$i" "$dir" "$BIN/ordergrid-worker" --jobs "$ep-jobs" \
+            --results "$ep-res" --control "$ep-ctl" "${worker_args[@]}"
+        ws+=("$STARTED")
+    done
+    sleep 0.3
+    local t0 t1 t2 vrc src wrc=0
+    t0=$(now_ns)
+    start_role vent "$dir" "$BIN/ordergrid-ventilator" "${vent_args[@]}" --jobs "$ep-jobs" \
+        --acks "$ep-acks" --dead-letter "$dir/dead-letter.jsonl"
+    wait_rc "$STARTED"; vrc=$RC; t1=$(now_ns)
+    wait_rc "$sink"; src=$RC; t2=$(now_ns)
+    for i in "${ws[@]}"; do wait_rc "$i"; [ "$RC" = 0 ] || wrc=$RC; done
+    local snap1; snap1=$(snap)
+    local ok=1 note=""
+    [ "$vrc" = 0 ] || { ok=0; note+="ventilator exit $vrc; "; }
+    [ "$src" = 0 ] || { ok=0; note+="sink exit $src; "; }
+    [ "$wrc" = 0 ] || { ok=0; note+="a worker exited $wrc; "; }
+    record --scenario "$scenario" --system grid --orders "$orders" --workers "$workers" \
+        --run "$run" --dir "$dir" --start-ns "$t0" --end-ns "$t1" --end2-ns "$t2" \
+        --ok "$ok" --note "$note" --busy-before "$BUSY_BEFORE" --snap0 "$snap0" --snap1 "$snap1" \
+        --report "$dir/state/report.json"
+    [ "$ok" = 1 ] || log "FAILED: $scenario w=$workers run $run: $note(logs in $dir)"
+}
+
+naive_run() { # scenario orders workers run
+    local scenario=$1 orders=$2 workers=$3 run=$4
+    local dir=$OUT/runs/$scenario/w$workers-r$run
+    rm -rf "$dir"; mkdir -p "$dir"
+    local ep=ipc://$SOCK/$scenario-$workers-$run
+    wait_quiet
+    local snap0; snap0=$(snap)
+    start_role sink "$dir" "$NAIVE" sink --results "$ep-res" --control "$ep-ctl" --count "$orders"
+    local sink=$STARTED ws=() i
+    for i in $(seq "$workers"); do
+        start_role "worker$i" "$dir" "$NAIVE" worker --jobs "$ep-jobs" --results "$ep-res" --control "$ep-ctl"
+        ws+=("$STARTED")
+    done
+    start_role vent "$dir" "$NAIVE" vent --count "$orders" --workers "$workers" \
+        --jobs "$ep-jobs" --sink "$ep-res"
+    local vent=$STARTED
+    # The timed part starts at the start signal, once the orders are built.
+    local vrc src wrc=0 t0 t2
+    wait_rc "$sink"; src=$RC; t2=$(now_ns)
+    wait_rc "$vent"; vrc=$RC
+    for i in "${ws[@]}"; do wait_rc "$i"; [ "$RC" = 0 ] || wrc=$RC; done
+    local snap1; snap1=$(snap)
+    t0=$(sed -n 's/^vent: start_unix_ns=//p' "$dir/vent.out")
+    local t1; t1=$(sed -n 's/^sink: done_unix_ns=\([0-9]*\).*/\1/p' "$dir/sink.out")
+    local ok=1 note=""
+    [ "$vrc" = 0 ] || { ok=0; note+="vent exit $vrc; "; }
+    [ "$src" = 0 ] || { ok=0; note+="sink exit $src; "; }
+    [ "$wrc" = 0 ] || { ok=0; note+="a worker exited $wrc; "; }
+    [ -n "$t0" ] && [ -n "$t1" ] || { ok=0; note+="no timestamps; "; t0=${t0:-0}; t1=${t1:-0}; }
+    record --scenario "$scenario" --system naive --orders "$orders" --workers "$workers" \
+        --run "$run" --dir "$dir" --start-ns "$t0" --end-ns "$t1" --end2-ns "$t2" \
+        --ok "$ok" --note "$note" --busy-before "$BUSY_BEFORE" --snap0 "$snap0" --snap1 "$snap1"
+    [ "$ok" = 1 ] || log "FAILED: $scenario run $run: $note(logs in $dir)"
+}
+
+rabbit_run() { # scenario orders workers run input
+    local scenario=$1 orders=$2 workers=$3 run=$4 input=$5
+    local dir=$OUT/runs/$scenario/w$workers-r$run
+    rm -rf "$dir"; mkdir -p "$dir"
+    local py=(env PYTHONUNBUFFERED=1 "$OUT/venv/bin/python" "$ROOT/scripts/bench/rabbitmq_peer.py")
+    "${py[@]}" setup
+    wait_quiet
+    local snap0; snap0=$(snap)
+    start_role sink "$dir" "${py[@]}" tally --count "$orders"
+    local sink=$STARTED ws=() i
+    for i in $(seq "$workers"); do
+        start_role "worker$i" "$dir" "${py[@]}" work
+        ws+=("$STARTED")
+    done
+    sleep 1
+    start_role vent "$dir" "${py[@]}" publish --input "$input" --count "$orders"
+    local vent=$STARTED vrc src wrc=0 t0 t2
+    wait_rc "$sink"; src=$RC; t2=$(now_ns)
+    wait_rc "$vent"; vrc=$RC
+    # The consumers serve until told to stop.
+    for i in "${ws[@]}"; do pkill -TERM -P "$i" || true; done # timeout passes it on
+    for i in "${ws[@]}"; do wait_rc "$i"; [ "$RC" = 0 ] || [ "$RC" = 143 ] || wrc=$RC; done
+    local snap1; snap1=$(snap)
+    t0=$(sed -n 's/^publish: start_unix_ns=//p' "$dir/vent.out")
+    local t1; t1=$(sed -n 's/^tally: done_unix_ns=\([0-9]*\).*/\1/p' "$dir/sink.out")
+    local ok=1 note=""
+    [ "$vrc" = 0 ] || { ok=0; note+="publisher exit $vrc; "; }
+    [ "$src" = 0 ] || { ok=0; note+="tally exit $src; "; }
+    [ "$wrc" = 0 ] || { ok=0; note+="a consumer exited $wrc; "; }
+    [ -n "$t0" ] && [ -n "$t1" ] || { ok=0; note+="no timestamps; "; t0=${t0:-0}; t1=${t1:-0}; }
+    record --scenario "$scenario" --system rabbitmq --orders "$orders" --workers "$workers" \
+        --run "$run" --dir "$dir" --start-ns "$t0" --end-ns "$t1" --end2-ns "$t2" \
+        --ok "$ok" --note "$note" --busy-before "$BUSY_BEFORE" --snap0 "$snap0" --snap1 "$snap1" \
+        --broker-pid "$BROKER_PID"
+    [ "$ok" = 1 ] || log "FAILED: $scenario run $run: $note(logs in $dir)"
+}
+
+# --- the scenarios --------------------------------------------------------------
+TMO=600 # seconds any one process may take before it is stopped (a hang)
+
+log "naive Guide pipeline: $N orders, 2 workers, $RUNS run(s)"
+for r in $(seq "$RUNS"); do naive_run naive "$N" 2 "$r"; done
+
+log "grid --generate $N, 2 workers, $RUNS run(s)"
+for r in $(seq "$RUNS"); do grid_run grid-generate "$N" 2 "$r" --generate "$N"; done
+
+FILE=$OUT/orders-$N.jsonl
+if [ ! -s "$FILE" ]; then
+    log "writing $FILE with ordergrid-gen (not timed)"
+    "$BIN/ordergrid-gen" --count "$N" >"$FILE.tmp" && mv "$FILE.tmp" "$FILE"
+fi
+cat "$FILE" >/dev/null # in the page cache, as the generator's output would be
+log "grid --input ($N lines), 2 workers, $RUNS run(s)"
+for r in $(seq "$RUNS"); do grid_run grid-file "$N" 2 "$r" --input "$FILE"; done
+
+for w in $SCALING; do
+    [ "$w" = 2 ] && continue # the grid --generate runs above
+    log "grid --generate $N, $w worker(s), $RUNS run(s)"
+    for r in $(seq "$RUNS"); do grid_run grid-generate "$N" "$w" "$r" --generate "$N"; done
+done
+
+log "grid --generate $N_GATEWAY, 2 workers x --concurrency 64, --gateway-latency-ms 5, $RUNS run(s)"
+for r in $(seq "$RUNS"); do
+    grid_run grid-gateway "$N_GATEWAY" 2 "$r" --generate "$N_GATEWAY" -- \
+        --concurrency 64 --gateway-latency-ms 5
+done
+
+log "grid --generate $N_RSS, 2 workers, once: peak RSS"
+TMO=1800
+grid_run grid-rss "$N_RSS" 2 1 --generate "$N_RSS"
+TMO=600
+
+if [ "$RABBIT" = 1 ]; then
+    if ! command -v rabbitmq-server >/dev/null; then
+        log "installing rabbitmq-server"
+        apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server >/dev/null
+    fi
+    if [ ! -x "$OUT/venv/bin/python" ] || ! "$OUT/venv/bin/python" -c 'import pika' 2>/dev/null; then
+        log "installing pika into $OUT/venv"
+        python3 -m venv "$OUT/venv"
+        "$OUT/venv/bin/pip" install -q pika
+    fi
+    if rabbitmqctl status >/dev/null 2>&1; then
+        log "a RabbitMQ node is already running: using it (and leaving it running)"
+    else
+        log "starting RabbitMQ"
+        rabbitmq-server -detached >/dev/null 2>&1
+        RABBIT_STARTED=1
+        for _ in $(seq 90); do
+            rabbitmqctl await_startup >/dev/null 2>&1 && break
+            sleep 1
+        done
+        rabbitmqctl await_startup >/dev/null
+    fi
+    BROKER_PID=$(rabbitmqctl eval 'os:getpid().' 2>/dev/null | tr -dc '0-9')
+    RFILE=$OUT/orders-rabbit-$N_RABBIT.jsonl
+    # About 1% of the lines are malformed: some more lines than orders.
+    [ -s "$RFILE" ] || "$BIN/ordergrid-gen" --count $((N_RABBIT + N_RABBIT / 10)) >"$RFILE"
+    log "RabbitMQ work queue: $N_RABBIT orders, 2 consumers, $RUNS run(s)"
+    for r in $(seq "$RUNS"); do rabbit_run rabbitmq "$N_RABBIT" 2 "$r" "$RFILE"; done
+fi
+
+python3 "$ROOT/scripts/bench/report.py" --results "$RESULTS" --docs "$DOCS" \
+    --runs "$RUNS" $([ "$QUICK" = 1 ] && echo --quick)
