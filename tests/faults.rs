@@ -276,3 +276,20 @@ fn garbage_on_every_socket_changes_nothing_and_is_counted() {
         "the worker fed garbage carried on"
     );
 }
+
+#[test]
+fn a_stuck_worker_does_not_stall_the_run() {
+    let mut g = Grid::new("stuck-worker");
+    let input = g.generate(20_000, 29, 0);
+    let mut sink = g.sink(&SINK);
+    let stuck = g.worker(&SLOW);
+    let _w = g.worker(&SLOW);
+    let mut vent = g.ventilator(&["--input", input.to_str().unwrap(), "--min-timeout-ms", "200"]);
+    sink.wait_for_count("progress", "done", 4_000);
+    // Frozen, holding orders: they must be redelivered to the other worker.
+    stuck.signal("-STOP");
+    vent.success();
+    sink.success();
+    stuck.signal("-CONT");
+    assert_tallies(&g.report(), &oracle(&input));
+}
