@@ -53,6 +53,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> ordergrid::Result<SinkExit> {
+    let span = cli::role_span("sink");
+    let _entered = span.enter();
     let shutdown = Shutdown::install()?;
     let config = SinkConfig {
         results: args.results,

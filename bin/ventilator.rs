@@ -90,6 +90,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
+    let span = cli::role_span("ventilator");
+    let _entered = span.enter();
     let shutdown = Shutdown::install()?;
     let input = match (args.input, args.generate) {
         (Some(path), _) if path == "-" => InputSpec::Stdin,

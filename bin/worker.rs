@@ -45,6 +45,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> ordergrid::Result<()> {
+    let span = cli::role_span("worker");
+    let _entered = span.enter();
     let shutdown = Shutdown::install()?;
     let config = WorkerConfig {
         jobs: args.jobs,

@@ -22,7 +22,8 @@
 #           ${ORDERGRID_LOGS_DIR:-./ordergrid-logs/CLUSTER}/HOST/ and shows the
 #           last lines of each
 #
-# The host file, one entry per line (blank lines and # comments ignored):
+# The host file, one entry per line (blank lines and comments ignored: a #
+# at the start of a line or after a blank begins one):
 #
 #   set NAME=VALUE            an environment variable given to every role
 #                             (the rest of the line is the value), e.g.
@@ -74,10 +75,11 @@
 set -euo pipefail
 
 PROG=$(basename "$0")
+exec 3>&2 # the debug output (ORDERGRID_DEBUG=1), past any redirection of stderr
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 usage() {
-    sed -n '2,/^set -euo pipefail$/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+    sed -n '3,/^set -euo pipefail$/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
 }
 die() {
     echo "$PROG: $*" >&2
@@ -149,6 +151,7 @@ while IFS= read -r line || [[ -n $line ]]; do
         rest=${rest#"${rest%%[![:space:]]*}"}
         [[ $rest =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || file_error "$lineno" "expected: set NAME=VALUE"
         value=${BASH_REMATCH[2]}
+        value=${value%%[[:space:]]#*} # a # after a blank begins a comment
         value=${value%"${value##*[![:space:]]}"}
         SET_NAMES+=("${BASH_REMATCH[1]}")
         SET_VALUES+=("$value")
@@ -282,7 +285,7 @@ remote() {
     local -a words
     read -ra words <<<"${LAUNCH//\{host\}/$1}"
     if [[ -n ${ORDERGRID_DEBUG:-} ]]; then
-        printf '%s: on %s through %s:\n%s\n' "$PROG" "$1" "${words[*]} sh -s" "$3" >&2
+        printf '%s: on %s through %s:\n%s\n' "$PROG" "$1" "${words[*]} sh -s" "$3" >&3
     fi
     if ((${#TIMEOUT[@]})); then
         "${TIMEOUT[@]}" "$2" "${words[@]}" sh -s <<<"$3"
@@ -589,7 +592,7 @@ show_failed_logs() {
     script="$(prelude)"$'\n'
     for k in "${!I_NAME[@]}"; do
         [[ ${I_HOST[k]} == "$1" && ${I_ROLE[k]} == "$2" ]] || continue
-        script+="echo \"--- ${I_NAME[k]} on $1: \$og_dir/${I_NAME[k]}.log (last lines)\"; tail -n 5 \"\$og_dir/${I_NAME[k]}.log\" 2>/dev/null"$'\n'
+        script+="echo \"--- ${I_NAME[k]} on $1: \$og_dir/${I_NAME[k]}.log (last lines)\"; tail -n 8 \"\$og_dir/${I_NAME[k]}.log\" 2>/dev/null"$'\n'
     done
     remote "$1" 30 "$script" >&2 2>&1 || true
 }
@@ -632,7 +635,7 @@ cmd_up() {
 
 # Polls the sink until it has exited; prints its table and report.
 wait_report() {
-    local report deadline out state progress last_progress='' polls=0 vstate
+    local report deadline out state progress last_progress='' polls=0 vstate misses=0
     report=$(report_path)
     deadline=$((SECONDS + UP_TIMEOUT))
     local script
@@ -647,9 +650,10 @@ wait_report() {
         sleep 1
         polls=$((polls + 1))
         out=$(remote "$SINK_HOST" 30 "$script" 2>/dev/null) || {
-            say "cannot reach the sink's host $SINK_HOST (retrying)"
+            ((misses++ % 30)) || say "cannot reach the sink's host $SINK_HOST through '$(launch_shown "$SINK_HOST")' (retrying)"
             continue
         }
+        misses=0
         state=$(sed -n 's/^STATE //p' <<<"$out")
         progress=$(sed -n 's/^PROGRESS //p' <<<"$out")
         if [[ -n $progress && $progress != "$last_progress" && $((polls % 5)) -eq 0 ]]; then

@@ -34,8 +34,23 @@ pub fn init_logging(format: LogFormat) {
         .with_target(false);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
+}
+
+/// The span every log line of a role carries: its role, and its run id once
+/// known (recorded with [`record_run`]).
+pub fn role_span(role: &'static str) -> tracing::Span {
+    tracing::info_span!("ordergrid", role, run = tracing::field::Empty)
+}
+
+/// Records the run id on the current role span.
+pub fn record_run(run: &crate::protocol::RunId) {
+    tracing::Span::current().record("run", tracing::field::display(run));
 }
 
 /// Prints a role's failure as one line on stderr and picks the exit code.

@@ -233,7 +233,10 @@ impl JournalWriter {
         let (tx, rx) = mpsc::channel::<(u64, Request)>();
         let thread = thread::Builder::new()
             .name("journal".into())
-            .spawn(move || writer_loop(run, generation, file, rx, notify, synced))
+            .spawn({
+                let span = tracing::Span::current();
+                move || span.in_scope(|| writer_loop(run, generation, file, rx, notify, synced))
+            })
             .map_err(|e| Error::Config(format!("cannot start the journal thread: {e}")))?;
         Ok(JournalWriter {
             requests: Some(tx),

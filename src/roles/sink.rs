@@ -214,6 +214,7 @@ impl Sink {
             })?;
         }
         journal::write_atomic(&self.active_file(), format!("{id}\n").as_bytes())?;
+        crate::cli::record_run(&id);
         let meta = dir.meta()?;
         let state = std::cell::RefCell::new((Ledger::new(), HashSet::new()));
         let (generation, replayed) = dir.replay(

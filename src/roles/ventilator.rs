@@ -386,6 +386,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
             id
         }
     };
+    crate::cli::record_run(&run);
     let ctx = zmq::Context::new();
     let jobs = transport::bind(
         &ctx,
@@ -505,7 +506,10 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     };
     let reader_thread = thread::Builder::new()
         .name("reader".into())
-        .spawn(move || reader.run())
+        .spawn({
+            let span = tracing::Span::current();
+            move || span.in_scope(|| reader.run())
+        })
         .map_err(|e| Error::Config(format!("cannot start the reader thread: {e}")))?;
 
     let mut dispatcher = Dispatcher {

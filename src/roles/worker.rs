@@ -345,6 +345,9 @@ impl Worker<'_> {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
+        if self.outbox.run != Some(header.run) {
+            crate::cli::record_run(&header.run);
+        }
         if batch.isolate {
             // Possibly a poison order: let everything else finish and its
             // results leave first, so a crash takes nothing else with it.
