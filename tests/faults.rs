@@ -218,17 +218,14 @@ fn garbage_on_every_socket_changes_nothing_and_is_counted() {
     let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
     let _w2 = g.worker(&SLOW);
     let started = sink.wait_for_log(&["run started"]);
-    let run = u64::from_str_radix(
-        started
-            .split("run=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap(),
-        16,
-    )
-    .unwrap();
+    let run_field = started
+        .rsplit("run=")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let run = u64::from_str_radix(run_field, 16).unwrap();
     sink.wait_for_count("progress", "done", 2_000);
 
     let record = |seq: u64, outcome: u8| {
@@ -284,7 +281,12 @@ fn a_stuck_worker_does_not_stall_the_run() {
     let mut sink = g.sink(&SINK);
     let stuck = g.worker(&SLOW);
     let _w = g.worker(&SLOW);
-    let mut vent = g.ventilator(&["--input", input.to_str().unwrap(), "--min-timeout-ms", "200"]);
+    let mut vent = g.ventilator(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--min-timeout-ms",
+        "200",
+    ]);
     sink.wait_for_count("progress", "done", 4_000);
     // Frozen, holding orders: they must be redelivered to the other worker.
     stuck.signal("-STOP");
