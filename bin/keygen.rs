@@ -4,10 +4,12 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Write a fresh pre-shared key (32 random bytes as 64 hexadecimal characters
-/// and a newline) to FILE, readable and writable by its owner only (mode
-/// 0600). Refuses to overwrite an existing file. Give the same file to every
-/// role with --key-file (or ORDERGRID_KEY_FILE); the key is never printed.
+/// Write a fresh pre-shared key file for the grid's --key-file.
+///
+/// The file holds 32 random bytes as 64 hexadecimal characters and a newline,
+/// and is readable and writable by its owner only (mode 0600). An existing
+/// file is never overwritten. Give the same file to every role with
+/// --key-file (or ORDERGRID_KEY_FILE); the key itself is never printed.
 #[derive(Parser, Debug)]
 #[command(name = "ordergrid-keygen", version)]
 struct Args {

@@ -139,12 +139,13 @@ reap() {
     unset "ALIVE[$1]"
 }
 
+# "status 134 (SIGABRT)": killed by that signal, or exited with 128+n after it.
 describe_rc() {
     local name
     if (($1 > 128)) && name=$(kill -l $(($1 - 128)) 2>/dev/null); then
-        echo "killed by SIG$name"
+        echo "status $1 (SIG$name)"
     else
-        echo "exit status $1"
+        echo "status $1"
     fi
 }
 
@@ -158,27 +159,56 @@ mine() {
     [[ $ppid == "$$" ]]
 }
 
-stop_all() {
-    local pid pids=() left deadline
-    for pid in "${!ALIVE[@]}"; do
-        if mine "$pid"; then pids+=("$pid"); else reap "$pid"; fi
+# alive PIDS...: sets LEFT to those still running (and still ours).
+alive() {
+    local pid
+    LEFT=()
+    for pid; do
+        if running "$pid" && mine "$pid"; then LEFT+=("$pid"); fi
     done
-    ((${#pids[@]})) || return 0
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    deadline=$((SECONDS + GRACE_S))
-    while :; do
-        left=()
-        for pid in "${pids[@]}"; do
-            if running "$pid" && mine "$pid"; then left+=("$pid"); fi
-        done
-        ((${#left[@]})) || break
+}
+
+# stop_pids PIDS...: SIGTERM, up to GRACE_S seconds to exit, then SIGKILL; reaps them.
+stop_pids() {
+    local pid deadline=$((SECONDS + GRACE_S))
+    (($#)) || return 0
+    kill -TERM "$@" 2>/dev/null || true
+    while alive "$@"; ((${#LEFT[@]})); do
         if ((SECONDS >= deadline)); then
-            kill -KILL "${left[@]}" 2>/dev/null || true
+            say "SIGKILL to pid ${LEFT[*]}: still running ${GRACE_S}s after SIGTERM"
+            kill -KILL "${LEFT[@]}" 2>/dev/null || true
             break
         fi
         sleep 0.1
     done
-    for pid in "${pids[@]}"; do reap "$pid"; done
+    for pid; do reap "$pid"; done
+}
+
+# Stops every process this script started and has not reaped: the workers
+# first, while the sink can still take the results they finish, then the rest.
+INTERRUPTED=0
+stop_all() {
+    local pid workers=() others=()
+    if ((INTERRUPTED)); then
+        # After a Ctrl-C the children got SIGINT too: let them stop on their own
+        # for a moment (a second signal makes them exit at once).
+        for _ in {1..10}; do
+            alive "${!ALIVE[@]}"
+            ((${#LEFT[@]})) || break
+            sleep 0.1
+        done
+    fi
+    for pid in "${!ALIVE[@]}"; do
+        if ! mine "$pid"; then
+            reap "$pid"
+        elif [[ ${ALIVE[$pid]} == *worker* ]]; then
+            workers+=("$pid")
+        else
+            others+=("$pid")
+        fi
+    done
+    stop_pids "${workers[@]}"
+    stop_pids "${others[@]}"
 }
 
 # How bash reports a background process that a signal ended.
@@ -206,7 +236,7 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'say "interrupted"; exit 130' INT
+trap 'INTERRUPTED=1; say "interrupted"; exit 130' INT
 trap 'say "terminated"; exit 143' TERM
 
 # fail MESSAGE: prints it and the tails of the current run's logs, exits 1.
@@ -307,7 +337,7 @@ supervise() {
                 continue # the run is over
             fi
             if ((WCHAOS[k])); then
-                say "$PHASE: worker $k (pid $pid) $(describe_rc "$RC") by $PROG; restarting it"
+                say "$PHASE: worker $k (pid $pid) killed by $PROG, $(describe_rc "$RC"); restarting it"
             else
                 POISON_DEATHS=$((POISON_DEATHS + 1))
                 say "$PHASE: worker $k (pid $pid) died: $(describe_rc "$RC") (a poison order?); restarting it"

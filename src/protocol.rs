@@ -351,6 +351,10 @@ pub struct Welcome {
 pub struct Progress {
     pub horizon: u64,
     pub total: Option<u64>,
+    /// Orders sent and not yet acknowledged, for the operator's view.
+    pub in_flight: u64,
+    /// Deliveries after the first, since this ventilator started.
+    pub redelivered: u64,
 }
 
 /// Sink → ventilator: seq ranges `[start, start + len)` now durable.
@@ -399,6 +403,8 @@ mod tests {
             &Progress {
                 horizon: 7,
                 total: Some(9),
+                in_flight: 3,
+                redelivered: 1,
             },
         );
         let (h, body) = split_frame(&f).unwrap();
@@ -413,7 +419,9 @@ mod tests {
             decode::<Progress>(body).unwrap(),
             Progress {
                 horizon: 7,
-                total: Some(9)
+                total: Some(9),
+                in_flight: 3,
+                redelivered: 1,
             }
         );
 

@@ -219,10 +219,7 @@ fn parse_key_text(text: &[u8]) -> std::result::Result<Key, String> {
         .take(2 * KEY_LEN)
         .position(|b| !b.is_ascii_hexdigit())
     {
-        return Err(format!(
-            "byte {} is not a hexadecimal digit; {WANT}",
-            i + 1
-        ));
+        return Err(format!("byte {} is not a hexadecimal digit; {WANT}", i + 1));
     }
     if hex.len() < 2 * KEY_LEN {
         return Err(format!(
@@ -561,12 +558,9 @@ impl Sealer {
         let nonce = XNonce::from(nonce);
         let tag = tag.into();
         for key in self.keys.iter().filter(|k| k.id == id) {
-            let opened = key.cipher().decrypt_inout_detached(
-                &nonce,
-                aad,
-                InOutBuf::from(&mut *body),
-                &tag,
-            );
+            let opened =
+                key.cipher()
+                    .decrypt_inout_detached(&nonce, aad, InOutBuf::from(&mut *body), &tag);
             if opened.is_ok() {
                 return Ok(());
             }
@@ -739,10 +733,8 @@ mod tests {
         fn new(name: &str) -> TempDir {
             static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!(
-                "ordergrid-seal-{name}-{}-{n}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("ordergrid-seal-{name}-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             TempDir(dir)
@@ -771,7 +763,10 @@ mod tests {
             assert_eq!(&sealed[12..16], &s.sealing_key_id().0);
             assert!(is_sealed(&sealed) && !is_sealed(&frame));
             if frame.len() > HEADER_LEN + 8 {
-                assert_ne!(&sealed[BODY_START..BODY_START + 8], &frame[HEADER_LEN..][..8]);
+                assert_ne!(
+                    &sealed[BODY_START..BODY_START + 8],
+                    &frame[HEADER_LEN..][..8]
+                );
             }
             assert_eq!(opens(&s, &sealed).unwrap(), frame);
         }
@@ -969,7 +964,11 @@ mod tests {
         let secret = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
         let cases: Vec<(&str, String, &str)> = vec![
             ("empty", String::new(), "is empty"),
-            ("short", format!("{}\n", &secret[..62]), "only 62 hexadecimal"),
+            (
+                "short",
+                format!("{}\n", &secret[..62]),
+                "only 62 hexadecimal",
+            ),
             (
                 "nonhex",
                 format!("{}zz{}\n", &secret[..10], &secret[12..]),
@@ -985,14 +984,18 @@ mod tests {
                 format!("{secret}\n{secret}\n"),
                 "65 unexpected bytes after",
             ),
-            ("trailing", format!("{secret} \n"), "1 unexpected byte after"),
-            ("twonewlines", format!("{secret}\n\n"), "1 unexpected byte after"),
-            ("zero", format!("{}\n", "0".repeat(64)), "all-zero key"),
             (
-                "huge",
-                "5ec7".repeat(2000),
-                "over 4096 bytes long",
+                "trailing",
+                format!("{secret} \n"),
+                "1 unexpected byte after",
             ),
+            (
+                "twonewlines",
+                format!("{secret}\n\n"),
+                "1 unexpected byte after",
+            ),
+            ("zero", format!("{}\n", "0".repeat(64)), "all-zero key"),
+            ("huge", "5ec7".repeat(2000), "over 4096 bytes long"),
         ];
         for (name, content, want) in cases {
             let path = write(&dir, name, content.as_bytes());
@@ -1109,7 +1112,10 @@ mod tests {
             }
         );
         assert_eq!(log.flush(), None);
-        assert_eq!(log.record_at(OpenError::NotSealed, t0 + Duration::from_secs(11)), None);
+        assert_eq!(
+            log.record_at(OpenError::NotSealed, t0 + Duration::from_secs(11)),
+            None
+        );
         assert_eq!(log.flush().unwrap().dropped, 1);
         assert_eq!(log.total(), 102);
     }
@@ -1123,9 +1129,15 @@ mod tests {
             keys: KeyArgs,
         }
         let a = Args::try_parse_from(["x", "--key-file", "new,old"]).unwrap();
-        assert_eq!(a.keys.key_files, [PathBuf::from("new"), PathBuf::from("old")]);
+        assert_eq!(
+            a.keys.key_files,
+            [PathBuf::from("new"), PathBuf::from("old")]
+        );
         let a = Args::try_parse_from(["x", "--key-file", "new", "--key-file", "old"]).unwrap();
-        assert_eq!(a.keys.key_files, [PathBuf::from("new"), PathBuf::from("old")]);
+        assert_eq!(
+            a.keys.key_files,
+            [PathBuf::from("new"), PathBuf::from("old")]
+        );
         let a = Args::try_parse_from(["x"]).unwrap();
         assert!(a.keys.load().unwrap().is_none());
     }

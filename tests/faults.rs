@@ -295,3 +295,30 @@ fn a_stuck_worker_does_not_stall_the_run() {
     stuck.signal("-CONT");
     assert_tallies(&g.report(), &oracle(&input));
 }
+
+#[test]
+fn late_orders_are_resent_but_never_given_up_as_poison() {
+    let mut g = Grid::new("late-not-lost");
+    let input = g.generate(3_000, 30, 0);
+    let mut sink = g.sink(&SINK);
+    // One slow worker and a short time-out: most orders time out in its queue.
+    let _w = g.worker(&["--gateway-latency-ms", "5", "--concurrency", "8"]);
+    let mut vent = g.ventilator(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--min-timeout-ms",
+        "50",
+        "--max-deliveries",
+        "1",
+    ]);
+    vent.success();
+    sink.success();
+    let report = g.report();
+    assert_tallies(&report, &oracle(&input));
+    assert_eq!(report["orders"]["failed"].as_u64(), Some(0));
+    let done = vent.wait_for_log(&["run complete"]);
+    assert!(
+        !done.contains("redelivered=0"),
+        "the short time-out did fire: {done}"
+    );
+}

@@ -333,11 +333,17 @@ fi
 CUT_AT=$((ORDERS / 4))
 step "waiting until the sink has tallied $CUT_AT of $ORDERS orders, then cutting $NS_C off"
 wait_done "$CUT_AT"
-for n in 3 4; do
-    if ! { [[ -s $RUN/worker-$n.pid ]] && kill -0 "$(cat "$RUN/worker-$n.pid")" 2>/dev/null; }; then
-        fail "worker-$n on $NS_C is not running before the cut"
-    fi
-done
+# Every worker must still run: one that died on a healthy link is a bug.
+check_workers_running() {
+    local n
+    for n in 1 2 3 4; do
+        if ! { [[ -s $RUN/worker-$n.pid ]] && kill -0 "$(cat "$RUN/worker-$n.pid")" 2>/dev/null; }; then
+            sleep 0.5
+            fail "worker-$n died before the cut (exit status $(cat "$RUN/worker-$n.rc" 2>/dev/null || echo unknown)): $(tail -n 2 "$RUN/worker-$n.log" | paste -sd'|')"
+        fi
+    done
+}
+check_workers_running
 ip -n "$NS_SW" link set vc down
 ip -n "$NS_C" link set eth0 down
 DONE_AT_CUT=$(sink_done)
@@ -363,6 +369,13 @@ wait "$UP_PID" || UP_RC=$?
 UP_PID=
 sed 's/^/    | /' "$WORK/up.out"
 ((UP_RC == 0)) || fail "cluster.sh up exited $UP_RC"
+# og-b's workers (degraded, never cut) end with the run: exit status 0.
+for n in 1 2; do
+    for _ in $(seq 50); do [[ -s $RUN/worker-$n.rc ]] && break; sleep 0.2; done
+    rc=$(cat "$RUN/worker-$n.rc" 2>/dev/null || echo "none (still running)")
+    [[ $rc == 0 ]] || fail "worker-$n on $NS_B ended with exit status $rc, not 0: $(tail -n 2 "$RUN/worker-$n.log" | paste -sd'|')"
+done
+info "$NS_B's workers exited 0 when the sink said the run was over"
 info "completed in $((SECONDS - START))s after the build"
 
 step "comparing the report with the oracle"

@@ -214,37 +214,38 @@ def findings(rows, naive, quick):
 
 
 def svg_chart(rows):
-    bars = [(label, s) for label, _, _, _, s in rows if s["median"] and "(= above)" not in label]
+    bars = [
+        (f"{label} ({s['orders']:,})", s) for label, _, _, _, s in rows if s["median"] and "(= above)" not in label
+    ]
+    sys_of = {f"{label} ({s['orders']:,})": system for label, system, _, _, s in rows}
     if not bars:
         return '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
-    left, right, top, bar_h, gap = 300, 150, 40, 22, 10
+    left, right, top, bar_h, gap = 360, 150, 40, 22, 10
     plot_w = 480
     width = left + plot_w + right
     height = top + len(bars) * (bar_h + gap) + 40
     vmax = max(s["max"] or s["median"] for _, s in bars)
-    # A round axis maximum.
-    step = 10 ** (len(str(int(vmax))) - 1)
-    axis = step * (int(vmax / step) + 1)
+    # Round ticks: a step of 1, 2, 2.5 or 5 times a power of ten, about 5 of them.
+    raw = vmax / 5
+    power = 10 ** (len(str(int(raw))) - 1) if raw >= 1 else 1
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    ticks = int(-(-vmax // step))
+    axis = step * ticks
     x = lambda v: left + plot_w * v / axis  # noqa: E731
     colours = {"naive": "#9e9e9e", "grid": "#1f77b4", "rabbitmq": "#ff7f0e"}
-    sys_of = {label: system for label, system, _, _, _ in rows}
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{left}" y="20" font-size="14" font-weight="bold">Orders/s by scenario '
-        f"(median; whiskers: min–max)</text>",
+        f"(median; whiskers: min–max; orders per run in brackets)</text>",
     ]
-    ticks = 5
     for i in range(ticks + 1):
-        v = axis * i / ticks
+        v = step * i
         xv = x(v)
+        tick = f"{v / 1e6:g}M" if v >= 1e6 else (f"{v / 1e3:g}k" if v else "0")
         out.append(f'<line x1="{xv:.1f}" y1="{top - 5}" x2="{xv:.1f}" y2="{height - 30}" stroke="#e0e0e0"/>')
-        out.append(
-            f'<text x="{xv:.1f}" y="{height - 15}" text-anchor="middle" fill="#555">{v / 1e6:.1f}M</text>'
-            if axis >= 1e6
-            else f'<text x="{xv:.1f}" y="{height - 15}" text-anchor="middle" fill="#555">{v / 1e3:.0f}k</text>'
-        )
+        out.append(f'<text x="{xv:.1f}" y="{height - 15}" text-anchor="middle" fill="#555">{tick}</text>')
     for i, (label, s) in enumerate(bars):
         y = top + i * (bar_h + gap)
         colour = colours.get(sys_of[label], "#1f77b4")

@@ -90,6 +90,9 @@ struct ActiveRun {
     waiting_acks: VecDeque<(u64, Acks)>,
     horizon: u64,
     total: Option<u64>,
+    /// The ventilator's last word on orders in flight and redeliveries.
+    in_flight: u64,
+    redelivered: u64,
     ventilator: Option<Vec<u8>>,
     journal_bytes: u64,
     resumed: bool,
@@ -110,6 +113,51 @@ struct Sink {
     last_bad_log: Option<Instant>,
     notify_seq: u64,
     started: Instant,
+}
+
+/// When progress was last shown, and the rate since.
+struct ProgressView {
+    terminal: bool,
+    last_shown: Instant,
+    last_sample: (Instant, u64),
+    rate: f64,
+}
+
+impl ProgressView {
+    fn new() -> ProgressView {
+        use std::io::IsTerminal;
+        ProgressView {
+            terminal: std::io::stderr().is_terminal(),
+            last_shown: Instant::now(),
+            last_sample: (Instant::now(), 0),
+            rate: 0.0,
+        }
+    }
+
+    /// True (and resets the clock) when `every` has passed since last shown.
+    fn due(&mut self, every: Duration) -> bool {
+        if self.last_shown.elapsed() < every {
+            return false;
+        }
+        self.last_shown = Instant::now();
+        true
+    }
+
+    /// Orders per second, smoothed over the samples.
+    fn rate(&mut self, done: u64) -> f64 {
+        let (at, before) = self.last_sample;
+        let secs = at.elapsed().as_secs_f64();
+        if secs > 0.0 && done >= before {
+            let now = (done - before) as f64 / secs;
+            self.rate = if self.rate == 0.0 {
+                now
+            } else {
+                0.7 * now + 0.3 * self.rate
+            };
+        }
+        self.last_sample = (Instant::now(), done);
+        self.rate
+    }
 }
 
 fn now_unix() -> f64 {
@@ -266,6 +314,8 @@ impl Sink {
             waiting_acks: VecDeque::new(),
             horizon: 0,
             total: None,
+            in_flight: 0,
+            redelivered: 0,
             ventilator: None,
             journal_bytes: 0,
             resumed,
@@ -300,7 +350,7 @@ impl Sink {
     fn serve(&mut self, s: &Sockets, notify_ep: &str, shutdown: &Shutdown) -> Result<SinkExit> {
         let mut msg = zmq::Message::new();
         let mut identity = zmq::Message::new();
-        let mut last_progress = Instant::now();
+        let mut view = ProgressView::new();
         loop {
             if shutdown.requested() {
                 return self.stop();
@@ -356,28 +406,64 @@ impl Sink {
                 }
             }
             self.hand_over(s)?;
-            if last_progress.elapsed() >= self.config.progress_every {
-                last_progress = Instant::now();
-                self.log_progress();
-            }
+            self.show_progress(&mut view, false);
             if self.is_complete() {
+                if view.terminal {
+                    self.show_progress(&mut view, true);
+                }
                 let report = self.finish(s)?;
                 return Ok(SinkExit::Complete(Box::new(report)));
             }
         }
     }
 
-    fn log_progress(&self) {
-        match &self.active {
-            Some(run) => tracing::info!(
+    /// Reports progress: a line redrawn in place on a terminal, a log
+    /// line every `--progress-ms` otherwise.
+    fn show_progress(&mut self, view: &mut ProgressView, final_line: bool) {
+        let Some(run) = &self.active else {
+            if view.due(self.config.progress_every) && !view.terminal {
+                tracing::info!("waiting for a ventilator");
+            }
+            return;
+        };
+        let every = if view.terminal {
+            Duration::from_millis(250)
+        } else {
+            self.config.progress_every
+        };
+        if !final_line && !view.due(every) {
+            return;
+        }
+        let done = run.ledger.tallied();
+        let rate = view.rate(done);
+        let eta = match (run.total, rate) {
+            (Some(t), r) if r > 0.0 => format!("{:.0}s", t.saturating_sub(done) as f64 / r),
+            _ => "?".into(),
+        };
+        let total = run.total.map_or("?".to_string(), |t| t.to_string());
+        if view.terminal {
+            let pct = run.total.map_or(String::new(), |t| {
+                format!(" ({:.1}%)", 100.0 * done as f64 / t.max(1) as f64)
+            });
+            eprint!(
+                "\r\x1b[2K{done}/{total}{pct}  {rate:.0} orders/s  in flight {}  redelivered {}  ETA {eta}",
+                run.in_flight, run.redelivered
+            );
+            if final_line {
+                eprintln!();
+            }
+        } else {
+            tracing::info!(
                 run = %run.id,
-                done = run.ledger.tallied(),
-                total = run.total.map_or("?".to_string(), |t| t.to_string()),
-                dispatched = run.horizon,
+                done,
+                total,
+                orders_per_second = rate.round() as u64,
+                in_flight = run.in_flight,
+                redelivered = run.redelivered,
                 duplicates = self.stats.duplicate_results,
+                eta,
                 "progress"
-            ),
-            None => tracing::info!("waiting for a ventilator"),
+            );
         }
     }
 
@@ -502,6 +588,8 @@ impl Sink {
                         if progress.total.is_some() {
                             run.total = progress.total;
                         }
+                        run.in_flight = progress.in_flight;
+                        run.redelivered = progress.redelivered;
                         // An empty ack: "alive", so the ventilator can tell a
                         // lost order from a sink outage.
                         let alive = protocol::frame(Kind::Acks, run.id, &Acks::default());

@@ -328,6 +328,8 @@ struct Slot {
 enum Lane {
     /// With the stream.
     Fresh,
+    /// Again with the stream, after a time-out that was not a loss.
+    Retry,
     /// In an isolated group, after a loss.
     Group,
     /// Alone, on its last delivery.
@@ -351,6 +353,8 @@ struct Dispatcher {
     run: RunId,
     window: FastMap<u64, Slot>,
     fresh: VecDeque<Outgoing>,
+    /// Timed out but not lost (no worker went away): sent again with the stream.
+    retry: VecDeque<u64>,
     /// Lost once or more, waiting for an isolated group.
     groups: VecDeque<u64>,
     /// Orders of isolated groups in flight.
@@ -366,6 +370,8 @@ struct Dispatcher {
     timeouts: VecDeque<(Instant, u64, u32)>,
     timeout: Timeout,
     last_heard: Option<Instant>,
+    /// When a worker's connection to the jobs socket last closed.
+    last_disconnect: Option<Instant>,
     horizon: u64,
     total: Option<u64>,
     reader_done: bool,
@@ -474,6 +480,18 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         .sum::<u64>();
     tracing::info!(run = %run, already_tallied = already, "the sink accepted the run");
 
+    // Worker connections closing (a crash closes them at once) tell a lost
+    // order from a late one.
+    let monitor_ep = format!("inproc://ventilator-jobs-monitor-{run}");
+    jobs.monitor(&monitor_ep, zmq::SocketEvent::DISCONNECTED as i32)
+        .map_err(|e| Error::zmq("cannot monitor the jobs socket", e))?;
+    let monitor = ctx
+        .socket(zmq::PAIR)
+        .map_err(|e| Error::zmq("cannot create the jobs monitor", e))?;
+    monitor
+        .connect(&monitor_ep)
+        .map_err(|e| Error::zmq("cannot connect the jobs monitor", e))?;
+
     // The reader thread.
     let (tx, rx) = mpsc::sync_channel::<Prepared>(4);
     let doorbell_ep = format!("inproc://ventilator-doorbell-{run}");
@@ -517,6 +535,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         run,
         window: FastMap::default(),
         fresh: VecDeque::new(),
+        retry: VecDeque::new(),
         groups: VecDeque::new(),
         group_members_in_flight: 0,
         groups_in_flight: FastMap::default(),
@@ -533,6 +552,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
             max: config.max_timeout,
         },
         last_heard: None,
+        last_disconnect: None,
         horizon: 0,
         total: None,
         reader_done: false,
@@ -544,7 +564,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         poisoned: 0,
         frame: Vec::new(),
     };
-    let result = dispatcher.serve(&jobs, &sink, &doorbell, &rx, &hello, shutdown);
+    let result = dispatcher.serve(&jobs, &sink, &doorbell, &monitor, &rx, &hello, shutdown);
     stop.store(true, Ordering::Relaxed);
     drop(rx);
     match reader_thread.join() {
@@ -561,6 +581,7 @@ impl Dispatcher {
         jobs: &zmq::Socket,
         sink: &zmq::Socket,
         doorbell: &zmq::Socket,
+        monitor: &zmq::Socket,
         rx: &mpsc::Receiver<Prepared>,
         hello: &[u8],
         shutdown: &Shutdown,
@@ -595,6 +616,8 @@ impl Dispatcher {
                 let progress = Progress {
                     horizon: self.horizon + self.config.window as u64,
                     total: self.total,
+                    in_flight: self.window.len() as u64,
+                    redelivered: self.redelivered,
                 };
                 transport::try_send(
                     sink,
@@ -617,11 +640,25 @@ impl Dispatcher {
                 } else {
                     zmq::PollEvents::empty()
                 }),
+                monitor.as_poll_item(zmq::POLLIN),
             ];
             let timeout = if took { 0 } else { self.poll_timeout() };
             transport::poll(&mut items, timeout)?;
             if items[1].is_readable() {
                 while transport::try_recv(doorbell, &mut msg, "doorbell")? {}
+            }
+            if items[3].is_readable() {
+                // Each event is two frames: event and address.
+                let mut went = 0;
+                while transport::try_recv(monitor, &mut msg, "jobs monitor")? {
+                    if !msg.get_more() {
+                        went += 1;
+                    }
+                }
+                if went > 0 {
+                    self.last_disconnect = Some(Instant::now());
+                    tracing::info!(run = %self.run, connections = went, unacknowledged = self.window.len(), "a worker went away");
+                }
             }
             while transport::try_recv(sink, &mut msg, "acks")? {
                 let Ok((h, body)) = protocol::split_frame(&msg) else {
@@ -803,6 +840,36 @@ impl Dispatcher {
                 return self.isolated(seqs, Lane::Group);
             }
         }
+        if !self.retry.is_empty() {
+            let mut seqs = Vec::new();
+            while seqs.len() < self.config.batch {
+                let Some(seq) = self.retry.pop_front() else {
+                    break;
+                };
+                if still_a_job(&self.window, &seq) {
+                    seqs.push(seq);
+                }
+            }
+            let slices: Vec<&[u8]> = seqs
+                .iter()
+                .filter_map(|s| self.window.get(s).and_then(Self::job_slice))
+                .collect();
+            if !slices.is_empty() {
+                let mut frame = Vec::new();
+                protocol::jobs_frame(
+                    &mut frame,
+                    self.run,
+                    false,
+                    slices.len(),
+                    slices.iter().copied(),
+                );
+                return Some(Outgoing {
+                    frame,
+                    seqs,
+                    lane: Lane::Retry,
+                });
+            }
+        }
         self.fresh.pop_front()
     }
 
@@ -822,6 +889,11 @@ impl Dispatcher {
                             self.groups.push_front(s);
                         }
                     }
+                    Lane::Retry => {
+                        for &s in next.seqs.iter().rev() {
+                            self.retry.push_front(s);
+                        }
+                    }
                     Lane::Fresh => self.fresh.push_front(next),
                 }
                 return Ok(false);
@@ -838,7 +910,7 @@ impl Dispatcher {
                         self.group_of.insert(seq, group);
                     }
                 }
-                Lane::Fresh => {}
+                Lane::Fresh | Lane::Retry => {}
             }
             for seq in next.seqs {
                 if let Some(slot) = self.window.get_mut(&seq) {
@@ -941,6 +1013,7 @@ impl Dispatcher {
             self.timeouts.pop_front();
             let max = self.config.max_deliveries;
             let last_heard = self.last_heard;
+            let last_disconnect = self.last_disconnect;
             if self.window.get(&seq).is_none_or(|slot| slot.tag != tag) {
                 continue; // answered, or sent again since
             }
@@ -954,7 +1027,13 @@ impl Dispatcher {
             // answers every progress report): otherwise the sink is away and
             // nothing is to blame.
             let sink_alive = matches!((last_heard, slot.sent_at), (Some(a), Some(s)) if a > s);
-            if sink_alive {
+            // And only if some worker went away since it was sent: a crash
+            // always closes the connection, while a slow or frozen worker
+            // does not, and its orders are only late.
+            let worker_gone =
+                matches!((last_disconnect, slot.sent_at), (Some(d), Some(s)) if d > s);
+            let lost = sink_alive && worker_gone;
+            if lost {
                 slot.losses += 1;
             }
             if slot.losses >= max {
@@ -967,9 +1046,9 @@ impl Dispatcher {
                     tracing::error!(error = %e, "cannot write the dead-letter file");
                 }
                 self.locals_out.push(seq);
-            } else if slot.losses == 0 {
-                // The sink is away: send it again with the stream.
-                self.groups.push_back(seq);
+            } else if !lost {
+                // Late, not lost: send it again with the stream.
+                self.retry.push_back(seq);
             } else if slot.losses + 1 >= max {
                 self.singles.push_back(seq);
             } else {
