@@ -22,6 +22,8 @@
 # The machine may be shared: before each run the script waits (up to
 # BENCH_QUIET_WAIT seconds, default 120) for the other processes to use less
 # than a quarter of the CPU, and it records the CPU others used during the run.
+# BENCH_NICE=-10 (as root) runs every benchmarked process, the broker too, at
+# that niceness so that other work on a shared machine disturbs it less.
 #
 # Needs: cargo, python3 (with venv), GNU time (installed with apt-get if
 # missing), rabbitmq-server (installed with apt-get if missing; --no-rabbitmq
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --runs) RUNS=$2; shift ;;
         --no-rabbitmq) RABBIT=0 ;;
-        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -50,6 +52,7 @@ else
 fi
 SCALING="1 2 4"
 QUIET_WAIT=${BENCH_QUIET_WAIT:-120}
+NICE=${BENCH_NICE:-0}
 
 OUT=${BENCH_OUT:-$ROOT/bench-out}
 DOCS=$ROOT/docs/bench
@@ -130,7 +133,7 @@ now_ns() { date +%s%N; }
 
 start_role() { # name dir cmd...: start in the background under GNU time; sets STARTED
     local name=$1 dir=$2; shift 2
-    /usr/bin/time -f '%M %e %U %S' -o "$dir/$name.time" \
+    nice -n "$NICE" /usr/bin/time -f '%M %e %U %S' -o "$dir/$name.time" \
         timeout -k 5 "$TMO" "$@" >"$dir/$name.out" 2>"$dir/$name.err" &
     STARTED=$!
     PIDS+=("$STARTED")
@@ -315,7 +318,7 @@ if [ "$RABBIT" = 1 ]; then
         log "a RabbitMQ node is already running: using it (and leaving it running)"
     else
         log "starting RabbitMQ"
-        rabbitmq-server -detached >/dev/null 2>&1
+        nice -n "$NICE" rabbitmq-server -detached >/dev/null 2>&1
         RABBIT_STARTED=1
         for _ in $(seq 90); do
             rabbitmqctl await_startup >/dev/null 2>&1 && break
@@ -332,4 +335,4 @@ if [ "$RABBIT" = 1 ]; then
 fi
 
 python3 "$ROOT/scripts/bench/report.py" --results "$RESULTS" --docs "$DOCS" \
-    --runs "$RUNS" $([ "$QUICK" = 1 ] && echo --quick)
+    --runs "$RUNS" --nice "$NICE" $([ "$QUICK" = 1 ] && echo --quick)

@@ -275,6 +275,7 @@ def main():
     ap.add_argument("--docs", required=True)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--nice", type=int, default=0)
     a = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     results = [json.loads(l) for l in open(a.results) if l.strip()]
@@ -341,6 +342,7 @@ def main():
         "## Machine",
         "",
     ]
+    facts["niceness of the benchmarked processes"] = a.nice
     md += [f"- {k}: {v}" for k, v in facts.items()]
     md.append("")
     with open(os.path.join(a.docs, "results.md"), "w") as f:

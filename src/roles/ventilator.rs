@@ -564,7 +564,13 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         poisoned: 0,
         frame: Vec::new(),
     };
-    let result = dispatcher.serve(&jobs, &sink, &doorbell, &monitor, &rx, &hello, shutdown);
+    let sockets = DispatchSockets {
+        jobs,
+        sink,
+        doorbell,
+        monitor,
+    };
+    let result = dispatcher.serve(&sockets, &rx, &hello, shutdown);
     stop.store(true, Ordering::Relaxed);
     drop(rx);
     match reader_thread.join() {
@@ -575,17 +581,29 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     result
 }
 
+/// The dispatcher's sockets: jobs to workers, the sink, the reader's
+/// doorbell, and the jobs socket's connection monitor.
+struct DispatchSockets {
+    jobs: zmq::Socket,
+    sink: zmq::Socket,
+    doorbell: zmq::Socket,
+    monitor: zmq::Socket,
+}
+
 impl Dispatcher {
     fn serve(
         &mut self,
-        jobs: &zmq::Socket,
-        sink: &zmq::Socket,
-        doorbell: &zmq::Socket,
-        monitor: &zmq::Socket,
+        sockets: &DispatchSockets,
         rx: &mpsc::Receiver<Prepared>,
         hello: &[u8],
         shutdown: &Shutdown,
     ) -> Result<VentilatorExit> {
+        let DispatchSockets {
+            jobs,
+            sink,
+            doorbell,
+            monitor,
+        } = sockets;
         let mut msg = zmq::Message::new();
         let mut last_progress = Instant::now() - Duration::from_secs(1);
         let mut last_hello = Instant::now();
