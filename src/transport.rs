@@ -1,6 +1,6 @@
 //! ZeroMQ socket set-up: every socket the grid opens goes through here so
 //! that each gets a finite linger, a maximum message size, reconnect back-off,
-//! ZMTP heartbeats and the high-water marks its role asks for.
+//! TCP keepalive and the high-water marks its role asks for.
 
 use crate::protocol::MAX_FRAME_BYTES;
 use crate::{Error, Result};
@@ -38,11 +38,15 @@ fn configure(socket: &zmq::Socket, tuning: SocketTuning, what: &str) -> Result<(
     set(socket.set_rcvhwm(tuning.recv_hwm), "ZMQ_RCVHWM")?;
     set(socket.set_reconnect_ivl(100), "ZMQ_RECONNECT_IVL")?;
     set(socket.set_reconnect_ivl_max(2000), "ZMQ_RECONNECT_IVL_MAX")?;
-    // ZMTP heartbeats close connections to peers that went silent (a host
-    // that vanished), so their pipes stop swallowing messages.
-    set(socket.set_heartbeat_ivl(1000), "ZMQ_HEARTBEAT_IVL")?;
-    set(socket.set_heartbeat_ttl(5000), "ZMQ_HEARTBEAT_TTL")?;
-    set(socket.set_heartbeat_timeout(5000), "ZMQ_HEARTBEAT_TIMEOUT")?;
+    // TCP keepalive closes connections to a host that went silent. Not ZMTP
+    // heartbeats: with libzmq 4.3.4 they trip assertions in the stream
+    // engine when a paused connection times out (libzmq #3937, #4841),
+    // which aborted workers. Lost orders are the ventilator's business
+    // (acknowledgements and redelivery), not the transport's.
+    set(socket.set_tcp_keepalive(1), "ZMQ_TCP_KEEPALIVE")?;
+    set(socket.set_tcp_keepalive_idle(2), "ZMQ_TCP_KEEPALIVE_IDLE")?;
+    set(socket.set_tcp_keepalive_intvl(1), "ZMQ_TCP_KEEPALIVE_INTVL")?;
+    set(socket.set_tcp_keepalive_cnt(3), "ZMQ_TCP_KEEPALIVE_CNT")?;
     Ok(())
 }
 

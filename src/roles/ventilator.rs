@@ -273,17 +273,29 @@ impl Reader {
     }
 }
 
-/// The adaptive redelivery time-out (RFC 6298's estimator).
+/// The adaptive redelivery time-out (RFC 6298's estimator), and the
+/// in-flight limit that keeps orders from queueing at workers.
 struct Timeout {
     srtt: Option<f64>,
     rttvar: f64,
     min: Duration,
     max: Duration,
+    /// The smallest delay seen lately (seconds) and since when it stands.
+    min_rtt: Option<(f64, Instant)>,
 }
+
+/// How long a smallest delay stands before a newer sample replaces it.
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 
 impl Timeout {
     fn sample(&mut self, rtt: Duration) {
         let r = rtt.as_secs_f64();
+        let stale = self
+            .min_rtt
+            .is_none_or(|(m, at)| r <= m || at.elapsed() > MIN_RTT_WINDOW);
+        if stale {
+            self.min_rtt = Some((r, Instant::now()));
+        }
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -293,6 +305,17 @@ impl Timeout {
                 self.rttvar = 0.75 * self.rttvar + 0.25 * (s - r).abs();
                 self.srtt = Some(0.875 * s + 0.125 * r);
             }
+        }
+    }
+
+    /// True when orders wait much longer than the grid needs: they queue at
+    /// workers (a slow gateway, a slow link), which the in-flight limit
+    /// should not feed. Queued orders make time-outs long, so an order on a
+    /// vanished host would be noticed late.
+    fn queueing(&self) -> bool {
+        match (self.srtt, self.min_rtt) {
+            (Some(s), Some((m, _))) => s > 4.0 * m + 0.05,
+            _ => false,
         }
     }
 
@@ -369,6 +392,11 @@ struct Dispatcher {
     locals_out: Vec<u64>,
     timeouts: VecDeque<(Instant, u64, u32)>,
     timeout: Timeout,
+    /// The in-flight limit now (at most `config.window`): shrinks while
+    /// orders queue at workers, grows back when they do not.
+    limit: usize,
+    /// Doubling the limit each tick until orders first queue.
+    slow_start: bool,
     last_heard: Option<Instant>,
     /// When a worker's connection to the jobs socket last closed.
     last_disconnect: Option<Instant>,
@@ -545,11 +573,15 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         single_in_flight: None,
         locals_out: Vec::new(),
         timeouts: VecDeque::new(),
+        // Slow start: grow while orders do not queue.
+        limit: (4 * config.batch).min(config.window),
+        slow_start: true,
         timeout: Timeout {
             srtt: None,
             rttvar: 0.0,
             min: config.min_timeout,
             max: config.max_timeout,
+            min_rtt: None,
         },
         last_heard: None,
         last_disconnect: None,
@@ -615,7 +647,7 @@ impl Dispatcher {
             }
             // Take what the reader prepared while the window has room.
             let mut took = false;
-            while !self.reader_done && self.window.len() < self.config.window {
+            while !self.reader_done && self.window.len() < self.limit {
                 match rx.try_recv() {
                     Ok(p) => {
                         self.take(p);
@@ -627,6 +659,9 @@ impl Dispatcher {
                         return Err(Error::Config("the input reader stopped".into()));
                     }
                 }
+            }
+            if last_progress.elapsed() >= Duration::from_millis(100) {
+                self.adapt_limit();
             }
             if took || last_progress.elapsed() >= Duration::from_millis(100) {
                 // Announce a window ahead, so the sink knows every seq this
@@ -726,9 +761,23 @@ impl Dispatcher {
             }
             if last_log.elapsed() >= Duration::from_secs(5) {
                 last_log = Instant::now();
-                tracing::info!(run = %self.run, dispatched = self.horizon, unacknowledged = self.window.len(), redelivered = self.redelivered, timeout_ms = self.timeout.current(0).as_millis() as u64, "progress");
+                tracing::info!(run = %self.run, dispatched = self.horizon, unacknowledged = self.window.len(), redelivered = self.redelivered, timeout_ms = self.timeout.current(0).as_millis() as u64, in_flight_limit = self.limit, "progress");
             }
         }
+    }
+
+    /// Every tick: shrink the in-flight limit while orders queue, grow it otherwise.
+    fn adapt_limit(&mut self) {
+        let floor = 2 * self.config.batch;
+        self.limit = if self.timeout.queueing() {
+            self.slow_start = false;
+            (self.limit * 3 / 4).max(floor)
+        } else if self.slow_start {
+            self.limit * 2
+        } else {
+            self.limit + self.limit / 8 + self.config.batch
+        }
+        .min(self.config.window);
     }
 
     fn poll_timeout(&self) -> i64 {
@@ -938,7 +987,11 @@ impl Dispatcher {
                     if slot.tag > 1 {
                         self.redelivered += 1;
                     }
-                    let due = now + self.timeout.current(slot.losses);
+                    // Back off per delivery, late or lost alike.
+                    let due = now
+                        + self
+                            .timeout
+                            .current(slot.tag.saturating_sub(1).min(8) as u8);
                     self.timeouts.push_back((due, seq, slot.tag));
                 }
             }

@@ -73,6 +73,7 @@ struct Task {
 
 /// Outcome records waiting to be sent, for one run.
 struct Outbox {
+    shutdown: Shutdown,
     run: Option<RunId>,
     records: Vec<u8>,
     count: usize,
@@ -140,10 +141,27 @@ impl Outbox {
             return Ok(());
         }
         protocol::results_frame(&mut self.frame, run, worker_id, self.count, &self.records);
-        // PUSH blocks when the sink is away: results wait here, not lost.
-        results
-            .send(&self.frame[..], 0)
-            .map_err(|e| crate::Error::zmq("cannot send results", e))?;
+        // PUSH cannot send while the sink is away: results wait here, not
+        // lost. A stop request gives up after a grace period; the orders of
+        // results never sent are redelivered.
+        let mut stopping_since: Option<Instant> = None;
+        loop {
+            match results.send(&self.frame[..], zmq::DONTWAIT) {
+                Ok(()) => break,
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                    if self.shutdown.requested() {
+                        let since = *stopping_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > Duration::from_secs(2) {
+                            tracing::warn!(results = self.count, "stopping with results the sink did not take; their orders will be redelivered");
+                            break;
+                        }
+                    }
+                    let mut items = [results.as_poll_item(zmq::POLLOUT)];
+                    transport::poll(&mut items, 100)?;
+                }
+                Err(e) => return Err(crate::Error::zmq("cannot send results", e)),
+            }
+        }
         self.records.clear();
         self.count = 0;
         Ok(())
@@ -222,6 +240,7 @@ pub fn run(
         retrying: HashMap::new(),
         ready: Vec::new(),
         outbox: Outbox {
+            shutdown: shutdown.clone(),
             run: None,
             records: Vec::new(),
             count: 0,
