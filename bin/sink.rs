@@ -56,6 +56,7 @@ fn run(args: Args) -> ordergrid::Result<SinkExit> {
     let span = cli::role_span("sink");
     let _entered = span.enter();
     let shutdown = Shutdown::install()?;
+    let metrics = args.common.metrics("sink")?;
     let config = SinkConfig {
         results: args.results,
         acks: args.acks,
@@ -64,6 +65,7 @@ fn run(args: Args) -> ordergrid::Result<SinkExit> {
         report: args.report,
         compact_bytes: args.compact_mib << 20,
         progress_every: std::time::Duration::from_millis(args.progress_ms),
+        metrics,
         ..SinkConfig::default()
     };
     sink::run(&config, &shutdown)

@@ -93,6 +93,7 @@ fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
     let span = cli::role_span("ventilator");
     let _entered = span.enter();
     let shutdown = Shutdown::install()?;
+    let metrics = args.common.metrics("ventilator")?;
     let input = match (args.input, args.generate) {
         (Some(path), _) if path == "-" => InputSpec::Stdin,
         (Some(path), _) => InputSpec::File(PathBuf::from(path)),
@@ -114,6 +115,7 @@ fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
         send_hwm: args.send_hwm,
         max_deliveries: args.max_deliveries,
         min_timeout: Duration::from_millis(args.min_timeout_ms),
+        metrics,
         ..VentilatorConfig::default()
     };
     ventilator::run(&config, &shutdown)

@@ -48,6 +48,7 @@ fn run(args: Args) -> ordergrid::Result<()> {
     let span = cli::role_span("worker");
     let _entered = span.enter();
     let shutdown = Shutdown::install()?;
+    let metrics = args.common.metrics("worker")?;
     let config = WorkerConfig {
         jobs: args.jobs,
         results: args.results,
@@ -55,6 +56,7 @@ fn run(args: Args) -> ordergrid::Result<()> {
         concurrency: args.concurrency as usize,
         max_attempts: args.max_attempts,
         recv_hwm: args.recv_hwm,
+        metrics,
         ..WorkerConfig::default()
     };
     let mut gateway = SimulatedGateway::new(Duration::from_millis(args.gateway_latency_ms));

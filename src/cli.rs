@@ -21,6 +21,20 @@ pub struct CommonArgs {
     /// Log format on stderr; the level comes from RUST_LOG (default: info).
     #[arg(long, env = "ORDERGRID_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9101).
+    #[arg(long, env = "ORDERGRID_METRICS", value_name = "ADDR")]
+    pub metrics: Option<String>,
+}
+
+impl CommonArgs {
+    /// The role's metrics, served when `--metrics` was given.
+    pub fn metrics(&self, role: &'static str) -> crate::Result<crate::metrics::Metrics> {
+        let metrics = crate::metrics::Metrics::default();
+        if let Some(addr) = &self.metrics {
+            metrics.serve(role, addr)?;
+        }
+        Ok(metrics)
+    }
 }
 
 /// Sets up tracing to stderr, filtered by `RUST_LOG` (default `info`).

@@ -26,6 +26,7 @@
 //! - [`journal`]: the sink's durable journal: append, group fsync, replay, compaction.
 //! - [`input`]: where the ventilator's lines come from (file, stdin, generator).
 //! - [`roles`]: `ventilator`, `worker` and `sink`: each a `run(config, shutdown)`.
+//! - [`metrics`]: Prometheus counters and gauges, served with `--metrics ADDR`.
 //! - [`shutdown`]: the signal-driven stop request every loop polls.
 //! - [`fasthash`]: hashers for the hot maps.
 //! - [`cli`]: what the thin binaries share: logging set-up and exit codes.
@@ -38,6 +39,7 @@ pub mod generator;
 pub mod input;
 pub mod journal;
 pub mod ledger;
+pub mod metrics;
 pub mod order;
 pub mod protocol;
 pub mod report;

@@ -376,10 +376,15 @@ impl std::error::Error for OpenError {}
 /// Seals outgoing frames with the first of its keys and opens incoming frames
 /// sealed with any of them.
 ///
-/// To rotate a key without stopping the grid: write the new key with
-/// `ordergrid-keygen`, restart each role with `--key-file NEW --key-file OLD`
-/// (it still opens frames from roles not yet restarted), and once all run so,
-/// restart them with `--key-file NEW` alone.
+/// To rotate a key without stopping the grid, restart every role three times,
+/// finishing each step on every role before starting the next:
+/// 1. `--key-file OLD --key-file NEW`: still seals with OLD, opens NEW too;
+/// 2. `--key-file NEW --key-file OLD`: seals with NEW, which every role can
+///    now open, and still opens OLD from roles not yet at this step;
+/// 3. `--key-file NEW` alone.
+///
+/// (Between runs, stopping every role and starting it with the new key is
+/// enough.)
 #[derive(Clone)]
 pub struct Sealer {
     keys: Vec<Key>,
@@ -664,9 +669,8 @@ impl RejectLog {
 pub struct KeyArgs {
     /// Pre-shared key file (64 hexadecimal characters; write one with
     /// ordergrid-keygen). Every frame sent is sealed with it and frames not
-    /// sealed with it are dropped. During a key rotation give two, new first
-    /// (repeat the flag, or separate them with commas): the first seals, any
-    /// opens.
+    /// sealed with it are dropped. During a key rotation give two (repeat the
+    /// flag, or separate them with commas): the first seals, either opens.
     #[arg(
         long = "key-file",
         env = "ORDERGRID_KEY_FILE",

@@ -41,6 +41,8 @@ pub struct SinkConfig {
     pub run_over_for: Duration,
     /// Print the human table on stdout at the end.
     pub print_table: bool,
+    /// Counters and gauges (served with `--metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for SinkConfig {
@@ -55,6 +57,7 @@ impl Default for SinkConfig {
             progress_every: Duration::from_secs(5),
             run_over_for: Duration::from_millis(1500),
             print_table: true,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
@@ -325,6 +328,7 @@ impl Sink {
 
     fn bad_frame(&mut self, what: &str, error: &FrameError) {
         self.stats.bad_frames += 1;
+        self.config.metrics.bad_frames.inc();
         self.log_dropped(what, &error.to_string());
     }
 
@@ -482,10 +486,17 @@ impl Sink {
         };
         let Some(run) = self.active.as_mut().filter(|r| r.id == header.run) else {
             self.stats.other_run_results += batch.results.len() as u64;
+            self.config
+                .metrics
+                .drop_result("other_run", batch.results.len() as u64);
             return self.log_dropped("results", "result for a run that is not active");
         };
         self.stats.result_frames += 1;
         self.stats.results_received += batch.results.len() as u64;
+        let metrics = &self.config.metrics;
+        metrics.results_received.inc_by(batch.results.len() as u64);
+        let mut tallied = [0u64; crate::rules::OUTCOME_CODES];
+        let mut duplicates = 0;
         let limit = run.total.unwrap_or(run.horizon).min(run.horizon);
         let mut new = false;
         let mut unknown = 0;
@@ -504,10 +515,11 @@ impl Sink {
             match run.ledger.apply(r) {
                 Applied::New => {
                     new = true;
+                    tallied[usize::from(r.outcome)] += 1;
                     run.pending_acks.push(r.seq);
                 }
                 Applied::AlreadyTallied => {
-                    self.stats.duplicate_results += 1;
+                    duplicates += 1;
                     run.pending_acks.push(r.seq);
                 }
                 Applied::Invalid(_) => invalid += 1,
@@ -518,6 +530,19 @@ impl Sink {
                 run.workers.insert(batch.worker_id);
             }
             journal::push_record(&mut run.pending_records, body);
+        }
+        for (code, &n) in tallied.iter().enumerate() {
+            if let Some(outcome) = Outcome::from_code(code as u8).filter(|_| n > 0) {
+                metrics.count_outcome(outcome, n);
+            }
+        }
+        self.stats.duplicate_results += duplicates;
+        metrics.duplicate_results.inc_by(duplicates);
+        if unknown > 0 {
+            metrics.drop_result("unknown_order", unknown);
+        }
+        if invalid > 0 {
+            metrics.drop_result("invalid", invalid);
         }
         self.stats.unknown_order_results += unknown;
         self.stats.invalid_results += invalid;
@@ -587,6 +612,9 @@ impl Sink {
                         run.horizon = run.horizon.max(progress.horizon);
                         if progress.total.is_some() {
                             run.total = progress.total;
+                            if let Some(t) = progress.total {
+                                self.config.metrics.total.set(t as i64);
+                            }
                         }
                         run.in_flight = progress.in_flight;
                         run.redelivered = progress.redelivered;
@@ -737,6 +765,10 @@ impl Sink {
         run.durable = run.durable.max(ticket);
         while let Ok(synced) = run.synced.try_recv() {
             self.stats.journal_syncs = synced.syncs;
+            self.config
+                .metrics
+                .fsync_seconds
+                .observe(synced.sync_time.as_secs_f64());
         }
         let mut merged = Acks::default();
         while run

@@ -60,6 +60,8 @@ pub struct VentilatorConfig {
     /// Bounds of the adaptive redelivery time-out.
     pub min_timeout: Duration,
     pub max_timeout: Duration,
+    /// Counters and gauges (served with `--metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for VentilatorConfig {
@@ -76,6 +78,7 @@ impl Default for VentilatorConfig {
             max_deliveries: 3,
             min_timeout: Duration::from_millis(500),
             max_timeout: Duration::from_secs(30),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
@@ -662,6 +665,8 @@ impl Dispatcher {
             }
             if last_progress.elapsed() >= Duration::from_millis(100) {
                 self.adapt_limit();
+                self.config.metrics.in_flight.set(self.window.len() as i64);
+                self.config.metrics.in_flight_limit.set(self.limit as i64);
             }
             if took || last_progress.elapsed() >= Duration::from_millis(100) {
                 // Announce a window ahead, so the sink knows every seq this
@@ -791,6 +796,10 @@ impl Dispatcher {
     }
 
     fn take(&mut self, p: Prepared) {
+        self.config
+            .metrics
+            .lines_read
+            .inc_by((p.locals.len() + p.jobs.len()) as u64);
         for &(seq, line, outcome) in &p.locals {
             self.window.insert(
                 seq,
@@ -979,6 +988,10 @@ impl Dispatcher {
                 }
                 Lane::Fresh | Lane::Retry => {}
             }
+            self.config
+                .metrics
+                .dispatched
+                .inc_by(next.seqs.len() as u64);
             for seq in next.seqs {
                 if let Some(slot) = self.window.get_mut(&seq) {
                     slot.tag += 1;
@@ -986,6 +999,7 @@ impl Dispatcher {
                     slot.lane = next.lane;
                     if slot.tag > 1 {
                         self.redelivered += 1;
+                        self.config.metrics.redelivered.inc();
                     }
                     // Back off per delivery, late or lost alike.
                     let due = now
@@ -1060,6 +1074,7 @@ impl Dispatcher {
 
     fn acknowledge(&mut self, acks: &Acks) {
         let now = Instant::now();
+        let before = self.window.len();
         for seq in acks.seqs() {
             let Some(slot) = self.window.remove(&seq) else {
                 continue;
@@ -1072,6 +1087,10 @@ impl Dispatcher {
                 }
             }
         }
+        self.config
+            .metrics
+            .acked
+            .inc_by((before - self.window.len()) as u64);
     }
 
     /// Handles orders whose time-out passed.
@@ -1111,6 +1130,7 @@ impl Dispatcher {
                 let line = slot.line;
                 slot.payload = Payload::Local(Outcome::Failed);
                 self.poisoned += 1;
+                self.config.metrics.poisoned.inc();
                 let reason = format!("poison: no result after {max} deliveries");
                 tracing::warn!(run = %self.run, line, seq, "{reason}; giving it up as failed");
                 if let Err(e) = self.dead_letter.write(line, &reason) {

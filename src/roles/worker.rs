@@ -13,6 +13,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// How long a stop request waits for what the worker holds.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// What a worker needs to run.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -29,6 +32,8 @@ pub struct WorkerConfig {
     pub recv_hwm: i32,
     /// Results per frame at most.
     pub batch: usize,
+    /// Counters and gauges (served with `--metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for WorkerConfig {
@@ -42,6 +47,7 @@ impl Default for WorkerConfig {
             retry_backoff: Duration::from_millis(5),
             recv_hwm: 4,
             batch: 1024,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
@@ -74,6 +80,9 @@ struct Task {
 /// Outcome records waiting to be sent, for one run.
 struct Outbox {
     shutdown: Shutdown,
+    metrics: crate::metrics::Metrics,
+    /// Outcomes in this frame, by code, for the metrics.
+    outcomes: [u64; crate::rules::OUTCOME_CODES],
     run: Option<RunId>,
     records: Vec<u8>,
     count: usize,
@@ -164,6 +173,12 @@ impl Outbox {
         }
         self.records.clear();
         self.count = 0;
+        for (code, n) in self.outcomes.iter_mut().enumerate() {
+            if let Some(outcome) = Outcome::from_code(code as u8).filter(|_| *n > 0) {
+                self.metrics.count_outcome(outcome, *n);
+            }
+            *n = 0;
+        }
         Ok(())
     }
 }
@@ -241,6 +256,8 @@ pub fn run(
         ready: Vec::new(),
         outbox: Outbox {
             shutdown: shutdown.clone(),
+            metrics: config.metrics.clone(),
+            outcomes: [0; crate::rules::OUTCOME_CODES],
             run: None,
             records: Vec::new(),
             count: 0,
@@ -269,21 +286,31 @@ impl Worker<'_> {
         shutdown: &Shutdown,
     ) -> Result<()> {
         let mut msg = zmq::Message::new();
-        let mut draining = false;
+        let mut draining: Option<Instant> = None;
         let mut last_bad_log = Instant::now() - Duration::from_secs(60);
         loop {
-            if shutdown.requested() && !draining {
+            if shutdown.requested() && draining.is_none() {
                 tracing::info!(
                     holding = self.busy(),
                     "stop requested: finishing what this worker holds"
                 );
-                draining = true;
+                draining = Some(Instant::now());
             }
-            if draining && self.busy() == 0 {
-                self.outbox.flush(results, self.id)?;
-                return Ok(());
+            if let Some(since) = draining {
+                if self.busy() == 0 {
+                    self.outbox.flush(results, self.id)?;
+                    return Ok(());
+                }
+                if since.elapsed() > STOP_GRACE {
+                    tracing::warn!(
+                        holding = self.busy(),
+                        "stopping without finishing: those orders will be redelivered"
+                    );
+                    return Ok(());
+                }
             }
-            let take_jobs = !draining && self.busy() < self.config.concurrency;
+            let draining_now = draining.is_some();
+            let take_jobs = !draining_now && self.busy() < self.config.concurrency;
             let timeout = self.poll_timeout(take_jobs);
             let (jobs_ready, control_ready) = {
                 let mut items = [
@@ -301,15 +328,17 @@ impl Worker<'_> {
                 while transport::try_recv(control, &mut msg, "control")? {
                     if let Ok((h, _)) = protocol::split_frame(&msg) {
                         if h.kind == Kind::RunOver {
-                            tracing::info!(run = %h.run, "the sink says the run is over");
+                            // Every order of the run is tallied: whatever this
+                            // worker still holds is a repeat. Exit now.
+                            tracing::info!(run = %h.run, holding = self.busy(), "the sink says the run is over");
                             self.summary.run_over = true;
-                            draining = true;
+                            return Ok(());
                         }
                     }
                 }
             }
             if jobs_ready {
-                while !draining
+                while !draining_now
                     && self.busy() < self.config.concurrency
                     && transport::try_recv(jobs, &mut msg, "jobs")?
                 {
@@ -326,6 +355,7 @@ impl Worker<'_> {
                 }
             }
             self.advance(results)?;
+            self.config.metrics.in_flight.set(self.busy() as i64);
             // Nothing more to read right now: do not hold results back.
             self.outbox.flush(results, self.id)?;
         }
@@ -456,6 +486,7 @@ impl Worker<'_> {
 
     fn schedule_retry(&mut self, task: Task) {
         self.summary.retries += 1;
+        self.config.metrics.retries.inc();
         let backoff = self.config.retry_backoff
             * 2u32.saturating_pow(task.attempts.saturating_sub(1)).min(64);
         let key = self.next_ticket;

@@ -1,0 +1,304 @@
+//! Prometheus metrics: every role keeps its counters here, and with
+//! `--metrics ADDR` serves them as text on `http://ADDR/metrics`.
+//!
+//! The encoding is the `prometheus-client` crate's; `tiny_http` serves it
+//! from one background thread. Counters are atomics bumped once per frame,
+//! not per order, so keeping them costs nothing measurable.
+
+use crate::{Error, Result};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// An outcome label (`paid`, `declined`, `bad_currency`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// A reason label for dropped input.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Every metric a role may keep; each role registers the ones it uses.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Ventilator: counted lines read from the input.
+    pub lines_read: Counter,
+    /// Ventilator: orders sent to workers (first deliveries and again).
+    pub dispatched: Counter,
+    /// Ventilator: orders acknowledged by the sink.
+    pub acked: Counter,
+    /// Ventilator: deliveries after the first.
+    pub redelivered: Counter,
+    /// Ventilator: orders given up as poison.
+    pub poisoned: Counter,
+    /// Ventilator: orders sent and not acknowledged; worker: payments at the gateway.
+    pub in_flight: Gauge,
+    /// Ventilator: the adaptive in-flight limit.
+    pub in_flight_limit: Gauge,
+    /// Worker: orders processed, by outcome; sink: orders tallied, by outcome.
+    pub orders: Family<OutcomeLabel, Counter>,
+    /// Worker: payment attempts retried after a transient failure.
+    pub retries: Counter,
+    /// Sink: results received (repeats included).
+    pub results_received: Counter,
+    /// Sink: results for orders already tallied.
+    pub duplicate_results: Counter,
+    /// All roles: frames dropped because they did not decode.
+    pub bad_frames: Counter,
+    /// Sink: results dropped, by reason.
+    pub dropped_results: Family<ReasonLabel, Counter>,
+    /// Sink: seconds per journal fsync.
+    pub fsync_seconds: Histogram,
+    /// Sink: the run's counted lines, once known.
+    pub total: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics { .. }")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            lines_read: Counter::default(),
+            dispatched: Counter::default(),
+            acked: Counter::default(),
+            redelivered: Counter::default(),
+            poisoned: Counter::default(),
+            in_flight: Gauge::default(),
+            in_flight_limit: Gauge::default(),
+            orders: Family::default(),
+            retries: Counter::default(),
+            results_received: Counter::default(),
+            duplicate_results: Counter::default(),
+            bad_frames: Counter::default(),
+            dropped_results: Family::default(),
+            // 100 µs to ~6.5 s.
+            fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            total: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// The registry of what `role` exports.
+    fn registry(&self, role: &str) -> Registry {
+        let mut r = Registry::with_prefix("ordergrid");
+        match role {
+            "ventilator" => {
+                r.register(
+                    "lines_read",
+                    "Counted input lines read",
+                    self.lines_read.clone(),
+                );
+                r.register(
+                    "orders_dispatched",
+                    "Orders sent to workers, redeliveries included",
+                    self.dispatched.clone(),
+                );
+                r.register(
+                    "orders_acked",
+                    "Orders acknowledged by the sink (durable)",
+                    self.acked.clone(),
+                );
+                r.register(
+                    "orders_redelivered",
+                    "Deliveries after the first",
+                    self.redelivered.clone(),
+                );
+                r.register(
+                    "orders_poisoned",
+                    "Orders given up after repeated deliveries",
+                    self.poisoned.clone(),
+                );
+                r.register(
+                    "orders_in_flight",
+                    "Orders sent and not yet acknowledged",
+                    self.in_flight.clone(),
+                );
+                r.register(
+                    "in_flight_limit",
+                    "The adaptive in-flight limit",
+                    self.in_flight_limit.clone(),
+                );
+            }
+            "worker" => {
+                r.register(
+                    "orders_processed",
+                    "Orders processed, by outcome",
+                    self.orders.clone(),
+                );
+                r.register(
+                    "payments_in_flight",
+                    "Payments waiting for the gateway",
+                    self.in_flight.clone(),
+                );
+                r.register(
+                    "payment_retries",
+                    "Payment attempts retried after a transient failure",
+                    self.retries.clone(),
+                );
+            }
+            _ => {
+                r.register(
+                    "orders_tallied",
+                    "Orders tallied (durable once acknowledged), by outcome",
+                    self.orders.clone(),
+                );
+                r.register(
+                    "results_received",
+                    "Results received, repeats included",
+                    self.results_received.clone(),
+                );
+                r.register(
+                    "duplicate_results",
+                    "Results for orders already tallied (redeliveries)",
+                    self.duplicate_results.clone(),
+                );
+                r.register(
+                    "dropped_results",
+                    "Results dropped, by reason",
+                    self.dropped_results.clone(),
+                );
+                r.register(
+                    "journal_fsync_seconds",
+                    "Time per journal fsync",
+                    self.fsync_seconds.clone(),
+                );
+                r.register(
+                    "orders_total",
+                    "Counted lines of the run, once the input is read",
+                    self.total.clone(),
+                );
+            }
+        }
+        r.register(
+            "bad_frames",
+            "Frames dropped because they did not decode",
+            self.bad_frames.clone(),
+        );
+        r
+    }
+
+    /// Serves `role`'s metrics on `http://addr/metrics` from a background thread.
+    pub fn serve(&self, role: &'static str, addr: &str) -> Result<()> {
+        let server = tiny_http::Server::http(addr)
+            .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+        let registry = Arc::new(self.registry(role));
+        tracing::info!(metrics = %format!("http://{addr}/metrics"), "serving metrics");
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                for request in server.incoming_requests() {
+                    let mut body = String::new();
+                    let response = if request.url() == "/metrics" || request.url() == "/" {
+                        let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
+                        let header = tiny_http::Header::from_bytes(
+                            &b"Content-Type"[..],
+                            &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+                        )
+                        .expect("a valid header");
+                        tiny_http::Response::from_string(body).with_header(header)
+                    } else {
+                        tiny_http::Response::from_string("not found: try /metrics\n")
+                            .with_status_code(404)
+                    };
+                    let _ = request.respond(response);
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the metrics thread: {e}")))?;
+        Ok(())
+    }
+
+    /// Counts `n` orders of `outcome`.
+    pub fn count_outcome(&self, outcome: crate::rules::Outcome, n: u64) {
+        self.orders
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome_name(outcome),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts a dropped result.
+    pub fn drop_result(&self, reason: &'static str, n: u64) {
+        self.dropped_results
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n);
+    }
+}
+
+/// The label of an outcome.
+pub fn outcome_name(outcome: crate::rules::Outcome) -> &'static str {
+    use crate::rules::Outcome;
+    match outcome {
+        Outcome::Paid => "paid",
+        Outcome::Declined => "declined",
+        Outcome::Rejected(r) => r.name(),
+        Outcome::Failed => "failed",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Malformed => "malformed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Outcome;
+
+    #[test]
+    fn encodes_what_the_role_registers() {
+        let m = Metrics::default();
+        m.count_outcome(Outcome::Paid, 3);
+        m.drop_result("other_run", 1);
+        m.fsync_seconds.observe(0.004);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry("sink")).unwrap();
+        assert!(
+            text.contains("ordergrid_orders_tallied_total{outcome=\"paid\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ordergrid_dropped_results_total{reason=\"other_run\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ordergrid_journal_fsync_seconds_count 1"),
+            "{text}"
+        );
+        assert!(!text.contains("orders_dispatched"), "{text}");
+    }
+
+    #[test]
+    fn serves_over_http() {
+        let m = Metrics::default();
+        m.dispatched.inc_by(42);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        m.serve("ventilator", &addr).unwrap();
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        assert!(
+            body.contains("ordergrid_orders_dispatched_total 42"),
+            "{body}"
+        );
+    }
+}
