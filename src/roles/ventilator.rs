@@ -975,6 +975,7 @@ impl Dispatcher {
                 return Ok(false);
             }
             let now = Instant::now();
+            let timeout = self.timeout.current(0);
             match next.lane {
                 Lane::Single => self.single_in_flight = Some(next.seqs[0]),
                 Lane::Group => {
@@ -1002,10 +1003,8 @@ impl Dispatcher {
                         self.config.metrics.redelivered.inc();
                     }
                     // Back off per delivery, late or lost alike.
-                    let due = now
-                        + self
-                            .timeout
-                            .current(slot.tag.saturating_sub(1).min(8) as u8);
+                    let backoff = 1u32 << slot.tag.saturating_sub(1).min(5);
+                    let due = now + (timeout * backoff).min(self.config.max_timeout);
                     self.timeouts.push_back((due, seq, slot.tag));
                 }
             }
