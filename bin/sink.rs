@@ -57,6 +57,9 @@ fn run(args: Args) -> ordergrid::Result<SinkExit> {
     let _entered = span.enter();
     let shutdown = Shutdown::install()?;
     let metrics = args.common.metrics("sink")?;
+    let wire = args
+        .common
+        .wire(&[&args.results, &args.acks, &args.control])?;
     let config = SinkConfig {
         results: args.results,
         acks: args.acks,
@@ -66,6 +69,7 @@ fn run(args: Args) -> ordergrid::Result<SinkExit> {
         compact_bytes: args.compact_mib << 20,
         progress_every: std::time::Duration::from_millis(args.progress_ms),
         metrics,
+        wire,
         ..SinkConfig::default()
     };
     sink::run(&config, &shutdown)

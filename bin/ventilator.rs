@@ -94,6 +94,7 @@ fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
     let _entered = span.enter();
     let shutdown = Shutdown::install()?;
     let metrics = args.common.metrics("ventilator")?;
+    let wire = args.common.wire(&[&args.jobs, &args.acks])?;
     let input = match (args.input, args.generate) {
         (Some(path), _) if path == "-" => InputSpec::Stdin,
         (Some(path), _) => InputSpec::File(PathBuf::from(path)),
@@ -116,6 +117,7 @@ fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
         max_deliveries: args.max_deliveries,
         min_timeout: Duration::from_millis(args.min_timeout_ms),
         metrics,
+        wire,
         ..VentilatorConfig::default()
     };
     ventilator::run(&config, &shutdown)

@@ -49,6 +49,9 @@ fn run(args: Args) -> ordergrid::Result<()> {
     let _entered = span.enter();
     let shutdown = Shutdown::install()?;
     let metrics = args.common.metrics("worker")?;
+    let wire = args
+        .common
+        .wire(&[&args.jobs, &args.results, &args.control])?;
     let config = WorkerConfig {
         jobs: args.jobs,
         results: args.results,
@@ -57,6 +60,7 @@ fn run(args: Args) -> ordergrid::Result<()> {
         max_attempts: args.max_attempts,
         recv_hwm: args.recv_hwm,
         metrics,
+        wire,
         ..WorkerConfig::default()
     };
     let mut gateway = SimulatedGateway::new(Duration::from_millis(args.gateway_latency_ms));

@@ -24,9 +24,39 @@ pub struct CommonArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9101).
     #[arg(long, env = "ORDERGRID_METRICS", value_name = "ADDR")]
     pub metrics: Option<String>,
+    #[command(flatten)]
+    pub key: crate::seal::KeyArgs,
+    /// Allow non-loopback endpoints without a key (frames then travel unsealed:
+    /// anyone on the network can read and forge them).
+    #[arg(long, env = "ORDERGRID_INSECURE")]
+    pub insecure: bool,
 }
 
 impl CommonArgs {
+    /// The wire for these endpoints: sealed with the key files, or plain,
+    /// which is refused off loopback unless `--insecure`.
+    pub fn wire(&self, endpoints: &[&str]) -> crate::Result<crate::transport::Wire> {
+        if let Some((sealer, warnings)) = self.key.load()? {
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
+            tracing::info!(key_id = %sealer.sealing_key_id(), keys = sealer.key_ids().count(), "frames are sealed");
+            return Ok(crate::transport::Wire::sealed(sealer));
+        }
+        if !self.insecure {
+            if let Some(ep) = endpoints
+                .iter()
+                .find(|ep| !crate::transport::is_local_endpoint(ep))
+            {
+                return Err(Error::Config(format!(
+                    "refusing to use {ep} without a key: off loopback, unsealed frames can be read and forged; \
+                     give --key-file FILE (ordergrid-keygen FILE writes one) or --insecure"
+                )));
+            }
+        }
+        Ok(crate::transport::Wire::plain())
+    }
+
     /// The role's metrics, served when `--metrics` was given.
     pub fn metrics(&self, role: &'static str) -> crate::Result<crate::metrics::Metrics> {
         let metrics = crate::metrics::Metrics::default();

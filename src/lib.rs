@@ -25,6 +25,7 @@
 //! - [`report`]: the report (JSON contract) and the human table.
 //! - [`journal`]: the sink's durable journal: append, group fsync, replay, compaction.
 //! - [`input`]: where the ventilator's lines come from (file, stdin, generator).
+//! - [`seal`]: the pre-shared key: key files, sealing and opening frames (XChaCha20-Poly1305).
 //! - [`roles`]: `ventilator`, `worker` and `sink`: each a `run(config, shutdown)`.
 //! - [`metrics`]: Prometheus counters and gauges, served with `--metrics ADDR`.
 //! - [`shutdown`]: the signal-driven stop request every loop polls.
@@ -45,6 +46,7 @@ pub mod protocol;
 pub mod report;
 pub mod roles;
 pub mod rules;
+pub mod seal;
 pub mod shutdown;
 pub mod transport;
 

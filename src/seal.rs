@@ -714,6 +714,8 @@ mod tests {
             &Progress {
                 horizon: 7,
                 total: Some(9),
+                in_flight: 0,
+                redelivered: 0,
             },
         )
     }
@@ -784,7 +786,9 @@ mod tests {
             protocol::decode::<Progress>(body).unwrap(),
             Progress {
                 horizon: 7,
-                total: Some(9)
+                total: Some(9),
+                in_flight: 0,
+                redelivered: 0,
             }
         );
         // A keyless role sees an unknown kind.

@@ -3,7 +3,77 @@
 //! TCP keepalive and the high-water marks its role asks for.
 
 use crate::protocol::MAX_FRAME_BYTES;
+use crate::seal::{OpenError, Sealer, OVERHEAD};
 use crate::{Error, Result};
+use std::sync::Arc;
+
+/// How frames go on the wire: plain, or sealed with the pre-shared key.
+/// Every role's sends and receives go through one of these.
+#[derive(Clone, Default)]
+pub struct Wire {
+    sealer: Option<Arc<Sealer>>,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.sealer {
+            Some(s) => write!(f, "Wire(sealed with key id {})", s.sealing_key_id()),
+            None => f.write_str("Wire(plain)"),
+        }
+    }
+}
+
+impl Wire {
+    /// Frames as they are (no key).
+    pub fn plain() -> Wire {
+        Wire::default()
+    }
+
+    /// Frames sealed and opened with `sealer`'s keys.
+    pub fn sealed(sealer: Sealer) -> Wire {
+        Wire {
+            sealer: Some(Arc::new(sealer)),
+        }
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.sealer.is_some()
+    }
+
+    /// The bytes to send for a plain frame: the frame, or its sealed form
+    /// built in `buf`.
+    pub fn outgoing<'a>(&self, frame: &'a [u8], buf: &'a mut Vec<u8>) -> &'a [u8] {
+        match &self.sealer {
+            None => frame,
+            Some(s) => {
+                s.seal_into(frame, buf);
+                buf
+            }
+        }
+    }
+
+    /// The plain frame of a received message, opened where it lies; an
+    /// error means the frame must be dropped and counted, never decoded.
+    pub fn incoming<'a>(&self, msg: &'a mut [u8]) -> std::result::Result<&'a [u8], OpenError> {
+        match &self.sealer {
+            None => Ok(msg),
+            Some(s) => s.open_in_place(msg),
+        }
+    }
+}
+
+/// Sends a frame (sealed when the wire says so) without blocking; `false`
+/// when the socket cannot take it now.
+pub fn send_frame(
+    socket: &zmq::Socket,
+    wire: &Wire,
+    frame: &[u8],
+    buf: &mut Vec<u8>,
+    what: &str,
+) -> Result<bool> {
+    let bytes = wire.outgoing(frame, buf);
+    try_send(socket, bytes, 0, what)
+}
 
 /// Per-socket tuning a role chooses.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +101,8 @@ fn configure(socket: &zmq::Socket, tuning: SocketTuning, what: &str) -> Result<(
     set(socket.set_linger(200), "ZMQ_LINGER")?;
     // No peer can make this process allocate without bound.
     set(
-        socket.set_maxmsgsize(MAX_FRAME_BYTES as i64),
+        // A sealed frame is OVERHEAD bytes longer than its plain form.
+        socket.set_maxmsgsize((MAX_FRAME_BYTES + OVERHEAD) as i64),
         "ZMQ_MAXMSGSIZE",
     )?;
     set(socket.set_sndhwm(tuning.send_hwm), "ZMQ_SNDHWM")?;

@@ -236,7 +236,7 @@ fn bad_command_lines_exit_2_and_run_time_failures_exit_1() {
         err.contains(&format!("cannot bind the results socket to {busy}")),
         "{err}"
     );
-    let (code, err) = run("worker", &["--jobs", "nonsense"]);
+    let (code, err) = run("worker", &["--jobs", "nonsense", "--insecure"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("cannot connect the jobs socket to nonsense"),

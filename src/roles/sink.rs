@@ -13,8 +13,9 @@ use crate::ledger::{Applied, Ledger};
 use crate::protocol::{self, Acks, FrameError, Hello, Kind, Progress, ResultBatch, RunId, Welcome};
 use crate::report::{Report, RunSection, SinkStats};
 use crate::rules::Outcome;
+use crate::seal::{OpenError, RejectLog};
 use crate::shutdown::Shutdown;
-use crate::transport::{self, SocketTuning};
+use crate::transport::{self, SocketTuning, Wire};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
@@ -43,6 +44,8 @@ pub struct SinkConfig {
     pub print_table: bool,
     /// Counters and gauges (served with `--metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Plain or sealed frames.
+    pub wire: Wire,
 }
 
 impl Default for SinkConfig {
@@ -58,6 +61,7 @@ impl Default for SinkConfig {
             run_over_for: Duration::from_millis(1500),
             print_table: true,
             metrics: crate::metrics::Metrics::default(),
+            wire: Wire::plain(),
         }
     }
 }
@@ -106,10 +110,12 @@ struct Sockets {
     acks: zmq::Socket,
     control: zmq::Socket,
     notify: zmq::Socket,
+    wire: Wire,
 }
 
 struct Sink {
     config: SinkConfig,
+    rejected: RejectLog,
     ctx: zmq::Context,
     active: Option<ActiveRun>,
     stats: SinkStats,
@@ -185,9 +191,11 @@ pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
         notify: ctx
             .socket(zmq::PAIR)
             .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?,
+        wire: config.wire.clone(),
     };
     let mut sink = Sink {
         config: config.clone(),
+        rejected: RejectLog::new(Duration::from_secs(5)),
         ctx,
         active: None,
         stats: SinkStats::default(),
@@ -395,7 +403,14 @@ impl Sink {
                         }
                         extra = rest.get_more();
                     }
-                    if let Some(done) = self.on_ventilator_frame(&identity, &msg, s, notify_ep)? {
+                    let plain = match s.wire.incoming(&mut msg) {
+                        Ok(plain) => plain,
+                        Err(e) => {
+                            self.unauthenticated("acks", e);
+                            continue;
+                        }
+                    };
+                    if let Some(done) = self.on_ventilator_frame(&identity, plain, s, notify_ep)? {
                         return Ok(done);
                     }
                 }
@@ -406,7 +421,10 @@ impl Sink {
                     if !transport::try_recv(&s.results, &mut msg, "results")? {
                         break;
                     }
-                    self.on_results_frame(&msg, false);
+                    match s.wire.incoming(&mut msg) {
+                        Ok(plain) => self.on_results_frame(plain, false),
+                        Err(e) => self.unauthenticated("results", e),
+                    }
                 }
             }
             self.hand_over(s)?;
@@ -554,8 +572,19 @@ impl Sink {
         }
     }
 
+    /// Counts a frame that failed to open; logs once in a while.
+    fn unauthenticated(&mut self, what: &str, error: OpenError) {
+        self.stats.unauthenticated_frames += 1;
+        self.config.metrics.drop_result("unauthenticated", 1);
+        if let Some(summary) = self.rejected.record(error) {
+            tracing::warn!(socket = what, "{summary}");
+        }
+    }
+
     fn send_to_ventilator(s: &Sockets, identity: &[u8], frame: &[u8]) -> Result<()> {
         // ROUTER drops messages to peers that are gone; the ventilator asks again.
+        let mut sealed = Vec::new();
+        let frame = s.wire.outgoing(frame, &mut sealed);
         let sent = s
             .acks
             .send(identity, zmq::SNDMORE | zmq::DONTWAIT)
@@ -706,9 +735,11 @@ impl Sink {
             };
             first += chunk.len() as u64;
             let frame = protocol::frame(Kind::Welcome, id, &welcome);
+            let mut sealed = Vec::new();
+            let frame = s.wire.outgoing(&frame, &mut sealed);
             s.acks
                 .send(identity, zmq::SNDMORE)
-                .and_then(|()| s.acks.send(&frame[..], 0))
+                .and_then(|()| s.acks.send(frame, 0))
                 .map_err(|e| Error::zmq("cannot send to the ventilator", e))?;
         }
         Ok(None)
@@ -859,7 +890,10 @@ impl Sink {
         let mut identity = zmq::Message::new();
         let mut msg = zmq::Message::new();
         while Instant::now() < until {
-            let _ = s.control.send(&over[..], zmq::DONTWAIT);
+            let mut sealed = Vec::new();
+            let _ = s
+                .control
+                .send(s.wire.outgoing(&over, &mut sealed), zmq::DONTWAIT);
             // Answer a ventilator still asking, and drain late results.
             while transport::try_recv(&s.acks, &mut identity, "acks")? {
                 if identity.get_more() && transport::try_recv(&s.acks, &mut msg, "acks")? {

@@ -28,8 +28,9 @@ use crate::ledger::SeqSet;
 use crate::order::{self, Line, Malformed};
 use crate::protocol::{self, Acks, Hello, Kind, Progress, RunId, Welcome};
 use crate::rules::Outcome;
+use crate::seal::{OpenError, RejectLog};
 use crate::shutdown::Shutdown;
-use crate::transport::{self, SocketTuning};
+use crate::transport::{self, SocketTuning, Wire};
 use crate::{Error, Result};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -62,6 +63,8 @@ pub struct VentilatorConfig {
     pub max_timeout: Duration,
     /// Counters and gauges (served with `--metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Plain or sealed frames.
+    pub wire: Wire,
 }
 
 impl Default for VentilatorConfig {
@@ -79,6 +82,7 @@ impl Default for VentilatorConfig {
             min_timeout: Duration::from_millis(500),
             max_timeout: Duration::from_secs(30),
             metrics: crate::metrics::Metrics::default(),
+            wire: Wire::plain(),
         }
     }
 }
@@ -150,6 +154,14 @@ struct Reader {
     tx: mpsc::SyncSender<Prepared>,
     doorbell: zmq::Socket,
     stop: Arc<AtomicBool>,
+}
+
+/// Counts a frame that failed to open and logs it once in a while.
+fn note_rejected(log: &mut RejectLog, metrics: &crate::metrics::Metrics, error: OpenError) {
+    metrics.bad_frames.inc();
+    if let Some(summary) = log.record(error) {
+        tracing::warn!("{summary}");
+    }
 }
 
 /// A line as the reader sees it: parsed, or a generated order's fields.
@@ -410,6 +422,8 @@ struct Dispatcher {
     redelivered: u64,
     poisoned: u64,
     frame: Vec<u8>,
+    seal_buf: Vec<u8>,
+    rejected: RejectLog,
 }
 
 /// Runs a ventilator until the sink reports the run complete or a stop is requested.
@@ -459,19 +473,29 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let mut msg = zmq::Message::new();
     let mut last_hello: Option<Instant> = None;
     let mut told_busy = false;
+    let mut seal_buf = Vec::new();
+    let mut rejected = RejectLog::new(Duration::from_secs(5));
     loop {
         if shutdown.requested() {
             return Ok(VentilatorExit::Stopped { run });
         }
         if last_hello.is_none_or(|t| t.elapsed() > Duration::from_millis(250)) {
-            transport::try_send(&sink, &hello, 0, "acks")?;
+            transport::send_frame(&sink, &config.wire, &hello, &mut seal_buf, "acks")?;
             last_hello = Some(Instant::now());
         }
         let mut items = [sink.as_poll_item(zmq::POLLIN)];
         transport::poll(&mut items, 100)?;
         let mut welcomed = false;
         while transport::try_recv(&sink, &mut msg, "acks")? {
-            let Ok((h, body)) = protocol::split_frame(&msg) else {
+            let plain = match config.wire.incoming(&mut msg) {
+                Ok(plain) => plain,
+                Err(e) => {
+                    note_rejected(&mut rejected, &config.metrics, e);
+                    continue;
+                }
+            };
+            let Ok((h, body)) = protocol::split_frame(plain) else {
+                config.metrics.bad_frames.inc();
                 continue;
             };
             if h.run != run {
@@ -598,6 +622,8 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         redelivered: 0,
         poisoned: 0,
         frame: Vec::new(),
+        seal_buf: Vec::new(),
+        rejected: RejectLog::new(Duration::from_secs(5)),
     };
     let sockets = DispatchSockets {
         jobs,
@@ -677,12 +703,8 @@ impl Dispatcher {
                     in_flight: self.window.len() as u64,
                     redelivered: self.redelivered,
                 };
-                transport::try_send(
-                    sink,
-                    &protocol::frame(Kind::Progress, self.run, &progress),
-                    0,
-                    "acks",
-                )?;
+                let frame = protocol::frame(Kind::Progress, self.run, &progress);
+                transport::send_frame(sink, &self.config.wire, &frame, &mut self.seal_buf, "acks")?;
                 last_progress = Instant::now();
             }
             self.send_locals(sink)?;
@@ -719,7 +741,15 @@ impl Dispatcher {
                 }
             }
             while transport::try_recv(sink, &mut msg, "acks")? {
-                let Ok((h, body)) = protocol::split_frame(&msg) else {
+                let plain = match self.config.wire.incoming(&mut msg) {
+                    Ok(plain) => plain,
+                    Err(e) => {
+                        note_rejected(&mut self.rejected, &self.config.metrics, e);
+                        continue;
+                    }
+                };
+                let Ok((h, body)) = protocol::split_frame(plain) else {
+                    self.config.metrics.bad_frames.inc();
                     continue;
                 };
                 if h.run != self.run {
@@ -748,7 +778,13 @@ impl Dispatcher {
                         }
                     }
                     Kind::Busy if last_hello.elapsed() > Duration::from_secs(1) => {
-                        transport::try_send(sink, hello, 0, "acks")?;
+                        transport::send_frame(
+                            sink,
+                            &self.config.wire,
+                            hello,
+                            &mut self.seal_buf,
+                            "acks",
+                        )?;
                         last_hello = Instant::now();
                     }
                     Kind::Complete => {
@@ -956,7 +992,13 @@ impl Dispatcher {
             let Some(next) = self.next_outgoing() else {
                 return Ok(true);
             };
-            if !transport::try_send(jobs, &next.frame, 0, "jobs")? {
+            if !transport::send_frame(
+                jobs,
+                &self.config.wire,
+                &next.frame,
+                &mut self.seal_buf,
+                "jobs",
+            )? {
                 // Put it back in front of its lane.
                 match next.lane {
                     Lane::Single => self.singles.push_front(next.seqs[0]),
@@ -1052,7 +1094,13 @@ impl Dispatcher {
                 }
             }
             protocol::results_frame(&mut self.frame, self.run, 0, count, &records);
-            if !transport::try_send(sink, &self.frame, 0, "acks")? {
+            if !transport::send_frame(
+                sink,
+                &self.config.wire,
+                &self.frame,
+                &mut self.seal_buf,
+                "acks",
+            )? {
                 let rest: Vec<u64> = self.locals_out.drain(..).collect();
                 self.locals_out = seqs;
                 self.locals_out.extend(rest);

@@ -6,8 +6,9 @@
 use crate::gateway::{GatewayReply, PaymentGateway, PaymentRequest};
 use crate::protocol::{self, FrameError, JobBatch, Kind, RunId};
 use crate::rules::{self, Outcome};
+use crate::seal::RejectLog;
 use crate::shutdown::Shutdown;
-use crate::transport::{self, SocketTuning};
+use crate::transport::{self, SocketTuning, Wire};
 use crate::Result;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -34,6 +35,8 @@ pub struct WorkerConfig {
     pub batch: usize,
     /// Counters and gauges (served with `--metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Plain or sealed frames.
+    pub wire: Wire,
 }
 
 impl Default for WorkerConfig {
@@ -48,6 +51,7 @@ impl Default for WorkerConfig {
             recv_hwm: 4,
             batch: 1024,
             metrics: crate::metrics::Metrics::default(),
+            wire: Wire::plain(),
         }
     }
 }
@@ -80,6 +84,8 @@ struct Task {
 /// Outcome records waiting to be sent, for one run.
 struct Outbox {
     shutdown: Shutdown,
+    wire: Wire,
+    seal_buf: Vec<u8>,
     metrics: crate::metrics::Metrics,
     /// Outcomes in this frame, by code, for the metrics.
     outcomes: [u64; crate::rules::OUTCOME_CODES],
@@ -155,7 +161,8 @@ impl Outbox {
         // results never sent are redelivered.
         let mut stopping_since: Option<Instant> = None;
         loop {
-            match results.send(&self.frame[..], zmq::DONTWAIT) {
+            let bytes = self.wire.outgoing(&self.frame, &mut self.seal_buf);
+            match results.send(bytes, zmq::DONTWAIT) {
                 Ok(()) => break,
                 Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
                     if self.shutdown.requested() {
@@ -256,6 +263,8 @@ pub fn run(
         ready: Vec::new(),
         outbox: Outbox {
             shutdown: shutdown.clone(),
+            wire: config.wire.clone(),
+            seal_buf: Vec::new(),
             metrics: config.metrics.clone(),
             outcomes: [0; crate::rules::OUTCOME_CODES],
             run: None,
@@ -287,6 +296,8 @@ impl Worker<'_> {
     ) -> Result<()> {
         let mut msg = zmq::Message::new();
         let mut draining: Option<Instant> = None;
+        let wire = self.config.wire.clone();
+        let mut rejected = RejectLog::new(Duration::from_secs(5));
         let mut last_bad_log = Instant::now() - Duration::from_secs(60);
         loop {
             if shutdown.requested() && draining.is_none() {
@@ -310,7 +321,9 @@ impl Worker<'_> {
                 }
             }
             let draining_now = draining.is_some();
-            let take_jobs = !draining_now && self.busy() < self.config.concurrency;
+            // Keep one round of payments waiting, so the gateway never idles
+            // between batches.
+            let take_jobs = !draining_now && self.waiting.len() < self.config.concurrency;
             let timeout = self.poll_timeout(take_jobs);
             let (jobs_ready, control_ready) = {
                 let mut items = [
@@ -326,7 +339,12 @@ impl Worker<'_> {
             };
             if control_ready {
                 while transport::try_recv(control, &mut msg, "control")? {
-                    if let Ok((h, _)) = protocol::split_frame(&msg) {
+                    let Ok(plain) = wire.incoming(&mut msg) else {
+                        // Not from our sink: ignored (a forged "run over" must not stop us).
+                        self.summary.bad_frames += 1;
+                        continue;
+                    };
+                    if let Ok((h, _)) = protocol::split_frame(plain) {
                         if h.kind == Kind::RunOver {
                             // Every order of the run is tallied: whatever this
                             // worker still holds is a repeat. Exit now.
@@ -339,10 +357,22 @@ impl Worker<'_> {
             }
             if jobs_ready {
                 while !draining_now
-                    && self.busy() < self.config.concurrency
+                    && self.waiting.len() < self.config.concurrency
                     && transport::try_recv(jobs, &mut msg, "jobs")?
                 {
-                    if let Err(e) = self.take_frame(&msg, results)? {
+                    let plain = match wire.incoming(&mut msg) {
+                        Ok(plain) => plain,
+                        Err(e) => {
+                            self.summary.bad_frames += 1;
+                            self.config.metrics.bad_frames.inc();
+                            if let Some(summary) = rejected.record(e) {
+                                tracing::warn!("job frames: {summary}");
+                            }
+                            continue;
+                        }
+                    };
+                    if let Err(e) = self.take_frame(plain, results)? {
+                        self.config.metrics.bad_frames.inc();
                         self.summary.bad_frames += 1;
                         if last_bad_log.elapsed() > Duration::from_secs(5) {
                             tracing::warn!(error = %e, dropped_so_far = self.summary.bad_frames, "dropped a job frame");

@@ -19,6 +19,7 @@ pub fn bin(name: &str) -> PathBuf {
         "worker" => PathBuf::from(env!("CARGO_BIN_EXE_ordergrid-worker")),
         "ventilator" => PathBuf::from(env!("CARGO_BIN_EXE_ordergrid-ventilator")),
         "gen" => PathBuf::from(env!("CARGO_BIN_EXE_ordergrid-gen")),
+        "keygen" => PathBuf::from(env!("CARGO_BIN_EXE_ordergrid-keygen")),
         other => panic!("no binary {other}"),
     }
 }
