@@ -70,7 +70,7 @@ struct Args {
     #[arg(long, env = "ORDERGRID_MAX_DELIVERIES", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
     max_deliveries: u8,
     /// Lower bound of the adaptive redelivery time-out, in milliseconds.
-    #[arg(long, env = "ORDERGRID_MIN_TIMEOUT_MS", default_value_t = 500)]
+    #[arg(long, env = "ORDERGRID_MIN_TIMEOUT_MS", default_value_t = 1000)]
     min_timeout_ms: u64,
     #[command(flatten)]
     common: CommonArgs,

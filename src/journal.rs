@@ -123,6 +123,11 @@ impl RunDir {
         self.dir.join(format!("journal-{generation}.log"))
     }
 
+    /// Bytes in journal `generation` (0 when it does not exist).
+    pub fn journal_len(&self, generation: u64) -> u64 {
+        fs::metadata(self.journal_path(generation)).map_or(0, |m| m.len())
+    }
+
     fn snapshot_path(&self) -> PathBuf {
         self.dir.join("snapshot.bin")
     }

@@ -96,6 +96,8 @@ struct ActiveRun {
     durable: u64,
     waiting_acks: VecDeque<(u64, Acks)>,
     horizon: u64,
+    /// False after a restart until the ventilator's first progress report.
+    horizon_known: bool,
     total: Option<u64>,
     /// The ventilator's last word on orders in flight and redeliveries.
     in_flight: u64,
@@ -309,6 +311,7 @@ impl Sink {
             .connect(notify_ep)
             .map_err(|e| Error::zmq("cannot connect the journal notify socket", e))?;
         let writer = JournalWriter::start(&dir, generation, notifier, tx)?;
+        let journal_bytes = dir.journal_len(generation);
         let _ = sockets;
         self.active = Some(ActiveRun {
             id,
@@ -324,11 +327,15 @@ impl Sink {
             durable: 0,
             waiting_acks: VecDeque::new(),
             horizon: 0,
+            // A resumed run trusts results until the ventilator says how far
+            // it got: they may be in flight from before the restart.
+            horizon_known: !resumed,
             total: None,
             in_flight: 0,
             redelivered: 0,
             ventilator: None,
-            journal_bytes: 0,
+            // Compaction counts what earlier sink processes wrote too.
+            journal_bytes,
             resumed,
         });
         Ok(Activation::Active)
@@ -515,7 +522,11 @@ impl Sink {
         metrics.results_received.inc_by(batch.results.len() as u64);
         let mut tallied = [0u64; crate::rules::OUTCOME_CODES];
         let mut duplicates = 0;
-        let limit = run.total.unwrap_or(run.horizon).min(run.horizon);
+        let limit = if run.horizon_known {
+            run.total.unwrap_or(run.horizon).min(run.horizon)
+        } else {
+            run.total.unwrap_or(crate::ledger::MAX_SEQ)
+        };
         let mut new = false;
         let mut unknown = 0;
         let mut invalid = 0;
@@ -639,6 +650,7 @@ impl Sink {
                     Some(run) if run.id == header.run => {
                         run.ventilator = Some(identity.to_vec());
                         run.horizon = run.horizon.max(progress.horizon);
+                        run.horizon_known = true;
                         if progress.total.is_some() {
                             run.total = progress.total;
                             if let Some(t) = progress.total {

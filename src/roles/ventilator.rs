@@ -79,7 +79,7 @@ impl Default for VentilatorConfig {
             window: 32_768,
             send_hwm: 8,
             max_deliveries: 3,
-            min_timeout: Duration::from_millis(500),
+            min_timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(30),
             metrics: crate::metrics::Metrics::default(),
             wire: Wire::plain(),
@@ -669,6 +669,7 @@ impl Dispatcher {
         let mut last_progress = Instant::now() - Duration::from_secs(1);
         let mut last_hello = Instant::now();
         let mut last_log = Instant::now();
+        let mut last_adapt = Instant::now();
         loop {
             if shutdown.requested() {
                 tracing::info!(run = %self.run, unacknowledged = self.window.len(), "stop requested; start again with the same input to resume");
@@ -689,7 +690,8 @@ impl Dispatcher {
                     }
                 }
             }
-            if last_progress.elapsed() >= Duration::from_millis(100) {
+            if last_adapt.elapsed() >= Duration::from_millis(100) {
+                last_adapt = Instant::now();
                 self.adapt_limit();
                 self.config.metrics.in_flight.set(self.window.len() as i64);
                 self.config.metrics.in_flight_limit.set(self.limit as i64);
@@ -810,9 +812,15 @@ impl Dispatcher {
     /// Every tick: shrink the in-flight limit while orders queue, grow it otherwise.
     fn adapt_limit(&mut self) {
         let floor = 2 * self.config.batch;
+        // Grow only on evidence: delays measured, and the limit actually
+        // reached (as TCP grows its window only when the window is full).
+        let measured = self.timeout.srtt.is_some();
+        let full = self.window.len() * 4 >= self.limit * 3;
         self.limit = if self.timeout.queueing() {
             self.slow_start = false;
             (self.limit * 3 / 4).max(floor)
+        } else if !measured || !full {
+            self.limit
         } else if self.slow_start {
             self.limit * 2
         } else {
