@@ -76,7 +76,10 @@ fi
 
 # ---------------------------------------------------------------- build
 say "building (cargo build --release) in $ROOT"
-(cd "$ROOT" && cargo build --release --quiet)
+if ! (cd "$ROOT" && cargo build --release --quiet); then
+    echo "$PROG: the release build failed" >&2
+    exit 1
+fi
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 BIN=${TARGET_DIR:-$ROOT/target}/release
@@ -243,6 +246,7 @@ say "work folder $WORK; logs in $LOGS/ (sink.log, worker-K.log, ventilator.log)"
 say "N=$N workers=$WORKERS supervise=$([[ $SUPERVISE == 1 ]] && echo yes || echo no) jobs=$JOBS"
 T0=$SECONDS
 
+: >"$LOGS/sink.out" # the table of this run only
 start sink "$LOGS/sink.out" "$LOGS/sink.log" \
     "$BIN/ordergrid-sink" --results "$RESULTS" --acks "$ACKS" --control "$CONTROL" \
     --state "$STATE" --report "$REPORT"
