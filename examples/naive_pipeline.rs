@@ -25,7 +25,7 @@
 //! ```text
 //! cargo run --release --example naive_pipeline -- sink   --results ipc:///tmp/np-res --control ipc:///tmp/np-ctl --count 2000000
 //! cargo run --release --example naive_pipeline -- worker --jobs ipc:///tmp/np-jobs --results ipc:///tmp/np-res --control ipc:///tmp/np-ctl   # x W
-//! cargo run --release --example naive_pipeline -- vent   --count 2000000 --workers 2 --jobs ipc:///tmp/np-jobs --sink ipc:///tmp/np-res
+//! cargo run --release --example naive_pipeline -- vent   --count 2000000 --workers 2 --jobs ipc:///tmp/np-jobs --sink ipc:///tmp/np-res --control ipc:///tmp/np-ctl
 //! ```
 //! Start them in any order. The ventilator first builds its `--count` orders
 //! in memory (from [`ordergrid::generator::Generator`], the lines that
@@ -76,6 +76,13 @@ enum Role {
         /// The sink's results endpoint, for the start signal (PUSH, connects).
         #[arg(long, default_value = "tcp://127.0.0.1:5558")]
         sink: String,
+        /// The sink's control endpoint (SUB, connects): the ventilator stays
+        /// up until the sink's KILL (or --linger-s), see `vent`.
+        #[arg(long, default_value = "tcp://127.0.0.1:5560")]
+        control: String,
+        /// Seconds to stay up after sending, at most, waiting for the KILL.
+        #[arg(long, default_value_t = 60)]
+        linger_s: u64,
         /// Seed of the synthetic orders (as `ordergrid-gen --seed`).
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -103,6 +110,10 @@ enum Role {
         /// How many results make the run complete.
         #[arg(long)]
         count: u64,
+        /// Give up when no result has come for this many seconds after the
+        /// start: with no redelivery, a lost message would stall it for ever.
+        #[arg(long, default_value_t = 30)]
+        idle_timeout_s: u64,
     },
 }
 
@@ -145,8 +156,10 @@ fn main() -> ExitCode {
             workers,
             jobs,
             sink,
+            control,
+            linger_s,
             seed,
-        } => vent(count, workers, &jobs, &sink, seed),
+        } => vent(count, workers, &jobs, &sink, &control, linger_s, seed),
         Role::Worker {
             jobs,
             results,
@@ -156,7 +169,8 @@ fn main() -> ExitCode {
             results,
             control,
             count,
-        } => sink(&results, &control, count),
+            idle_timeout_s,
+        } => sink(&results, &control, count, idle_timeout_s),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -193,7 +207,15 @@ fn make_orders(count: u64, seed: u64) -> Vec<Order> {
     orders
 }
 
-fn vent(count: u64, workers: usize, jobs_ep: &str, sink_ep: &str, seed: u64) -> Result<()> {
+fn vent(
+    count: u64,
+    workers: usize,
+    jobs_ep: &str,
+    sink_ep: &str,
+    control_ep: &str,
+    linger_s: u64,
+    seed: u64,
+) -> Result<()> {
     let built = Instant::now();
     let orders = make_orders(count, seed);
     if (orders.len() as u64) < count {
@@ -215,6 +237,9 @@ fn vent(count: u64, workers: usize, jobs_ep: &str, sink_ep: &str, seed: u64) -> 
     jobs.bind(jobs_ep)?;
     let to_sink = ctx.socket(zmq::PUSH)?;
     to_sink.connect(sink_ep)?;
+    let control = ctx.socket(zmq::SUB)?;
+    control.connect(control_ep)?;
+    control.set_subscribe(b"")?;
 
     eprintln!("vent: waiting for {workers} worker(s) on {jobs_ep}");
     let mut connected = 0;
@@ -243,7 +268,15 @@ fn vent(count: u64, workers: usize, jobs_ep: &str, sink_ep: &str, seed: u64) -> 
         orders.len(),
         started.elapsed().as_secs_f64()
     );
-    // Dropping the sockets waits (linger) until every queued order is out.
+    // Stay up until the sink has everything. Exiting at once loses orders
+    // now and then (a few hundred of 2,000,000 when the workers lag behind),
+    // linger or not: the Guide's taskvent sleeps a second here for the same
+    // reason; waiting for the sink's KILL is the sure way.
+    let mut items = [control.as_poll_item(zmq::POLLIN)];
+    let linger_ms = i64::try_from(linger_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    if zmq::poll(&mut items, linger_ms)? == 0 {
+        eprintln!("vent: no KILL from the sink within {linger_s} s; exiting");
+    }
     Ok(())
 }
 
@@ -338,7 +371,7 @@ fn worker(jobs_ep: &str, results_ep: &str, control_ep: &str) -> Result<()> {
     Ok(())
 }
 
-fn sink(results_ep: &str, control_ep: &str, count: u64) -> Result<()> {
+fn sink(results_ep: &str, control_ep: &str, count: u64, idle_timeout_s: u64) -> Result<()> {
     let ctx = zmq::Context::new();
     let results = ctx.socket(zmq::PULL)?;
     results.bind(results_ep)?;
@@ -351,8 +384,27 @@ fn sink(results_ep: &str, control_ep: &str, count: u64) -> Result<()> {
     let mut msg = zmq::Message::new();
     let mut started: Option<Instant> = None;
     let mut tallied: u64 = 0;
+    let idle_ms = i64::try_from(idle_timeout_s.saturating_mul(1000)).unwrap_or(i64::MAX);
     while tallied < count {
-        results.recv(&mut msg, 0)?;
+        match results.recv(&mut msg, zmq::DONTWAIT) {
+            Ok(()) => {}
+            Err(zmq::Error::EAGAIN) => {
+                let mut items = [results.as_poll_item(zmq::POLLIN)];
+                let wait = if started.is_some() { idle_ms } else { -1 };
+                if zmq::poll(&mut items, wait)? == 0 {
+                    // Tell the workers anyway, so that they print their counts.
+                    control.send("KILL", 0)?;
+                    std::thread::sleep(Duration::from_millis(200));
+                    return Err(format!(
+                        "stuck: {tallied} of {count} results tallied and none for {idle_timeout_s} s; \
+                         the pipeline has no redelivery, so a lost message stalls it"
+                    )
+                    .into());
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
         if msg.is_empty() {
             // The ventilator's start signal.
             started.get_or_insert_with(Instant::now);

@@ -7,8 +7,9 @@
 # Builds in release, runs every scenario R times (default 3; --quick: fewer
 # orders and 1 run), prints the table (median orders/s with min and max, the
 # ratio to the naive pipeline, peak RSS of each role) and writes
-# docs/bench/results.md and docs/bench/throughput.svg. Raw data, logs and the
-# state folders go to bench-out/ (ignored by git; BENCH_OUT overrides it),
+# docs/bench/results.md and docs/bench/throughput.svg (BENCH_DOCS overrides
+# the folder). Raw data, logs and the state folders go to bench-out/ (ignored
+# by git; BENCH_OUT overrides it),
 # which is on the same disk as the repo, so the sink's journal fsyncs for real.
 #
 # orders/s = orders / wall-clock seconds, from the start of the ventilator to
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --runs) RUNS=$2; shift ;;
         --no-rabbitmq) RABBIT=0 ;;
-        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -55,7 +56,7 @@ QUIET_WAIT=${BENCH_QUIET_WAIT:-120}
 NICE=${BENCH_NICE:-0}
 
 OUT=${BENCH_OUT:-$ROOT/bench-out}
-DOCS=$ROOT/docs/bench
+DOCS=${BENCH_DOCS:-$ROOT/docs/bench}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release
 NAIVE=$BIN/examples/naive_pipeline
@@ -106,6 +107,12 @@ if [ ! -x /usr/bin/time ]; then
     apt-get install -y time >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y time >/dev/null; }
 fi
 
+# What is measured: the tree as built now (others may commit during the run).
+{
+    echo "commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no -- src bin Cargo.toml Cargo.lock 2>/dev/null | wc -l)"
+    echo "started=$(date -u '+%Y-%m-%d %H:%M UTC')"
+} >"$OUT/build.txt"
 log "building (release) into $TARGET"
 (cd "$ROOT" && cargo build --release --bins --example naive_pipeline)
 
@@ -211,7 +218,7 @@ naive_run() { # scenario orders workers run
         ws+=("$STARTED")
     done
     start_role vent "$dir" "$NAIVE" vent --count "$orders" --workers "$workers" \
-        --jobs "$ep-jobs" --sink "$ep-res"
+        --jobs "$ep-jobs" --sink "$ep-res" --control "$ep-ctl"
     local vent=$STARTED
     # The timed part starts at the start signal, once the orders are built.
     local vrc src wrc=0 t0 t2

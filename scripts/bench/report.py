@@ -24,7 +24,19 @@ def sh(cmd):
         return ""
 
 
-def machine_facts(root):
+def build_info(results_path):
+    """What bench.sh wrote when it built: commit, dirty, started."""
+    info = {}
+    try:
+        for line in open(os.path.join(os.path.dirname(results_path), "build.txt")):
+            k, _, v = line.strip().partition("=")
+            info[k] = v
+    except OSError:
+        pass
+    return info
+
+
+def machine_facts(root, results_path):
     cpu = ""
     try:
         for line in open("/proc/cpuinfo"):
@@ -41,10 +53,15 @@ def machine_facts(root):
     except OSError:
         pass
     zmq = sh(f"grep -A1 'name = \"zeromq-src\"' '{root}/Cargo.lock' | sed -n 's/version = \"\\(.*\\)\"/\\1/p'")
-    commit = sh(f"git -C '{root}' rev-parse --short HEAD")
-    dirty = sh(f"git -C '{root}' status --porcelain --untracked-files=no -- src bin Cargo.toml")
+    build = build_info(results_path)
+    if "commit" in build:
+        commit, dirty = build["commit"], build.get("dirty", "0") not in ("", "0")
+    else:
+        commit = sh(f"git -C '{root}' rev-parse --short HEAD")
+        dirty = bool(sh(f"git -C '{root}' status --porcelain --untracked-files=no -- src bin Cargo.toml"))
+    ended = datetime.datetime.fromtimestamp(os.path.getmtime(results_path), datetime.timezone.utc)
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": (build["started"] + " to " if "started" in build else "") + ended.strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "memory": mem,
@@ -52,20 +69,20 @@ def machine_facts(root):
         "rustc": sh("rustc --version"),
         "libzmq": (zmq.split("+")[-1] if zmq else "?") + " (vendored by zmq-sys)",
         "rabbitmq": sh("dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null") or "not installed",
-        "commit": commit + (" with uncommitted changes in src/ or bin/" if dirty else ""),
+        "commit built": commit + (" with uncommitted changes in src/, bin/ or Cargo.*" if dirty else ""),
     }
 
 
 # (label, system, scenario, workers): the table's rows, in order.
 ROWS = [
     ("naive Guide pipeline (baseline)", "naive", "naive", 2),
-    ("grid --generate", "grid", "grid-generate", 2),
-    ("grid --input (JSON Lines file)", "grid", "grid-file", 2),
+    ("grid --generate, 2 workers", "grid", "grid-generate", 2),
+    ("grid --input (JSON Lines file), 2 workers", "grid", "grid-file", 2),
     ("grid --generate, 1 worker", "grid", "grid-generate", 1),
     ("grid --generate, 2 workers (= above)", "grid", "grid-generate", 2),
     ("grid --generate, 4 workers", "grid", "grid-generate", 4),
     ("grid, gateway 5 ms, 64 in flight/worker", "grid", "grid-gateway", 2),
-    ("grid --generate, peak RSS run", "grid", "grid-rss", 2),
+    ("grid --generate, 2 workers, peak RSS run", "grid", "grid-rss", 2),
     ("RabbitMQ: durable, confirms, acks", "rabbitmq", "rabbitmq", 2),
 ]
 
@@ -188,7 +205,7 @@ def findings(rows, naive, quick):
     g = med(("grid-gateway", 2))
     if g:
         lines.append(
-            f"Slow gateway: {fmt(g)} orders/s = {g / GATEWAY_IDEAL:.0%} of the ideal 2 × 64 / 5 ms = 25,600/s; "
+            f"Slow gateway: {fmt(g)} orders/s = {g / GATEWAY_IDEAL:.1%} of the ideal 2 × 64 / 5 ms = 25,600/s; "
             f"must be ≥ 80%: {'met' if g >= 0.8 * GATEWAY_IDEAL else 'NOT met'}."
         )
     s = by.get(("grid-rss", 2))
@@ -283,7 +300,7 @@ def main():
     naive_rows = [s for _, sys_, _, _, s in rows if sys_ == "naive"]
     naive = naive_rows[0]["median"] if naive_rows else None
     head, body = table_lines(rows, naive)
-    facts = machine_facts(root)
+    facts = machine_facts(root, a.results)
     notes = findings(rows, naive, a.quick)
 
     print()
@@ -299,7 +316,7 @@ def main():
     md = [
         "# Throughput benchmark",
         "",
-        "Made by `scripts/bench.sh`" + (" --quick" if a.quick else "") + f" on {facts['date']}: "
+        "Made by `scripts/bench.sh`" + (" --quick" if a.quick else "") + f", {facts['date']}: "
         f"each scenario run {a.runs} time(s) (the peak-RSS run once); orders/s is the median with min and max.",
         "",
         "| " + " | ".join(head) + " |",
