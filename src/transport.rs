@@ -121,6 +121,20 @@ fn configure(socket: &zmq::Socket, tuning: SocketTuning, what: &str) -> Result<(
     Ok(())
 }
 
+/// A new socket of `kind` with every option set.
+fn configured(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    tuning: SocketTuning,
+    what: &str,
+) -> Result<zmq::Socket> {
+    let socket = ctx
+        .socket(kind)
+        .map_err(|e| Error::zmq(format!("cannot create the {what} socket"), e))?;
+    configure(&socket, tuning, what)?;
+    Ok(socket)
+}
+
 /// A socket of `kind` bound to `endpoint`; `what` names it in errors ("jobs").
 pub fn bind(
     ctx: &zmq::Context,
@@ -129,10 +143,7 @@ pub fn bind(
     tuning: SocketTuning,
     what: &str,
 ) -> Result<zmq::Socket> {
-    let socket = ctx
-        .socket(kind)
-        .map_err(|e| Error::zmq(format!("cannot create the {what} socket"), e))?;
-    configure(&socket, tuning, what)?;
+    let socket = configured(ctx, kind, tuning, what)?;
     socket
         .bind(endpoint)
         .map_err(|e| Error::zmq(format!("cannot bind the {what} socket to {endpoint}"), e))?;
@@ -148,10 +159,7 @@ pub fn connect(
     tuning: SocketTuning,
     what: &str,
 ) -> Result<zmq::Socket> {
-    let socket = ctx
-        .socket(kind)
-        .map_err(|e| Error::zmq(format!("cannot create the {what} socket"), e))?;
-    configure(&socket, tuning, what)?;
+    let socket = configured(ctx, kind, tuning, what)?;
     if kind == zmq::PUSH {
         // Queue only towards completed connections: a PUSH with no peer blocks
         // instead of filling a pipe that may never connect.
