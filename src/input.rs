@@ -50,6 +50,8 @@ pub enum LineSource {
     Mapped {
         map: Option<memmap2::Mmap>,
         at: usize,
+        /// Pages before this offset were handed back to the kernel.
+        released: usize,
         number: u64,
     },
     Stream {
@@ -167,8 +169,18 @@ impl LineSource {
     /// The next line, or `None` at the end of the input.
     pub fn next_line(&mut self) -> Result<Option<RawLine<'_>>> {
         match self {
-            LineSource::Mapped { map, at, number } => {
+            LineSource::Mapped {
+                map,
+                at,
+                released,
+                number,
+            } => {
                 let Some(map) = map else { return Ok(None) };
+                if *at - *released >= RELEASE_CHUNK {
+                    let to = *at / RELEASE_CHUNK * RELEASE_CHUNK;
+                    release(map, *released, to);
+                    *released = to;
+                }
                 let data: &[u8] = map;
                 if *at >= data.len() {
                     return Ok(None);
@@ -279,6 +291,24 @@ impl LineSource {
     }
 }
 
+/// How much of a mapped input is read before its pages are handed back.
+const RELEASE_CHUNK: usize = 8 << 20;
+
+/// Hands the pages of `map[from..to]` back to the kernel, so a file larger
+/// than memory streams through a bounded resident set (`from` is a multiple
+/// of [`RELEASE_CHUNK`], so page-aligned).
+fn release(map: &memmap2::Mmap, from: usize, to: usize) {
+    if to <= from {
+        return;
+    }
+    // SAFETY: the map is a read-only shared mapping of a file: dropped pages
+    // are read back from the file if touched again, with the same bytes. No
+    // line borrowed from this range is alive: lines are handed out one at a
+    // time through `&mut self`, and released ranges lie before the current one.
+    let _ =
+        unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
+}
+
 /// The first newline (SIMD search: line splitting is on the hot path).
 fn memchr(data: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', data)
@@ -310,11 +340,20 @@ fn open_file(path: &Path) -> Result<(LineSource, Option<RunId>)> {
         let _ = map.advise(memmap2::Advice::Sequential);
         Some(map)
     };
-    let digest = map.as_deref().map_or(0, xxhash_rust::xxh3::xxh3_64);
+    // The digest streams over the file, handing pages back as it goes.
+    let digest = map.as_ref().map_or(0, |map| {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for (i, chunk) in map.chunks(RELEASE_CHUNK).enumerate() {
+            hasher.update(chunk);
+            release(map, i * RELEASE_CHUNK, i * RELEASE_CHUNK + chunk.len());
+        }
+        hasher.digest()
+    });
     Ok((
         LineSource::Mapped {
             map,
             at: 0,
+            released: 0,
             number: 0,
         },
         Some(RunId(digest)),
@@ -360,6 +399,33 @@ mod tests {
             assert_eq!(got[3].2, long.len(), "chunk {chunk}");
             assert_eq!(got[4], (5, b"last".to_vec(), 4));
         }
+    }
+
+    #[test]
+    fn a_file_larger_than_the_release_chunk_reads_whole() {
+        let dir = std::env::temp_dir().join(format!("ordergrid-input-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.jsonl");
+        let mut data = Vec::new();
+        let mut n = 0u64;
+        while data.len() < 2 * RELEASE_CHUNK + 12_345 {
+            data.extend_from_slice(
+                format!("line {n} {}\n", "x".repeat((n % 300) as usize)).as_bytes(),
+            );
+            n += 1;
+        }
+        std::fs::write(&path, &data).unwrap();
+        let (mut file, id) = LineSource::open(&InputSpec::File(path.clone())).unwrap();
+        assert_eq!(
+            id,
+            Some(RunId(xxhash_rust::xxh3::xxh3_64(&data))),
+            "streamed digest = one-shot digest"
+        );
+        let mut stream = LineSource::stream(Box::new(Trickle(data, 0, 1 << 16)));
+        let (a, b) = (lines(&mut file), lines(&mut stream));
+        assert_eq!(a.len() as u64, n);
+        assert_eq!(a, b);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
