@@ -19,7 +19,7 @@
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -358,15 +358,6 @@ fn writer_loop(
         let _ = notify.send(&last_ticket.to_le_bytes()[..], 0);
     }
     Ok(())
-}
-
-/// Reads a whole file into memory (used by tests and tools).
-pub fn read_all(path: &Path) -> Result<Vec<u8>> {
-    let mut f = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-    let mut v = Vec::new();
-    f.read_to_end(&mut v)
-        .map_err(|e| Error::io("cannot read", path, e))?;
-    Ok(v)
 }
 
 #[cfg(test)]

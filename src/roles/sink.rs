@@ -123,7 +123,6 @@ struct Sink {
     stats: SinkStats,
     last_bad_log: Option<Instant>,
     notify_seq: u64,
-    started: Instant,
 }
 
 /// When progress was last shown, and the rate since.
@@ -203,7 +202,6 @@ pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
         stats: SinkStats::default(),
         last_bad_log: None,
         notify_seq: 0,
-        started: Instant::now(),
     };
     let notify_ep = sink.next_notify_endpoint();
     sockets
@@ -212,7 +210,7 @@ pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
         .map_err(|e| Error::zmq("cannot bind the journal notify socket", e))?;
     tracing::info!(results = %config.results, acks = %config.acks, control = %config.control, state = %config.state.display(), "sink started");
     if let Some(id) = sink.read_active()? {
-        match sink.activate(id, None, &sockets, &notify_ep)? {
+        match sink.activate(id, None, &notify_ep)? {
             Activation::Active => tracing::info!(run = %id, "resuming the run in progress"),
             Activation::Completed(_) => {}
         }
@@ -249,13 +247,7 @@ impl Sink {
     }
 
     /// Makes `id` the active run: loads it from its journal, or creates it.
-    fn activate(
-        &mut self,
-        id: RunId,
-        input: Option<&str>,
-        sockets: &Sockets,
-        notify_ep: &str,
-    ) -> Result<Activation> {
+    fn activate(&mut self, id: RunId, input: Option<&str>, notify_ep: &str) -> Result<Activation> {
         let dir = RunDir::new(&self.config.state, &id.to_string());
         if let Some(report) = dir.report()? {
             let _ = fs::remove_file(self.active_file());
@@ -312,7 +304,6 @@ impl Sink {
             .map_err(|e| Error::zmq("cannot connect the journal notify socket", e))?;
         let writer = JournalWriter::start(&dir, generation, notifier, tx)?;
         let journal_bytes = dir.journal_len(generation);
-        let _ = sockets;
         self.active = Some(ActiveRun {
             id,
             dir,
@@ -709,7 +700,7 @@ impl Sink {
                 return Ok(None);
             }
         } else {
-            match self.activate(id, Some(&hello.input), s, notify_ep)? {
+            match self.activate(id, Some(&hello.input), notify_ep)? {
                 Activation::Active => {
                     tracing::info!(run = %id, input = %hello.input, "run started")
                 }
@@ -881,7 +872,6 @@ impl Sink {
         self.publish_report(&report)?;
         tracing::info!(run = %run.id, lines = report.orders.lines, seconds = format!("{:.2}", report.run.elapsed_seconds), "run complete");
         self.announce_run_over(run.id, s, run.ventilator.as_deref())?;
-        let _ = self.started;
         Ok(report)
     }
 

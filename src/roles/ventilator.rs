@@ -358,7 +358,6 @@ struct Slot {
     /// Increases at every send; a time-out entry with an older tag is stale.
     tag: u32,
     sent_at: Option<Instant>,
-    lane: Lane,
 }
 
 /// Which lane an order was last sent in.
@@ -395,8 +394,6 @@ struct Dispatcher {
     retry: VecDeque<u64>,
     /// Lost once or more, waiting for an isolated group.
     groups: VecDeque<u64>,
-    /// Orders of isolated groups in flight.
-    group_members_in_flight: usize,
     /// Groups in flight: their unresolved member counts by group number.
     groups_in_flight: FastMap<u64, usize>,
     group_of: FastMap<u64, u64>,
@@ -592,7 +589,6 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         fresh: VecDeque::new(),
         retry: VecDeque::new(),
         groups: VecDeque::new(),
-        group_members_in_flight: 0,
         groups_in_flight: FastMap::default(),
         group_of: FastMap::default(),
         next_group: 0,
@@ -853,7 +849,6 @@ impl Dispatcher {
                     losses: 0,
                     tag: 0,
                     sent_at: None,
-                    lane: Lane::Fresh,
                 },
             );
             self.locals_out.push(seq);
@@ -874,7 +869,6 @@ impl Dispatcher {
                         losses: 0,
                         tag: 0,
                         sent_at: None,
-                        lane: Lane::Fresh,
                     },
                 );
                 seqs.push(seq);
@@ -1032,7 +1026,6 @@ impl Dispatcher {
                     let group = self.next_group;
                     self.next_group += 1;
                     self.groups_in_flight.insert(group, next.seqs.len());
-                    self.group_members_in_flight += next.seqs.len();
                     for &seq in &next.seqs {
                         self.group_of.insert(seq, group);
                     }
@@ -1047,7 +1040,6 @@ impl Dispatcher {
                 if let Some(slot) = self.window.get_mut(&seq) {
                     slot.tag += 1;
                     slot.sent_at = Some(now);
-                    slot.lane = next.lane;
                     if slot.tag > 1 {
                         self.redelivered += 1;
                         self.config.metrics.redelivered.inc();
@@ -1067,7 +1059,6 @@ impl Dispatcher {
             self.single_in_flight = None;
         }
         if let Some(group) = self.group_of.remove(&seq) {
-            self.group_members_in_flight -= 1;
             if let Some(left) = self.groups_in_flight.get_mut(&group) {
                 *left -= 1;
                 if *left == 0 {
