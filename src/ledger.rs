@@ -3,11 +3,13 @@
 //! journal replay and replayed frames harmless.
 
 use crate::fasthash::FxMap;
+#[cfg(test)]
 use crate::protocol::ResultRecord;
+use crate::protocol::ResultRef;
 use crate::report::{CurrencyTotals, OrderCounts, RejectedCounts};
 use crate::rules::{Outcome, Rejection, MAX_QTY, MAX_SKU_BYTES, OUTCOME_CODES};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// The largest seq a ledger accepts (about 10^12 lines per run).
 pub const MAX_SEQ: u64 = 1 << 40;
@@ -69,7 +71,7 @@ pub struct Ledger {
     done: SeqSet,
     tallied: u64,
     counts: Vec<u64>,
-    payments: HashMap<[u8; 3], (u64, i128)>,
+    payments: FxMap<[u8; 3], (u64, i128)>,
     stock: FxMap<String, i64>,
 }
 
@@ -82,7 +84,7 @@ impl Ledger {
     }
 
     /// Applies one outcome, once per seq.
-    pub fn apply(&mut self, r: &ResultRecord<'_>) -> Applied {
+    pub fn apply(&mut self, r: ResultRef<'_>) -> Applied {
         let Some(outcome) = Outcome::from_code(r.outcome) else {
             return Applied::Invalid("unknown outcome code");
         };
@@ -115,7 +117,7 @@ impl Ledger {
             let entry = self.payments.entry(currency).or_insert((0, 0));
             entry.0 += 1;
             entry.1 += i128::from(r.amount_cents);
-            for (sku, qty) in &r.items {
+            for (sku, qty) in r.items {
                 match self.stock.get_mut(*sku) {
                     Some(units) => *units -= qty,
                     None => {
@@ -223,9 +225,12 @@ mod tests {
     #[test]
     fn each_seq_counts_once() {
         let mut l = Ledger::new();
-        assert_eq!(l.apply(&paid(1, "USD", 10, vec![("A", 2)])), Applied::New);
         assert_eq!(
-            l.apply(&paid(1, "USD", 10, vec![("A", 2)])),
+            l.apply(paid(1, "USD", 10, vec![("A", 2)]).as_ref()),
+            Applied::New
+        );
+        assert_eq!(
+            l.apply(paid(1, "USD", 10, vec![("A", 2)]).as_ref()),
             Applied::AlreadyTallied
         );
         let declined = ResultRecord {
@@ -236,7 +241,7 @@ mod tests {
             items: vec![],
         };
         assert_eq!(
-            l.apply(&declined),
+            l.apply(declined.as_ref()),
             Applied::AlreadyTallied,
             "first outcome wins"
         );
@@ -248,8 +253,8 @@ mod tests {
     #[test]
     fn captured_cents_pass_i64_max_without_wrapping() {
         let mut l = Ledger::new();
-        l.apply(&paid(0, "USD", i64::MAX, vec![("A", 1)]));
-        l.apply(&paid(1, "USD", i64::MAX, vec![("A", 1)]));
+        l.apply(paid(0, "USD", i64::MAX, vec![("A", 1)]).as_ref());
+        l.apply(paid(1, "USD", i64::MAX, vec![("A", 1)]).as_ref());
         let usd = &l.payments()["USD"];
         assert_eq!(usd.orders, 2);
         assert_eq!(usd.captured_cents, 2 * i128::from(i64::MAX));
@@ -274,7 +279,7 @@ mod tests {
             paid(MAX_SEQ, "USD", 1, vec![("A", 1)]),
         ];
         for r in &bad {
-            assert!(matches!(l.apply(r), Applied::Invalid(_)), "{r:?}");
+            assert!(matches!(l.apply(r.as_ref()), Applied::Invalid(_)), "{r:?}");
         }
         assert_eq!(l, Ledger::new());
     }

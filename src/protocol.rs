@@ -329,6 +329,262 @@ pub struct ResultBatch<'a> {
     pub results: Vec<ResultRecord<'a>>,
 }
 
+/// One outcome as the tally reads it, borrowed from a frame or a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultRef<'a> {
+    pub seq: u64,
+    pub outcome: u8,
+    pub currency: &'a str,
+    pub amount_cents: i64,
+    pub items: &'a [(&'a str, i64)],
+}
+
+impl ResultRecord<'_> {
+    /// The borrowed view the tally takes.
+    pub fn as_ref(&self) -> ResultRef<'_> {
+        ResultRef {
+            seq: self.seq,
+            outcome: self.outcome,
+            currency: self.currency,
+            amount_cents: self.amount_cents,
+            items: &self.items,
+        }
+    }
+}
+
+/// A Results body decoded without serde: the records' fixed fields and all
+/// their items in two flat vectors, strings borrowed from the body. This is
+/// the sink's hot path (two allocations per frame instead of one per
+/// record); it accepts exactly the encoding [`write_result_record`] and
+/// serde produce for [`ResultBatch`] (structs as arrays), nothing more.
+#[derive(Debug)]
+pub struct ResultsView<'a> {
+    pub worker_id: u64,
+    records: Vec<(u64, u8, &'a str, i64, std::ops::Range<usize>)>,
+    items: Vec<(&'a str, i64)>,
+}
+
+impl<'a> ResultsView<'a> {
+    /// Decodes a whole body, or nothing: a frame is applied all or not at all.
+    pub fn decode(body: &'a [u8]) -> Result<ResultsView<'a>, FrameError> {
+        let mut r = MsgReader::new(body);
+        r.expect_array(2)?;
+        let worker_id = r.uint()?;
+        let count = r.array_len()?;
+        let mut view = ResultsView {
+            worker_id,
+            records: Vec::with_capacity(count.min(r.remaining())),
+            items: Vec::with_capacity(count.min(r.remaining())),
+        };
+        for _ in 0..count {
+            r.expect_array(5)?;
+            let seq = r.uint()?;
+            let outcome = u8::try_from(r.uint()?).map_err(|_| r.error("outcome code"))?;
+            let currency = r.str()?;
+            let amount_cents = r.sint()?;
+            let n = r.array_len()?;
+            let start = view.items.len();
+            for _ in 0..n {
+                r.expect_array(2)?;
+                let sku = r.str()?;
+                let qty = r.sint()?;
+                view.items.push((sku, qty));
+            }
+            let range = start..view.items.len();
+            view.records
+                .push((seq, outcome, currency, amount_cents, range));
+        }
+        r.finish()?;
+        Ok(view)
+    }
+
+    /// The number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records in order.
+    pub fn iter(&self) -> impl Iterator<Item = ResultRef<'_>> + '_ {
+        self.records
+            .iter()
+            .map(|(seq, outcome, currency, amount_cents, range)| ResultRef {
+                seq: *seq,
+                outcome: *outcome,
+                currency,
+                amount_cents: *amount_cents,
+                items: &self.items[range.clone()],
+            })
+    }
+}
+
+/// Decodes a Jobs body without serde: the worker's hot path. Accepts exactly
+/// the encoding [`jobs_frame`]/[`write_job`] and serde produce for
+/// [`JobBatch`] (structs as arrays); strings are borrowed from the body.
+pub fn decode_jobs(body: &[u8]) -> Result<JobBatch<'_>, FrameError> {
+    let mut r = MsgReader::new(body);
+    r.expect_array(2)?;
+    let isolate = r.bool()?;
+    let count = r.array_len()?;
+    let mut jobs = Vec::with_capacity(count.min(r.remaining()));
+    for _ in 0..count {
+        r.expect_array(2)?;
+        let seq = r.uint()?;
+        r.expect_array(5)?;
+        let order_id = r.str()?;
+        let customer_id = r.str()?;
+        let currency = r.str()?;
+        let n = r.array_len()?;
+        let mut items = Vec::with_capacity(n.min(r.remaining()));
+        for _ in 0..n {
+            r.expect_array(3)?;
+            let sku = r.str()?;
+            let qty = r.sint()?;
+            let unit_price_cents = r.sint()?;
+            items.push(crate::order::Item {
+                sku: sku.into(),
+                qty,
+                unit_price_cents,
+            });
+        }
+        let payment_token = r.str()?;
+        jobs.push(Job {
+            seq,
+            order: Order {
+                order_id: order_id.into(),
+                customer_id: customer_id.into(),
+                currency: currency.into(),
+                items,
+                payment_token: payment_token.into(),
+            },
+        });
+    }
+    r.finish()?;
+    Ok(JobBatch { isolate, jobs })
+}
+
+/// Reads MessagePack values off a body, borrowing strings from it.
+struct MsgReader<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl<'a> MsgReader<'a> {
+    fn new(body: &'a [u8]) -> MsgReader<'a> {
+        MsgReader { body, at: 0 }
+    }
+
+    fn remaining(&self) -> usize {
+        self.body.len() - self.at
+    }
+
+    fn error(&self, what: &str) -> FrameError {
+        FrameError::Body(format!("bad {what} at byte {}", self.at))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.remaining() < n {
+            return Err(FrameError::Body(format!(
+                "truncated: {n} bytes wanted at byte {}, {} left",
+                self.at,
+                self.remaining()
+            )));
+        }
+        let bytes = &self.body[self.at..self.at + n];
+        self.at += n;
+        Ok(bytes)
+    }
+
+    fn byte(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn be(&mut self, n: usize) -> Result<u64, FrameError> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+    }
+
+    fn array_len(&mut self) -> Result<usize, FrameError> {
+        match self.byte()? {
+            m @ 0x90..=0x9f => Ok(usize::from(m & 0x0f)),
+            0xdc => Ok(self.be(2)? as usize),
+            0xdd => Ok(self.be(4)? as usize),
+            _ => Err(self.error("array")),
+        }
+    }
+
+    fn expect_array(&mut self, len: usize) -> Result<(), FrameError> {
+        if self.array_len()? == len {
+            Ok(())
+        } else {
+            Err(self.error("array length"))
+        }
+    }
+
+    fn bool(&mut self) -> Result<bool, FrameError> {
+        match self.byte()? {
+            0xc2 => Ok(false),
+            0xc3 => Ok(true),
+            _ => Err(self.error("boolean")),
+        }
+    }
+
+    /// Any MessagePack integer, as an i128 (every encoding fits).
+    fn int(&mut self) -> Result<i128, FrameError> {
+        let m = self.byte()?;
+        Ok(match m {
+            0x00..=0x7f => i128::from(m),
+            0xe0..=0xff => i128::from(m as i8),
+            0xcc => i128::from(self.be(1)?),
+            0xcd => i128::from(self.be(2)?),
+            0xce => i128::from(self.be(4)?),
+            0xcf => i128::from(self.be(8)?),
+            0xd0 => i128::from(self.be(1)? as u8 as i8),
+            0xd1 => i128::from(self.be(2)? as u16 as i16),
+            0xd2 => i128::from(self.be(4)? as u32 as i32),
+            0xd3 => i128::from(self.be(8)? as i64),
+            _ => return Err(self.error("integer")),
+        })
+    }
+
+    fn uint(&mut self) -> Result<u64, FrameError> {
+        let v = self.int()?;
+        u64::try_from(v).map_err(|_| self.error("unsigned integer"))
+    }
+
+    fn sint(&mut self) -> Result<i64, FrameError> {
+        let v = self.int()?;
+        i64::try_from(v).map_err(|_| self.error("signed integer"))
+    }
+
+    fn str(&mut self) -> Result<&'a str, FrameError> {
+        let len = match self.byte()? {
+            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
+            0xd9 => self.be(1)? as usize,
+            0xda => self.be(2)? as usize,
+            0xdb => self.be(4)? as usize,
+            _ => return Err(self.error("string")),
+        };
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes).map_err(|_| self.error("UTF-8 string"))
+    }
+
+    /// Every byte must have been read.
+    fn finish(&self) -> Result<(), FrameError> {
+        if self.remaining() == 0 {
+            Ok(())
+        } else {
+            Err(self.error("trailing data"))
+        }
+    }
+}
+
 /// Ventilator → sink: start or resume a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -596,6 +852,155 @@ mod tests {
                 worker_id: 77,
                 results: records.to_vec()
             }
+        );
+    }
+
+    #[test]
+    fn hand_decoders_agree_with_serde() {
+        let records = [
+            ResultRecord {
+                seq: u64::MAX,
+                outcome: 0,
+                currency: "USD",
+                amount_cents: i64::MAX,
+                items: vec![("A", 1), ("B", -1000)],
+            },
+            ResultRecord {
+                seq: 70_000,
+                outcome: 200,
+                currency: "é",
+                amount_cents: i64::MIN,
+                items: vec![],
+            },
+        ];
+        let batch = ResultBatch {
+            worker_id: 1 << 40,
+            results: records.to_vec(),
+        };
+        let f = frame(Kind::Results, RunId(1), &batch);
+        let (_, body) = split_frame(&f).unwrap();
+        let view = ResultsView::decode(body).unwrap();
+        assert_eq!(view.worker_id, batch.worker_id);
+        let refs: Vec<ResultRef> = view.iter().collect();
+        let want: Vec<ResultRef> = records.iter().map(ResultRecord::as_ref).collect();
+        assert_eq!(refs, want);
+
+        let order = |id: &'static str, items| Order {
+            order_id: id.into(),
+            customer_id: "c".repeat(40).into(),
+            currency: "EUR".into(),
+            items,
+            payment_token: "tok".into(),
+        };
+        let item = |qty, price| crate::order::Item {
+            sku: "S".into(),
+            qty,
+            unit_price_cents: price,
+        };
+        let jobs = JobBatch {
+            isolate: true,
+            jobs: (0..20)
+                .map(|i| Job {
+                    seq: i * 1_000_000_007,
+                    order: order("o", vec![item(i as i64 - 10, i64::MIN); i as usize % 3]),
+                })
+                .collect(),
+        };
+        let f = frame(Kind::Jobs, RunId(1), &jobs);
+        let (_, body) = split_frame(&f).unwrap();
+        assert_eq!(decode_jobs(body).unwrap(), jobs);
+    }
+
+    #[test]
+    fn hand_decoders_never_accept_what_serde_rejects_or_reads_otherwise() {
+        // Mutate valid bodies byte by byte: whatever the hand decoders
+        // accept, serde must decode to the same values.
+        let mut results = Vec::new();
+        for seq in [1u64, 300, 70_000] {
+            write_result_record(
+                &mut results,
+                seq,
+                0,
+                "USD",
+                1999,
+                [("SKU-1", 2)].into_iter(),
+            );
+        }
+        let mut f = Vec::new();
+        results_frame(&mut f, RunId(1), 9, 3, &results);
+        let results_body = f[HEADER_LEN..].to_vec();
+        let mut jobs = Vec::new();
+        let order = Order {
+            order_id: "o-1".into(),
+            customer_id: "c".into(),
+            currency: "USD".into(),
+            items: vec![crate::order::Item {
+                sku: "SKU-1".into(),
+                qty: 2,
+                unit_price_cents: 1999,
+            }],
+            payment_token: "tok_visa".into(),
+        };
+        write_job(&mut jobs, 5, &order);
+        write_job(&mut jobs, 6, &order);
+        let mut f = Vec::new();
+        jobs_frame(&mut f, RunId(1), false, 2, [&jobs[..]]);
+        let jobs_body = f[HEADER_LEN..].to_vec();
+
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut accepted, mut rejected) = (0, 0);
+        for round in 0..20_000 {
+            let base = if round % 2 == 0 {
+                &results_body
+            } else {
+                &jobs_body
+            };
+            let mut body = base.clone();
+            for _ in 0..=next() % 3 {
+                let at = (next() as usize) % body.len();
+                match next() % 3 {
+                    0 => body[at] = next() as u8,
+                    1 => body.truncate(at),
+                    _ => body.insert(at, next() as u8),
+                }
+                if body.is_empty() {
+                    break;
+                }
+            }
+            if round % 2 == 0 {
+                match ResultsView::decode(&body) {
+                    Ok(view) => {
+                        accepted += 1;
+                        let batch: ResultBatch = decode(&body).expect("serde accepts it too");
+                        assert_eq!(view.worker_id, batch.worker_id);
+                        let want: Vec<ResultRef> =
+                            batch.results.iter().map(ResultRecord::as_ref).collect();
+                        assert_eq!(view.iter().collect::<Vec<_>>(), want);
+                    }
+                    Err(_) => rejected += 1,
+                }
+            } else {
+                match decode_jobs(&body) {
+                    Ok(batch) => {
+                        accepted += 1;
+                        assert_eq!(
+                            decode::<JobBatch>(&body).expect("serde accepts it too"),
+                            batch
+                        );
+                    }
+                    Err(_) => rejected += 1,
+                }
+            }
+        }
+        assert!(
+            accepted > 100 && rejected > 100,
+            "{accepted} accepted, {rejected} rejected"
         );
     }
 

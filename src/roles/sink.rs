@@ -10,7 +10,7 @@
 
 use crate::journal::{self, JournalWriter, RunDir, RunMeta, Synced};
 use crate::ledger::{Applied, Ledger};
-use crate::protocol::{self, Acks, FrameError, Hello, Kind, Progress, ResultBatch, RunId, Welcome};
+use crate::protocol::{self, Acks, FrameError, Hello, Kind, Progress, ResultsView, RunId, Welcome};
 use crate::report::{Report, RunSection, SinkStats};
 use crate::rules::Outcome;
 use crate::seal::{OpenError, RejectLog};
@@ -279,12 +279,12 @@ impl Sink {
                 Ok(())
             },
             |payload| {
-                if let Ok(batch) = protocol::decode::<ResultBatch<'_>>(payload) {
+                if let Ok(batch) = ResultsView::decode(payload) {
                     let (ledger, workers) = &mut *state.borrow_mut();
                     if batch.worker_id != 0 {
                         workers.insert(batch.worker_id);
                     }
-                    for r in &batch.results {
+                    for r in batch.iter() {
                         ledger.apply(r);
                     }
                 }
@@ -496,21 +496,21 @@ impl Sink {
         if header.kind != Kind::Results {
             return self.bad_frame("results", &FrameError::Kind(header.kind as u8));
         }
-        let batch: ResultBatch<'_> = match protocol::decode(body) {
+        let batch = match ResultsView::decode(body) {
             Ok(b) => b,
             Err(e) => return self.bad_frame("results", &e),
         };
         let Some(run) = self.active.as_mut().filter(|r| r.id == header.run) else {
-            self.stats.other_run_results += batch.results.len() as u64;
+            self.stats.other_run_results += batch.len() as u64;
             self.config
                 .metrics
-                .drop_result("other_run", batch.results.len() as u64);
+                .drop_result("other_run", batch.len() as u64);
             return self.log_dropped("results", "result for a run that is not active");
         };
         self.stats.result_frames += 1;
-        self.stats.results_received += batch.results.len() as u64;
+        self.stats.results_received += batch.len() as u64;
         let metrics = &self.config.metrics;
-        metrics.results_received.inc_by(batch.results.len() as u64);
+        metrics.results_received.inc_by(batch.len() as u64);
         let mut tallied = [0u64; crate::rules::OUTCOME_CODES];
         let mut duplicates = 0;
         let limit = if run.horizon_known {
@@ -521,7 +521,7 @@ impl Sink {
         let mut new = false;
         let mut unknown = 0;
         let mut invalid = 0;
-        for r in &batch.results {
+        for r in batch.iter() {
             if r.seq >= limit {
                 unknown += 1;
                 continue;

@@ -303,13 +303,14 @@ struct Timeout {
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 
 impl Timeout {
-    fn sample(&mut self, rtt: Duration) {
+    /// One acknowledgement delay, measured at `now`.
+    fn sample(&mut self, rtt: Duration, now: Instant) {
         let r = rtt.as_secs_f64();
         let stale = self
             .min_rtt
-            .is_none_or(|(m, at)| r <= m || at.elapsed() > MIN_RTT_WINDOW);
+            .is_none_or(|(m, at)| r <= m || now.duration_since(at) > MIN_RTT_WINDOW);
         if stale {
-            self.min_rtt = Some((r, Instant::now()));
+            self.min_rtt = Some((r, now));
         }
         match self.srtt {
             None => {
@@ -1129,7 +1130,7 @@ impl Dispatcher {
             // Karn: only orders delivered once measure the delay.
             if slot.tag == 1 && matches!(slot.payload, Payload::Job { .. }) {
                 if let Some(sent) = slot.sent_at {
-                    self.timeout.sample(now - sent);
+                    self.timeout.sample(now.duration_since(sent), now);
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! dying, the ventilator delivers again.
 
 use crate::gateway::{GatewayReply, PaymentGateway, PaymentRequest};
-use crate::protocol::{self, FrameError, JobBatch, Kind, RunId};
+use crate::protocol::{self, FrameError, Kind, RunId};
 use crate::rules::{self, Outcome};
 use crate::seal::RejectLog;
 use crate::shutdown::Shutdown;
@@ -427,7 +427,7 @@ impl Worker<'_> {
         if header.kind != Kind::Jobs {
             return Ok(Err(FrameError::Kind(header.kind as u8)));
         }
-        let batch: JobBatch<'_> = match protocol::decode(body) {
+        let batch = match protocol::decode_jobs(body) {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
