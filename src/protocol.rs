@@ -22,7 +22,7 @@
 //! Many orders share one frame when the stream is busy; a frame never waits
 //! long for company.
 
-use crate::order::Order;
+use crate::order::{Item, Order};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -422,49 +422,90 @@ impl<'a> ResultsView<'a> {
     }
 }
 
-/// Decodes a Jobs body without serde: the worker's hot path. Accepts exactly
-/// the encoding [`jobs_frame`]/[`write_job`] and serde produce for
-/// [`JobBatch`] (structs as arrays); strings are borrowed from the body.
-pub fn decode_jobs(body: &[u8]) -> Result<JobBatch<'_>, FrameError> {
+/// Decodes a Jobs body without serde: the worker's hot path. Accepts
+/// exactly the encoding [`jobs_frame`]/[`write_job`] and serde produce for
+/// [`JobBatch`] (structs as arrays), all or nothing; strings are borrowed
+/// from the body. Vectors come from `spare` (give the batch back with
+/// [`JobVecs::recycle`]), so a warm worker allocates nothing per order.
+pub fn decode_jobs<'a>(body: &'a [u8], spare: &mut JobVecs) -> Result<JobBatch<'a>, FrameError> {
     let mut r = MsgReader::new(body);
     r.expect_array(2)?;
     let isolate = r.bool()?;
     let count = r.array_len()?;
-    let mut jobs = Vec::with_capacity(count.min(r.remaining()));
-    for _ in 0..count {
-        r.expect_array(2)?;
-        let seq = r.uint()?;
-        r.expect_array(5)?;
-        let order_id = r.str()?;
-        let customer_id = r.str()?;
-        let currency = r.str()?;
-        let n = r.array_len()?;
-        let mut items = Vec::with_capacity(n.min(r.remaining()));
-        for _ in 0..n {
-            r.expect_array(3)?;
-            let sku = r.str()?;
-            let qty = r.sint()?;
-            let unit_price_cents = r.sint()?;
-            items.push(crate::order::Item {
-                sku: sku.into(),
-                qty,
-                unit_price_cents,
+    let mut jobs: Vec<Job<'a>> = reuse(std::mem::take(&mut spare.jobs));
+    jobs.reserve(count.min(r.remaining()));
+    let result = (|| {
+        for _ in 0..count {
+            r.expect_array(2)?;
+            let seq = r.uint()?;
+            r.expect_array(5)?;
+            let order_id = r.str()?;
+            let customer_id = r.str()?;
+            let currency = r.str()?;
+            let n = r.array_len()?;
+            let mut items: Vec<Item<'a>> = reuse(spare.items.pop().unwrap_or_default());
+            items.reserve(n.min(r.remaining()));
+            for _ in 0..n {
+                r.expect_array(3)?;
+                let sku = r.str()?;
+                let qty = r.sint()?;
+                let unit_price_cents = r.sint()?;
+                items.push(Item {
+                    sku: sku.into(),
+                    qty,
+                    unit_price_cents,
+                });
+            }
+            let payment_token = r.str()?;
+            jobs.push(Job {
+                seq,
+                order: Order {
+                    order_id: order_id.into(),
+                    customer_id: customer_id.into(),
+                    currency: currency.into(),
+                    items,
+                    payment_token: payment_token.into(),
+                },
             });
         }
-        let payment_token = r.str()?;
-        jobs.push(Job {
-            seq,
-            order: Order {
-                order_id: order_id.into(),
-                customer_id: customer_id.into(),
-                currency: currency.into(),
-                items,
-                payment_token: payment_token.into(),
-            },
-        });
+        r.finish()
+    })();
+    let batch = JobBatch { isolate, jobs };
+    match result {
+        Ok(()) => Ok(batch),
+        Err(e) => {
+            spare.recycle(batch);
+            Err(e)
+        }
     }
-    r.finish()?;
-    Ok(JobBatch { isolate, jobs })
+}
+
+/// Spare vectors for [`decode_jobs`]: a frame's job list and each order's
+/// item list, kept from one frame to the next.
+#[derive(Debug, Default)]
+pub struct JobVecs {
+    jobs: Vec<Job<'static>>,
+    items: Vec<Vec<Item<'static>>>,
+}
+
+impl JobVecs {
+    /// Takes back the vectors of a batch that is done with.
+    pub fn recycle(&mut self, batch: JobBatch<'_>) {
+        let mut jobs = batch.jobs;
+        for job in jobs.drain(..) {
+            self.items.push(reuse(job.order.items));
+        }
+        self.jobs = reuse(jobs);
+    }
+}
+
+/// Empties a vector and returns its allocation typed for another lifetime
+/// (collecting in place keeps the buffer when the layouts are the same).
+fn reuse<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
 }
 
 /// Reads MessagePack values off a body, borrowing strings from it.
@@ -572,6 +613,12 @@ impl<'a> MsgReader<'a> {
             _ => return Err(self.error("string")),
         };
         let bytes = self.take(len)?;
+        if bytes.is_ascii() {
+            // SAFETY: ASCII is valid UTF-8. Almost every string on the wire
+            // is ASCII, and this inline check costs a fraction of the call
+            // to the general validator below (a third of the decoding time).
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+        }
         std::str::from_utf8(bytes).map_err(|_| self.error("UTF-8 string"))
     }
 
@@ -908,7 +955,7 @@ mod tests {
         };
         let f = frame(Kind::Jobs, RunId(1), &jobs);
         let (_, body) = split_frame(&f).unwrap();
-        assert_eq!(decode_jobs(body).unwrap(), jobs);
+        assert_eq!(decode_jobs(body, &mut JobVecs::default()).unwrap(), jobs);
     }
 
     #[test]
@@ -986,7 +1033,7 @@ mod tests {
                     Err(_) => rejected += 1,
                 }
             } else {
-                match decode_jobs(&body) {
+                match decode_jobs(&body, &mut JobVecs::default()) {
                     Ok(batch) => {
                         accepted += 1;
                         assert_eq!(

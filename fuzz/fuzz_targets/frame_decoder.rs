@@ -40,7 +40,7 @@ fn decode_body(body: &[u8]) {
         }
     }
     let results = round_trip!(ResultBatch, body);
-    if let Ok(fast) = protocol::decode_jobs(body) {
+    if let Ok(fast) = protocol::decode_jobs(body, &mut protocol::JobVecs::default()) {
         let batch: JobBatch = protocol::decode(body).expect("serde reads what decode_jobs reads");
         assert_eq!(fast, batch, "decode_jobs and serde disagree");
     }

@@ -202,6 +202,8 @@ struct Worker<'g> {
     ready: Vec<(u64, GatewayReply)>,
     outbox: Outbox,
     summary: WorkerSummary,
+    /// Vectors kept from one job frame to the next.
+    spare: protocol::JobVecs,
 }
 
 /// A fresh id for this worker process.
@@ -276,6 +278,7 @@ pub fn run(
             worker_id: id,
             ..WorkerSummary::default()
         },
+        spare: protocol::JobVecs::default(),
     };
     worker.serve(&jobs, &results, &control, shutdown)?;
     tracing::info!(processed = worker.summary.processed, "worker stopped");
@@ -427,7 +430,7 @@ impl Worker<'_> {
         if header.kind != Kind::Jobs {
             return Ok(Err(FrameError::Kind(header.kind as u8)));
         }
-        let batch = match protocol::decode_jobs(body) {
+        let batch = match protocol::decode_jobs(body, &mut self.spare) {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
@@ -445,6 +448,7 @@ impl Worker<'_> {
         if batch.isolate {
             self.finish_all(results)?;
         }
+        self.spare.recycle(batch);
         Ok(Ok(()))
     }
 
