@@ -6,7 +6,7 @@
 //! Neither resists keys chosen to collide; the keys come from the run's own
 //! input, which only key holders can feed to the grid.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
@@ -97,11 +97,11 @@ impl Hasher for PassThrough {
 
 pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 pub type SeqMap<K, V> = HashMap<K, V, BuildHasherDefault<PassThrough>>;
-pub type DigestSet<K> = HashSet<K, BuildHasherDefault<PassThrough>>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
     use std::hash::Hash;
 
     fn fx(key: &str) -> u64 {

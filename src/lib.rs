@@ -25,6 +25,7 @@
 //! - [`report`]: the report (JSON contract) and the human table.
 //! - [`journal`]: the sink's durable journal: append, group fsync, replay, compaction.
 //! - [`input`]: where the ventilator's lines come from (file, stdin, generator).
+//! - [`dedup`]: the ventilator's duplicate detector (order-id digests, looked up with prefetch).
 //! - [`seal`]: the pre-shared key: key files, sealing and opening frames (XChaCha20-Poly1305).
 //! - [`roles`]: `ventilator`, `worker` and `sink`: each a `run(config, shutdown)`.
 //! - [`metrics`]: Prometheus counters and gauges, served with `--metrics ADDR`.
@@ -33,6 +34,7 @@
 //! - [`cli`]: what the thin binaries share: logging set-up and exit codes.
 
 pub mod cli;
+pub mod dedup;
 pub mod error;
 pub mod fasthash;
 pub mod gateway;

@@ -21,7 +21,8 @@
 //! loss while the sink is acknowledging other orders: a sink outage costs
 //! nothing.
 
-use crate::fasthash::{DigestSet, SeqMap};
+use crate::dedup::{DigestSet, Pending};
+use crate::fasthash::SeqMap;
 use crate::generator::GeneratedOrder;
 use crate::input::{InputSpec, LineSource, RawLine, SourceItem};
 use crate::ledger::SeqSet;
@@ -102,7 +103,6 @@ pub enum VentilatorExit {
 }
 
 type FastMap<K, V> = SeqMap<K, V>;
-type FastSet<K> = DigestSet<K>;
 
 /// Appends `{"line": N, "reason": "…"}` records; opened on first use.
 struct DeadLetter {
@@ -148,7 +148,7 @@ struct Prepared {
 struct Reader {
     source: LineSource,
     done: SeqSet,
-    seen: FastSet<u128>,
+    seen: DigestSet,
     dead_letter: DeadLetter,
     batch: usize,
     tx: mpsc::SyncSender<Prepared>,
@@ -181,16 +181,28 @@ fn expected_orders(input: &InputSpec) -> usize {
     }
 }
 
+/// What a duplicate lookup needs to act on its answer: the line's seq and
+/// number, and the index of its encoded job in the batch (none when the
+/// sink has it tallied already).
+type Lookup = (u64, u64, Option<usize>);
+
+/// Marks a job taken back out of a batch (its id turned out a duplicate).
+const WITHDRAWN: u32 = u32::MAX;
+
 impl Reader {
     fn run(mut self) -> Result<()> {
         let mut seq = 0u64;
         let mut out = self.empty();
+        // Each line's job is encoded at once and its duplicate lookup done a
+        // few lines later (see crate::dedup); a duplicate's job is withdrawn.
+        let mut pending: Pending<Lookup> = Pending::default();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
             if (!out.jobs.is_empty() || !out.locals.is_empty()) && self.source.may_block() {
                 // A stream went quiet: do not hold what we have.
+                Self::resolve_all(&mut pending, &mut self.seen, &mut out);
                 out.next_seq = seq;
                 let full = std::mem::replace(&mut out, self.empty());
                 if !self.send(full) {
@@ -227,33 +239,33 @@ impl Reader {
                 Parsed::Generated(order) => &order.order_id,
             };
             seq += 1;
-            let fresh = self
-                .seen
-                .insert(xxhash_rust::xxh3::xxh3_128(order_id.as_bytes()));
-            if self.done.contains(this) {
-                continue;
-            }
-            if !fresh {
-                out.locals.push((this, number, Outcome::Duplicate));
-                continue;
-            }
-            let bytes = &mut out.jobs_bytes;
-            let start = bytes.len() as u32;
-            match &line {
-                Parsed::Generated(g) => {
-                    let items = g.items.iter().map(|&(s, e, q, p)| (&g.skus[s..e], q, p));
-                    let fields = [&*g.order_id, &*g.customer_id, g.currency, g.payment_token];
-                    protocol::write_job_fields(bytes, this, fields, items);
+            let digest = xxhash_rust::xxh3::xxh3_128(order_id.as_bytes());
+            let job = if self.done.contains(this) {
+                None
+            } else {
+                let bytes = &mut out.jobs_bytes;
+                let start = bytes.len() as u32;
+                match &line {
+                    Parsed::Generated(g) => {
+                        let items = g.items.iter().map(|&(s, e, q, p)| (&g.skus[s..e], q, p));
+                        let fields = [&*g.order_id, &*g.customer_id, g.currency, g.payment_token];
+                        protocol::write_job_fields(bytes, this, fields, items);
+                    }
+                    Parsed::Line(Line::Order(order)) => protocol::write_job(bytes, this, order),
+                    Parsed::Line(_) => unreachable!("only orders get here"),
                 }
-                Parsed::Line(Line::Order(order)) => protocol::write_job(bytes, this, order),
-                Parsed::Line(_) => unreachable!("only orders get here"),
+                let end = bytes.len() as u32;
+                out.jobs.push((this, number, start, end));
+                Some(out.jobs.len() - 1)
+            };
+            if let Some(answer) = pending.push(&mut self.seen, digest, (this, number, job)) {
+                Self::resolve(answer, &mut out);
             }
-            let end = bytes.len() as u32;
-            out.jobs.push((this, number, start, end));
             if out.jobs.len() >= self.batch
                 || out.jobs_bytes.len() >= 256 << 10
                 || out.locals.len() >= self.batch
             {
+                Self::resolve_all(&mut pending, &mut self.seen, &mut out);
                 out.next_seq = seq;
                 let full = std::mem::replace(&mut out, self.empty());
                 if !self.send(full) {
@@ -261,10 +273,31 @@ impl Reader {
                 }
             }
         }
+        Self::resolve_all(&mut pending, &mut self.seen, &mut out);
         out.next_seq = seq;
         out.total = Some(seq);
         self.send(out);
         Ok(())
+    }
+
+    /// Acts on one duplicate lookup: a repeated id's job is withdrawn from
+    /// the batch and the line counted as a duplicate (unless tallied already).
+    fn resolve((fresh, (seq, number, job)): (bool, Lookup), out: &mut Prepared) {
+        if fresh {
+            return;
+        }
+        if let Some(index) = job {
+            out.jobs[index].2 = WITHDRAWN;
+            out.locals.push((seq, number, Outcome::Duplicate));
+        }
+    }
+
+    /// Finishes every waiting lookup and drops withdrawn jobs: before a batch leaves.
+    fn resolve_all(pending: &mut Pending<Lookup>, seen: &mut DigestSet, out: &mut Prepared) {
+        while let Some(answer) = pending.pop(seen) {
+            Self::resolve(answer, out);
+        }
+        out.jobs.retain(|job| job.2 != WITHDRAWN);
     }
 
     fn empty(&self) -> Prepared {
@@ -565,7 +598,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let reader = Reader {
         source,
         done,
-        seen: FastSet::with_capacity_and_hasher(expected_orders(&config.input), Default::default()),
+        seen: DigestSet::with_capacity(expected_orders(&config.input)),
         dead_letter: DeadLetter {
             path: config.dead_letter.clone(),
             file: None,
@@ -875,13 +908,23 @@ impl Dispatcher {
                 seqs.push(seq);
             }
             let mut frame = Vec::with_capacity(jobs_bytes.len() + 32);
-            protocol::jobs_frame(
-                &mut frame,
-                self.run,
-                false,
-                p.jobs.len(),
-                std::iter::once(&jobs_bytes[..]),
-            );
+            let encoded: usize = p.jobs.iter().map(|j| (j.3 - j.2) as usize).sum();
+            if encoded == jobs_bytes.len() {
+                protocol::jobs_frame(
+                    &mut frame,
+                    self.run,
+                    false,
+                    p.jobs.len(),
+                    std::iter::once(&jobs_bytes[..]),
+                );
+            } else {
+                // Some jobs were withdrawn (duplicates): copy the others.
+                let slices = p
+                    .jobs
+                    .iter()
+                    .map(|j| &jobs_bytes[j.2 as usize..j.3 as usize]);
+                protocol::jobs_frame(&mut frame, self.run, false, p.jobs.len(), slices);
+            }
             self.fresh.push_back(Outgoing {
                 frame,
                 seqs,
