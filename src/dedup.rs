@@ -11,13 +11,12 @@
 
 use std::collections::VecDeque;
 
-/// Open addressing with linear probing over a power-of-two table of
-/// digests, sized once when the input's size is known (growing copies the
-/// whole table). At most 3/4 full: 16 bytes per slot, about 21-32 bytes per
-/// distinct order.
+/// Open addressing with linear probing over a table of digests, sized once
+/// when the input's size is known (growing doubles it and copies the whole
+/// table). At most 3/4 full: 16 bytes per slot, 21 bytes per distinct order
+/// when the estimate was right.
 pub struct DigestSet {
     slots: Vec<u128>,
-    mask: usize,
     len: usize,
 }
 
@@ -29,10 +28,8 @@ const ZERO_STANDIN: u128 = 1;
 impl DigestSet {
     /// A set with room for `expected` digests before it first grows.
     pub fn with_capacity(expected: usize) -> DigestSet {
-        let slots = (expected.max(1024) * 4 / 3 + 1).next_power_of_two();
         DigestSet {
-            slots: vec![EMPTY; slots],
-            mask: slots - 1,
+            slots: vec![EMPTY; expected.max(1024) * 4 / 3 + 1],
             len: 0,
         }
     }
@@ -48,8 +45,17 @@ impl DigestSet {
     }
 
     fn home(&self, digest: u128) -> usize {
-        // The digest is uniformly spread already: its low bits are the slot.
-        digest as usize & self.mask
+        // The digest is uniformly spread already: scale its low 64 bits to
+        // the table (a multiply instead of a division, any table size).
+        ((u128::from(digest as u64) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    fn next(&self, at: usize) -> usize {
+        if at + 1 == self.slots.len() {
+            0
+        } else {
+            at + 1
+        }
     }
 
     /// Asks the memory system for `digest`'s slot ahead of [`insert`](Self::insert).
@@ -89,20 +95,18 @@ impl DigestSet {
                     return true;
                 }
                 d if d == digest => return false,
-                _ => at = (at + 1) & self.mask,
+                _ => at = self.next(at),
             }
         }
     }
 
     fn grow(&mut self) {
-        let old = std::mem::take(&mut self.slots);
-        let slots = old.len() * 2;
-        self.slots = vec![EMPTY; slots];
-        self.mask = slots - 1;
+        let bigger = vec![EMPTY; self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, bigger);
         for digest in old.into_iter().filter(|&d| d != EMPTY) {
             let mut at = self.home(digest);
             while self.slots[at] != EMPTY {
-                at = (at + 1) & self.mask;
+                at = self.next(at);
             }
             self.slots[at] = digest;
         }
@@ -166,8 +170,10 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            // Few distinct low bits: long probe runs; some digests repeat.
-            let digest = (u128::from(x % 20_000 + 1) << 64) | u128::from(i % 7);
+            // Few distinct low bits: long probe runs (and wrapping past the
+            // table's end); some digests repeat.
+            let low = (x % 20_000).wrapping_add(u64::MAX - 9_000);
+            let digest = (u128::from(i % 7 + 1) << 64) | u128::from(low);
             assert_eq!(
                 set.insert(digest),
                 reference.insert(digest),
@@ -175,7 +181,7 @@ mod tests {
             );
         }
         assert_eq!(set.len(), reference.len());
-        assert!(set.slots.len() > 1024 * 4 / 3, "it grew");
+        assert!(set.slots.len() > 1024 * 4 / 3 + 1, "it grew");
         assert!(
             set.insert(0) && !set.insert(0),
             "zero is a digest like any other"

@@ -175,10 +175,23 @@ enum Parsed<'a> {
 fn expected_orders(input: &InputSpec) -> usize {
     match input {
         InputSpec::Generate { count, .. } => *count as usize,
-        // Synthetic orders average about 150 bytes a line.
-        InputSpec::File(path) => std::fs::metadata(path).map_or(0, |m| (m.len() / 150) as usize),
+        InputSpec::File(path) => estimate_lines(path).unwrap_or(0),
         InputSpec::Stdin => 0,
     }
+}
+
+/// A file's size over the average length of the lines in its first MiB.
+fn estimate_lines(path: &std::path::Path) -> Option<usize> {
+    use std::io::Read;
+    let mut file = File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut head = Vec::with_capacity(1 << 20);
+    Read::by_ref(&mut file)
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .ok()?;
+    let lines = memchr::memchr_iter(b'\n', &head).count().max(1);
+    Some((size as f64 / (head.len() as f64 / lines as f64)).ceil() as usize)
 }
 
 /// What a duplicate lookup needs to act on its answer: the line's seq and
