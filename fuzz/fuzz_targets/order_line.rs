@@ -1,6 +1,8 @@
 //! Every input line: the JSON Lines parser, and the rules for what parses.
-//! Neither may panic; a parsed order obeys the parser's limits, survives the
-//! trip to a worker (MessagePack) unchanged, and prices the same after it.
+//! Neither may panic; the parser (with its fast path) says exactly what the
+//! serde_json reference says; a parsed order obeys the parser's limits,
+//! survives the trip to a worker (MessagePack) unchanged, and prices the same
+//! after it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,7 +11,13 @@ use ordergrid::protocol::{self, Job};
 use ordergrid::rules;
 
 fuzz_target!(|data: &[u8]| {
-    match order::parse_line(data) {
+    let line = order::parse_line(data);
+    assert_eq!(
+        line,
+        order::parse_line_reference(data),
+        "the fast path disagrees with serde_json"
+    );
+    match line {
         Line::Blank => assert!(order::is_blank(order::trim_newline(data))),
         Line::Malformed(why) => {
             let _ = why.to_string();
