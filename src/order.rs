@@ -146,6 +146,9 @@ fn line_text(raw: &[u8]) -> Result<&str, Line<'static>> {
 fn parse_with_serde(text: &str) -> Line<'_> {
     match serde_json::from_str::<Order<'_>>(text) {
         Err(e) => Line::Malformed(Malformed::Shape(e.to_string())),
+        Ok(_) if !objects_all_the_way(text) => Line::Malformed(Malformed::Shape(
+            "an order and each of its items must be JSON objects, not arrays".into(),
+        )),
         Ok(order) => {
             let n = order.order_id.len();
             if n == 0 || n > MAX_ORDER_ID_BYTES {
@@ -154,6 +157,20 @@ fn parse_with_serde(text: &str) -> Line<'_> {
                 Line::Order(order)
             }
         }
+    }
+}
+
+/// serde reads a struct from a JSON array as well as from an object; the
+/// contract wants objects. Checked only for the lines serde accepted (the
+/// fast path never accepts an array), so the cost of reading the line again
+/// is paid on the rare lines that need the reference parser.
+fn objects_all_the_way(text: &str) -> bool {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(order)) => order
+            .get("items")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|items| items.iter().all(serde_json::Value::is_object)),
+        _ => false,
     }
 }
 
@@ -748,6 +765,26 @@ mod tests {
     }
 
     #[test]
+    fn orders_and_items_written_as_arrays_are_malformed() {
+        // serde_json reads a struct from an array too; the contract does not.
+        assert!(malformed(r#"["o-1", "c-9", "USD", [], "tok_visa"]"#));
+        assert!(malformed(&GOOD.replace(
+            r#"{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}"#,
+            r#"["SKU-1", 2, 1999]"#
+        )));
+        let mixed = GOOD.replace(
+            r#"{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}"#,
+            r#"{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}, ["SKU-2", 1, 5]"#,
+        );
+        assert!(malformed(&mixed));
+        // Escapes send a line to the reference parser, which still accepts objects.
+        assert!(matches!(
+            parse_line(GOOD.replace("o-1", r"o\u002d1").as_bytes()),
+            Line::Order(_)
+        ));
+    }
+
+    #[test]
     fn minus_zero_reads_as_a_float_and_is_malformed() {
         // serde_json reads `-0` as the float -0.0, like `-0.0`: not an integer.
         assert!(malformed(&GOOD.replace("\"qty\": 2", "\"qty\": -0")));
@@ -841,12 +878,6 @@ mod tests {
             GOOD.replacen('{', r#"{"z": -0, "#, 1),
             GOOD.replacen('{', r#"{"big": 9223372036854775808, "#, 1),
             GOOD.replace("1999}", r#"1999, "tags": []}"#),
-            // serde also reads a struct from an array of its fields.
-            r#"["o-1", "c", "USD", [["S", 1, 2]], "t"]"#.into(),
-            GOOD.replace(
-                r#"{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}"#,
-                r#"["S", 1, 2]"#,
-            ),
         ];
         for line in &lines {
             assert!(fast(line.as_bytes()).is_none(), "{line}");
@@ -857,6 +888,12 @@ mod tests {
         }
         // And what is malformed the fast path leaves to the reference to say so.
         for line in [
+            // serde reads a struct from an array of its fields; the contract does not.
+            r#"["o-1", "c", "USD", [["S", 1, 2]], "t"]"#.into(),
+            GOOD.replace(
+                r#"{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}"#,
+                r#"["S", 1, 2]"#,
+            ),
             GOOD.replace("\"qty\": 2", "\"qty\": -0"),
             GOOD.replace("\"qty\": 2", "\"qty\": 02"),
             GOOD.replace("\"qty\": 2", "\"qty\": 2.0"),
