@@ -434,50 +434,52 @@ pub fn decode_jobs<'a>(body: &'a [u8], spare: &mut JobVecs) -> Result<JobBatch<'
     let count = r.array_len()?;
     let mut jobs: Vec<Job<'a>> = reuse(std::mem::take(&mut spare.jobs));
     jobs.reserve(count.min(r.remaining()));
-    let result = (|| {
-        for _ in 0..count {
-            r.expect_array(2)?;
-            let seq = r.uint()?;
-            r.expect_array(5)?;
-            let order_id = r.str()?;
-            let customer_id = r.str()?;
-            let currency = r.str()?;
-            let n = r.array_len()?;
-            let mut items: Vec<Item<'a>> = reuse(spare.items.pop().unwrap_or_default());
-            items.reserve(n.min(r.remaining()));
-            for _ in 0..n {
-                r.expect_array(3)?;
-                let sku = r.str()?;
-                let qty = r.sint()?;
-                let unit_price_cents = r.sint()?;
-                items.push(Item {
-                    sku: sku.into(),
-                    qty,
-                    unit_price_cents,
-                });
-            }
-            let payment_token = r.str()?;
-            jobs.push(Job {
-                seq,
-                order: Order {
-                    order_id: order_id.into(),
-                    customer_id: customer_id.into(),
-                    currency: currency.into(),
-                    items,
-                    payment_token: payment_token.into(),
-                },
-            });
-        }
-        r.finish()
-    })();
+    let read = (0..count)
+        .try_for_each(|_| read_job(&mut r, spare).map(|job| jobs.push(job)))
+        .and_then(|()| r.finish());
     let batch = JobBatch { isolate, jobs };
-    match result {
+    match read {
         Ok(()) => Ok(batch),
         Err(e) => {
             spare.recycle(batch);
             Err(e)
         }
     }
+}
+
+/// One `[seq, order]` of a Jobs body, its items in a spare vector.
+fn read_job<'a>(r: &mut MsgReader<'a>, spare: &mut JobVecs) -> Result<Job<'a>, FrameError> {
+    r.expect_array(2)?;
+    let seq = r.uint()?;
+    r.expect_array(5)?;
+    let order_id = r.str()?;
+    let customer_id = r.str()?;
+    let currency = r.str()?;
+    let n = r.array_len()?;
+    let mut items: Vec<Item<'a>> = reuse(spare.items.pop().unwrap_or_default());
+    items.reserve(n.min(r.remaining()));
+    for _ in 0..n {
+        r.expect_array(3)?;
+        let sku = r.str()?;
+        let qty = r.sint()?;
+        let unit_price_cents = r.sint()?;
+        items.push(Item {
+            sku: sku.into(),
+            qty,
+            unit_price_cents,
+        });
+    }
+    let payment_token = r.str()?;
+    Ok(Job {
+        seq,
+        order: Order {
+            order_id: order_id.into(),
+            customer_id: customer_id.into(),
+            currency: currency.into(),
+            items,
+            payment_token: payment_token.into(),
+        },
+    })
 }
 
 /// Spare vectors for [`decode_jobs`]: a frame's job list and each order's
