@@ -82,6 +82,8 @@ ROWS = [
     ("grid --generate, 2 workers (= above)", "grid", "grid-generate", 2),
     ("grid --generate, 4 workers", "grid", "grid-generate", 4),
     ("grid, gateway 5 ms, 64 in flight/worker", "grid", "grid-gateway", 2),
+    ("grid, gateway 5 ms, 1 worker", "grid", "grid-gateway", 1),
+    ("grid, gateway 5 ms, 4 workers", "grid", "grid-gateway", 4),
     ("grid --generate, 2 workers, peak RSS run", "grid", "grid-rss", 2),
     ("RabbitMQ: durable, confirms, acks", "rabbitmq", "rabbitmq", 2),
 ]
@@ -218,7 +220,22 @@ def findings(rows, naive, quick):
     sc = [(w, med(("grid-generate", w))) for w in (1, 2, 4)]
     sc = [(w, m) for w, m in sc if m]
     if sc:
-        lines.append("Scaling: " + ", ".join(f"{w} worker{'s' if w > 1 else ''}: {fmt(m)}/s" for w, m in sc) + ".")
+        lines.append(
+            "Scaling, CPU-bound (--generate): "
+            + ", ".join(f"{w} worker{'s' if w > 1 else ''}: {fmt(m)}/s" for w, m in sc)
+            + ": the two cores are used up with one worker, more workers only add processes to schedule."
+        )
+    gw = [(w, med(("grid-gateway", w))) for w in (1, 2, 4)]
+    gw = [(w, m) for w, m in gw if m]
+    if len(gw) > 1:
+        lines.append(
+            "Scaling, gateway-bound (5 ms, 64 in flight per worker): "
+            + ", ".join(
+                f"{w} worker{'s' if w > 1 else ''}: {fmt(m)}/s ({m / (w * GATEWAY_IDEAL / 2):.0%} of {w} × 12,800)"
+                for w, m in gw
+            )
+            + "."
+        )
     sink = by.get(("grid-generate", 2))
     if sink and sink.get("median_to_sink_exit"):
         lines.append(
@@ -351,7 +368,8 @@ def main():
         "- Peak RSS is GNU time's maximum resident set size of each process (the largest worker's); the "
         "naive ventilator holds all its orders in memory by design. The broker's is its VmHWM.",
         "- The slow-gateway scenario runs `--gateway-latency-ms 5 --concurrency 64` on each of 2 workers; its "
-        "ideal is 2 × 64 / 5 ms = 25,600 orders/s.",
+        "ideal is 2 × 64 / 5 ms = 25,600 orders/s. The same with 1 and 4 workers shows how workers scale when "
+        "they wait for the gateway rather than for the CPU (ideal: workers × 12,800 orders/s).",
         "- \"others' CPU\" is the largest share of the machine's CPU used by processes outside the benchmark "
         "during a run of that row; the script waits for a quiet machine before each run, but the numbers of a "
         "run with a high share are pessimistic.",
