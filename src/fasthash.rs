@@ -1,7 +1,7 @@
 //! Hashers for the hot maps: a word-at-a-time multiply-xorshift hash for
 //! short keys such as SKUs (FxHash's speed, with the high bits folded back
 //! so that keys differing only in their last bytes do not collide), and a
-//! pass-through for keys that are already hashes or sequential numbers.
+//! multiplicative hash for sequential numbers (the ventilator's seqs).
 //!
 //! Neither resists keys chosen to collide; the keys come from the run's own
 //! input, which only key holders can feed to the grid.
@@ -67,11 +67,11 @@ impl Hasher for FxHasher {
     }
 }
 
-/// For keys that are already well spread (digests) or sequential (seqs).
+/// For sequential numbers (seqs): one multiply spreads them over the table.
 #[derive(Default, Clone, Copy)]
-pub struct PassThrough(u64);
+pub struct SeqHasher(u64);
 
-impl Hasher for PassThrough {
+impl Hasher for SeqHasher {
     #[inline]
     fn finish(&self) -> u64 {
         self.0
@@ -88,15 +88,10 @@ impl Hasher for PassThrough {
         // Fibonacci hashing spreads sequential numbers over the table.
         self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
-
-    #[inline]
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
-    }
 }
 
 pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-pub type SeqMap<K, V> = HashMap<K, V, BuildHasherDefault<PassThrough>>;
+pub type SeqMap<K, V> = HashMap<K, V, BuildHasherDefault<SeqHasher>>;
 
 #[cfg(test)]
 mod tests {
