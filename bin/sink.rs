@@ -15,13 +15,13 @@ use std::process::ExitCode;
 #[command(name = "ordergrid-sink", version)]
 struct Args {
     /// Where to bind the results socket (PULL) that workers push outcomes to.
-    #[arg(long, env = "ORDERGRID_RESULTS", default_value = ordergrid::DEFAULT_RESULTS)]
+    #[arg(long, env = "ORDERGRID_RESULTS", default_value = ordergrid::DEFAULT_RESULTS, value_parser = cli::endpoint)]
     results: String,
     /// Where to bind the acks socket (ROUTER) the ventilator connects to.
-    #[arg(long, env = "ORDERGRID_ACKS", default_value = ordergrid::DEFAULT_ACKS)]
+    #[arg(long, env = "ORDERGRID_ACKS", default_value = ordergrid::DEFAULT_ACKS, value_parser = cli::endpoint)]
     acks: String,
     /// Where to bind the control socket (PUB) that tells workers the run is over.
-    #[arg(long, env = "ORDERGRID_CONTROL", default_value = ordergrid::DEFAULT_CONTROL)]
+    #[arg(long, env = "ORDERGRID_CONTROL", default_value = ordergrid::DEFAULT_CONTROL, value_parser = cli::endpoint)]
     control: String,
     /// Folder of the durable state (journal, snapshots, reports of past runs).
     #[arg(long, env = "ORDERGRID_STATE", default_value = ordergrid::DEFAULT_STATE)]
@@ -55,6 +55,10 @@ fn main() -> ExitCode {
 fn run(args: Args) -> ordergrid::Result<SinkExit> {
     let span = cli::role_span("sink");
     let _entered = span.enter();
+    cli::check_state_folder("--state", &args.state)?;
+    if let Some(report) = &args.report {
+        cli::check_output_file("--report", report)?;
+    }
     let shutdown = Shutdown::install()?;
     let metrics = args.common.metrics("sink")?;
     let wire = args

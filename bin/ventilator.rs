@@ -16,14 +16,11 @@ use std::time::Duration;
 /// Every flag can also be set with the ORDERGRID_* variable shown.
 #[derive(Parser, Debug)]
 #[command(name = "ordergrid-ventilator", version)]
+#[command(group(clap::ArgGroup::new("source").args(["input", "generate"]).required(true)))]
 struct Args {
     /// JSON Lines file of orders; `-` reads standard input.
-    #[arg(
-        long,
-        env = "ORDERGRID_INPUT",
-        required_unless_present = "generate",
-        conflicts_with = "generate"
-    )]
+    /// One of --input and --generate is required.
+    #[arg(long, env = "ORDERGRID_INPUT", conflicts_with = "generate")]
     input: Option<String>,
     /// Stream N synthetic orders (as `ordergrid-gen --count N --seed S` would write) instead of --input.
     #[arg(long, env = "ORDERGRID_GENERATE", value_name = "N")]
@@ -45,10 +42,10 @@ struct Args {
     )]
     poison: u64,
     /// Where to bind the jobs socket (PUSH).
-    #[arg(long, env = "ORDERGRID_JOBS", default_value = ordergrid::DEFAULT_JOBS)]
+    #[arg(long, env = "ORDERGRID_JOBS", default_value = ordergrid::DEFAULT_JOBS, value_parser = cli::endpoint)]
     jobs: String,
     /// The sink's acks endpoint (DEALER, connects).
-    #[arg(long, env = "ORDERGRID_ACKS", default_value = ordergrid::DEFAULT_ACKS)]
+    #[arg(long, env = "ORDERGRID_ACKS", default_value = ordergrid::DEFAULT_ACKS, value_parser = cli::endpoint)]
     acks: String,
     /// The run's identity (16 hex digits, or any text, which is hashed). Default: the input's digest.
     /// Give one with `--input -` so that a restarted ventilator resumes the run.
@@ -64,7 +61,7 @@ struct Args {
     #[arg(long, env = "ORDERGRID_WINDOW", default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(1..))]
     window: u32,
     /// Job frames queued towards each worker (ZMQ_SNDHWM).
-    #[arg(long, env = "ORDERGRID_SEND_HWM", default_value_t = 8)]
+    #[arg(long, env = "ORDERGRID_SEND_HWM", default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
     send_hwm: i32,
     /// Deliveries without a result before an order is given up as poison (failed).
     #[arg(long, env = "ORDERGRID_MAX_DELIVERIES", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
@@ -92,6 +89,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
     let span = cli::role_span("ventilator");
     let _entered = span.enter();
+    cli::check_output_file("--dead-letter", &args.dead_letter)?;
     let shutdown = Shutdown::install()?;
     let metrics = args.common.metrics("ventilator")?;
     let wire = args.common.wire(&[&args.jobs, &args.acks])?;

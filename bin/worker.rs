@@ -14,13 +14,13 @@ use std::time::Duration;
 #[command(name = "ordergrid-worker", version)]
 struct Args {
     /// The ventilator's jobs endpoint (PULL, connects).
-    #[arg(long, env = "ORDERGRID_JOBS", default_value = ordergrid::DEFAULT_JOBS)]
+    #[arg(long, env = "ORDERGRID_JOBS", default_value = ordergrid::DEFAULT_JOBS, value_parser = cli::endpoint)]
     jobs: String,
     /// The sink's results endpoint (PUSH, connects).
-    #[arg(long, env = "ORDERGRID_RESULTS", default_value = ordergrid::DEFAULT_RESULTS)]
+    #[arg(long, env = "ORDERGRID_RESULTS", default_value = ordergrid::DEFAULT_RESULTS, value_parser = cli::endpoint)]
     results: String,
     /// The sink's control endpoint (SUB, connects): the sink says here when the run is over.
-    #[arg(long, env = "ORDERGRID_CONTROL", default_value = ordergrid::DEFAULT_CONTROL)]
+    #[arg(long, env = "ORDERGRID_CONTROL", default_value = ordergrid::DEFAULT_CONTROL, value_parser = cli::endpoint)]
     control: String,
     /// Payments in flight at the gateway at once.
     #[arg(long, env = "ORDERGRID_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -32,7 +32,7 @@ struct Args {
     #[arg(long, env = "ORDERGRID_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
     /// Job frames queued towards this worker (ZMQ_RCVHWM); low keeps orders from piling up here.
-    #[arg(long, env = "ORDERGRID_RECV_HWM", default_value_t = 4)]
+    #[arg(long, env = "ORDERGRID_RECV_HWM", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
     recv_hwm: i32,
     #[command(flatten)]
     common: CommonArgs,

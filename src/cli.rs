@@ -107,3 +107,113 @@ pub fn exit_code(binary: &str, result: Result<(), Error>) -> ExitCode {
         }
     }
 }
+
+/// Checks, before anything is bound, that the file `flag` names can be
+/// written: not a folder, in a folder that exists and takes new files.
+/// Relative paths are relative to the working folder; errors name the path
+/// as the user gave it.
+pub fn check_output_file(flag: &str, path: &std::path::Path) -> crate::Result<()> {
+    let shown = path.display();
+    if path.as_os_str().is_empty() {
+        return Err(Error::Config(format!("{flag}: the path is empty")));
+    }
+    if path.is_dir() {
+        return Err(Error::Config(format!(
+            "{flag} {shown}: is a folder; give a file name"
+        )));
+    }
+    let folder = crate::journal::parent_folder(path);
+    if !folder.is_dir() {
+        return Err(Error::Config(format!(
+            "{flag} {shown}: the folder {} does not exist",
+            folder.display()
+        )));
+    }
+    let probe = folder.join(format!(".ordergrid-probe-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(Error::Config(format!(
+            "{flag} {shown}: cannot write in the folder {}: {e}",
+            folder.display()
+        ))),
+    }
+}
+
+/// Checks, before anything is bound, that `state` is (or can be made) a
+/// folder this process can write in.
+pub fn check_state_folder(flag: &str, state: &std::path::Path) -> crate::Result<()> {
+    let shown = state.display();
+    if state.exists() && !state.is_dir() {
+        return Err(Error::Config(format!("{flag} {shown}: is not a folder")));
+    }
+    std::fs::create_dir_all(state)
+        .map_err(|e| Error::Config(format!("{flag} {shown}: cannot create the folder: {e}")))?;
+    check_output_file(flag, &state.join("lock"))
+}
+
+/// clap's check of an endpoint flag: `tcp://HOST:PORT` (PORT 1-65535 or `*`),
+/// `ipc://PATH` or `inproc://NAME`, so that a typo fails when the command
+/// line is read (exit 2) with a message about the endpoint itself.
+pub fn endpoint(text: &str) -> Result<String, String> {
+    const FORMS: &str = "tcp://HOST:PORT, ipc://PATH or inproc://NAME";
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return Err(format!("'{text}' is not an endpoint: expected {FORMS}"));
+    };
+    match scheme {
+        "ipc" | "inproc" if !rest.is_empty() => Ok(text.to_owned()),
+        "ipc" | "inproc" => Err(format!("no {scheme} address after {scheme}://")),
+        "tcp" => {
+            let Some((host, port)) = rest.rsplit_once(':').filter(|(h, _)| !h.is_empty()) else {
+                return Err("needs a host and a port: tcp://HOST:PORT".into());
+            };
+            if host.contains('/') || host.contains(' ') {
+                return Err(format!("'{host}' is not a host name or address"));
+            }
+            match port.parse::<u32>() {
+                _ if port == "*" => Ok(text.to_owned()),
+                Ok(1..=65535) => Ok(text.to_owned()),
+                _ => Err(format!(
+                    "'{port}' is not a port (1-65535, or * for any free port)"
+                )),
+            }
+        }
+        other => Err(format!("unknown transport '{other}': expected {FORMS}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn endpoints_are_checked_when_the_command_line_is_read() {
+        for ok in [
+            "tcp://127.0.0.1:5557",
+            "tcp://*:5557",
+            "tcp://localhost:1",
+            "tcp://[::1]:9",
+            "tcp://host-a:65535",
+            "tcp://127.0.0.1:*",
+            "ipc:///tmp/x.ipc",
+            "inproc://a",
+        ] {
+            assert_eq!(endpoint(ok).as_deref(), Ok(ok));
+        }
+        for (bad, says) in [
+            ("tcp://127.0.0.1:99999", "'99999' is not a port"),
+            ("tcp://127.0.0.1:0", "'0' is not a port"),
+            ("foo", "not an endpoint"),
+            ("", "not an endpoint"),
+            ("tcp://nohost", "host and a port"),
+            ("tcp://:5", "host and a port"),
+            ("ipc://", "no ipc address"),
+            ("udp://x:1", "unknown transport 'udp'"),
+        ] {
+            let err = endpoint(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}

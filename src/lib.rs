@@ -23,7 +23,9 @@
 //! - [`transport`]: ZeroMQ socket setup with the options every socket needs.
 //! - [`ledger`]: the tally, idempotent per order.
 //! - [`report`]: the report (JSON contract) and the human table.
-//! - [`journal`]: the sink's durable journal: append, group fsync, replay, compaction.
+//! - [`journal`]: the sink's durable journal: append, group fsync, replay, compaction,
+//!   damage recovery, retrying through a full disk.
+//! - [`statelock`]: one sink per state folder (an exclusive lock naming its holder).
 //! - [`input`]: where the ventilator's lines come from (file, stdin, generator).
 //! - [`dedup`]: the ventilator's duplicate detector (order-id digests, looked up with prefetch).
 //! - [`seal`]: the pre-shared key: key files, sealing and opening frames (XChaCha20-Poly1305).
@@ -50,6 +52,7 @@ pub mod roles;
 pub mod rules;
 pub mod seal;
 pub mod shutdown;
+pub mod statelock;
 pub mod transport;
 
 pub use error::{Error, Result};

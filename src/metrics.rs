@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// An outcome label (`paid`, `declined`, `bad_currency`, …).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +59,10 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Sink: the run's counted lines, once known.
     pub total: Gauge,
+    /// Sink: 1 while journal writes are failing (a full disk) and retried.
+    pub journal_failing: Gauge,
+    /// Why the role cannot work right now (`/healthz` answers 503 with it).
+    problem: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +90,8 @@ impl Default for Metrics {
             // 100 µs to ~6.5 s.
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             total: Gauge::default(),
+            journal_failing: Gauge::default(),
+            problem: Arc::default(),
         }
     }
 }
@@ -176,10 +182,18 @@ impl Metrics {
                     self.fsync_seconds.clone(),
                 );
                 r.register(
-                    "orders_total",
+                    "orders_expected",
                     "Counted lines of the run, once the input is read",
                     self.total.clone(),
                 );
+                r.register(
+                    "journal_failing",
+                    "1 while journal writes fail (e.g. a full disk) and are retried; nothing new is acknowledged meanwhile",
+                    self.journal_failing.clone(),
+                );
+                for reason in DROP_REASONS {
+                    self.drop_result(reason, 0);
+                }
             }
         }
         r.register(
@@ -190,18 +204,49 @@ impl Metrics {
         r
     }
 
-    /// Serves `role`'s metrics on `http://addr/metrics` from a background thread.
+    /// Says why the role cannot work right now (`None`: it can).
+    pub fn set_problem(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.problem.lock() {
+            *p = problem;
+        }
+    }
+
+    /// Why the role cannot work right now, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Serves `role`'s metrics on `http://addr/metrics` (and `/healthz`)
+    /// from a background thread. `:9101` listens on every interface.
     pub fn serve(&self, role: &'static str, addr: &str) -> Result<()> {
-        let server = tiny_http::Server::http(addr)
+        let addr = if addr.starts_with(':') {
+            format!("0.0.0.0{addr}")
+        } else {
+            addr.to_owned()
+        };
+        let server = tiny_http::Server::http(&addr)
             .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+        if role != "ventilator" {
+            let codes = 0..crate::rules::OUTCOME_CODES as u8;
+            for outcome in codes.filter_map(crate::rules::Outcome::from_code) {
+                self.count_outcome(outcome, 0);
+            }
+        }
         let registry = Arc::new(self.registry(role));
-        tracing::info!(metrics = %format!("http://{addr}/metrics"), "serving metrics");
+        let problem = self.problem.clone();
+        tracing::info!(metrics = %format!("http://{addr}/metrics"), healthz = %format!("http://{addr}/healthz"), "serving metrics");
         std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
                 for request in server.incoming_requests() {
                     let mut body = String::new();
-                    let response = if request.url() == "/metrics" || request.url() == "/" {
+                    let response = if request.url() == "/healthz" {
+                        match problem.lock().ok().and_then(|p| p.clone()) {
+                            None => tiny_http::Response::from_string("ok\n"),
+                            Some(why) => tiny_http::Response::from_string(format!("{why}\n"))
+                                .with_status_code(503),
+                        }
+                    } else if request.url() == "/metrics" || request.url() == "/" {
                         let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
                         let header = tiny_http::Header::from_bytes(
                             &b"Content-Type"[..],
@@ -210,7 +255,7 @@ impl Metrics {
                         .expect("a valid header");
                         tiny_http::Response::from_string(body).with_header(header)
                     } else {
-                        tiny_http::Response::from_string("not found: try /metrics\n")
+                        tiny_http::Response::from_string("not found: try /metrics or /healthz\n")
                             .with_status_code(404)
                     };
                     let _ = request.respond(response);
@@ -236,6 +281,9 @@ impl Metrics {
             .inc_by(n);
     }
 }
+
+/// Every reason a sink drops a result for (exported at 0 from the start).
+const DROP_REASONS: [&str; 4] = ["other_run", "unknown_order", "invalid", "unauthenticated"];
 
 /// The label of an outcome.
 pub fn outcome_name(outcome: crate::rules::Outcome) -> &'static str {

@@ -17,7 +17,8 @@
 //!   (see [`ResultBatch`]); the ventilator sends its own outcomes (malformed,
 //!   duplicate, failed poison orders) the same way with `worker_id` 0.
 //! - `Hello`: [`Hello`]; `Welcome`: [`Welcome`]; `Progress`: [`Progress`];
-//!   `Acks`: [`Acks`]; `Complete`, `Busy`, `RunOver`: empty arrays.
+//!   `Acks`: [`Acks`]; `Complete`, `Busy`, `RunOver`: empty arrays;
+//!   `Bye`: [`Bye`].
 //!
 //! Many orders share one frame when the stream is busy; a frame never waits
 //! long for company.
@@ -83,6 +84,9 @@ pub enum Kind {
     Busy = 8,
     /// Sink → workers (PUB): the run is over, exit.
     RunOver = 9,
+    /// Worker → sink (results socket): heard the run is over, exiting; the
+    /// sink exits as soon as every worker it has heard from said so.
+    Bye = 20,
 }
 
 impl Kind {
@@ -97,6 +101,7 @@ impl Kind {
             7 => Kind::Complete,
             8 => Kind::Busy,
             9 => Kind::RunOver,
+            20 => Kind::Bye,
             _ => return None,
         })
     }
@@ -695,6 +700,12 @@ impl Acks {
 /// An empty body, for signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty;
+
+/// Worker → sink: this worker heard "run over" and exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bye {
+    pub worker_id: u64,
+}
 
 #[cfg(test)]
 mod tests {

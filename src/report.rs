@@ -60,7 +60,7 @@ pub struct RunSection {
     pub orders_per_second: f64,
     /// Distinct worker processes that sent results.
     pub workers_seen: u64,
-    /// How many times this sink process resumed the run from its journal.
+    /// How many sink processes resumed the run from its journal (restarts).
     pub sink_restarts: u64,
 }
 
@@ -87,6 +87,11 @@ pub struct SinkStats {
     pub journal_syncs: u64,
     /// Journal compactions into a snapshot.
     pub journal_compactions: u64,
+    /// Times a journal was found damaged between intact records on replay:
+    /// the intact records were recovered, the damaged file kept aside, and
+    /// the orders it held delivered again.
+    #[serde(default)]
+    pub journal_damage: u64,
 }
 
 impl Report {
@@ -103,10 +108,13 @@ impl Report {
         let r = &self.rejected;
         let mut t = String::new();
         let _ = writeln!(t, "run {}  ({})", self.run.id, self.run.input);
+        let workers = self.run.workers_seen;
         let _ = writeln!(
             t,
-            "{:.2} s, {:.0} orders/s, {} workers seen",
-            self.run.elapsed_seconds, self.run.orders_per_second, self.run.workers_seen
+            "{:.2} s, {:.0} orders/s, {workers} worker{} seen",
+            self.run.elapsed_seconds,
+            self.run.orders_per_second,
+            if workers == 1 { "" } else { "s" }
         );
         let _ = writeln!(t);
         let _ = writeln!(t, "{:<18} {:>14}", "orders", "count");
@@ -136,9 +144,8 @@ impl Report {
         let _ = writeln!(t);
         let _ = writeln!(t, "{:<8} {:>12} {:>28}", "currency", "orders", "captured");
         for (currency, p) in &self.payments {
-            let units = p.captured_cents / 100;
-            let cents = (p.captured_cents % 100).abs();
-            let _ = writeln!(t, "{currency:<8} {:>12} {:>25}.{cents:02}", p.orders, units);
+            let amount = major_units(p.captured_cents, minor_digits(currency));
+            let _ = writeln!(t, "{currency:<8} {:>12} {amount:>28}", p.orders);
         }
         let mut skus: Vec<(&String, &i64)> = self.stock.iter().collect();
         skus.sort_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)));
@@ -148,5 +155,56 @@ impl Report {
             let _ = writeln!(t, "  {sku:<24} {:>10}", -units);
         }
         t
+    }
+}
+
+/// Digits after the decimal point in `currency`'s amounts (ISO 4217): 0 for
+/// the yen and the other zero-decimal currencies, 3 for the dinars, else 2.
+pub fn minor_digits(currency: &str) -> u32 {
+    const ZERO: [&str; 17] = [
+        "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
+        "VUV", "XAF", "XOF", "XPF",
+    ];
+    const THREE: [&str; 7] = ["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
+    if ZERO.contains(&currency) {
+        0
+    } else if THREE.contains(&currency) {
+        3
+    } else {
+        2
+    }
+}
+
+/// An amount in minor units written in major units: `1999` with 2 digits is
+/// `19.99`, with 0 digits `1999`. Exact for every i128.
+fn major_units(minor: i128, digits: u32) -> String {
+    if digits == 0 {
+        return minor.to_string();
+    }
+    let scale = 10u128.pow(digits);
+    let magnitude = minor.unsigned_abs();
+    let sign = if minor < 0 { "-" } else { "" };
+    format!(
+        "{sign}{}.{:0width$}",
+        magnitude / scale,
+        magnitude % scale,
+        width = digits as usize
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_in_each_currencys_own_units() {
+        assert_eq!(major_units(1999, minor_digits("USD")), "19.99");
+        assert_eq!(major_units(-5, minor_digits("EUR")), "-0.05");
+        assert_eq!(major_units(1999, minor_digits("JPY")), "1999");
+        assert_eq!(major_units(1234, minor_digits("KWD")), "1.234");
+        assert_eq!(
+            major_units(i128::MIN, 2),
+            "-1701411834604692317316873037158841057.28"
+        );
     }
 }

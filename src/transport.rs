@@ -145,9 +145,19 @@ pub fn bind(
 ) -> Result<zmq::Socket> {
     let socket = configured(ctx, kind, tuning, what)?;
     socket
-        .bind(endpoint)
+        .bind(&bindable(endpoint))
         .map_err(|e| Error::zmq(format!("cannot bind the {what} socket to {endpoint}"), e))?;
     Ok(socket)
+}
+
+/// ZeroMQ binds TCP to an interface name or an address, not a host name:
+/// `tcp://localhost:P` is bound as `tcp://127.0.0.1:P` (it would otherwise
+/// fail with "No such device").
+fn bindable(endpoint: &str) -> String {
+    match endpoint.strip_prefix("tcp://localhost:") {
+        Some(port) => format!("tcp://127.0.0.1:{port}"),
+        None => endpoint.to_owned(),
+    }
 }
 
 /// A socket of `kind` connected to `endpoint`. Connecting succeeds before the

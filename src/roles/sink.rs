@@ -8,7 +8,7 @@
 //! was serving (`active` names it) and a completed run's report is reprinted
 //! when its input is run again.
 
-use crate::journal::{self, JournalWriter, RunDir, RunMeta, Synced};
+use crate::journal::{self, JournalHealth, JournalWriter, RunDir, RunMeta, Synced};
 use crate::ledger::{Applied, Ledger};
 use crate::protocol::{self, Acks, FrameError, Hello, Kind, Progress, ResultsView, RunId, Welcome};
 use crate::report::{Report, RunSection, SinkStats};
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What a sink needs to run.
@@ -38,7 +38,8 @@ pub struct SinkConfig {
     pub compact_bytes: u64,
     /// How often a progress line is logged.
     pub progress_every: Duration,
-    /// How long the sink keeps telling workers the run is over before exiting.
+    /// How long the sink waits, at the end of a run, for workers it has
+    /// heard from to confirm the end (they normally do at once).
     pub run_over_for: Duration,
     /// Print the human table on stdout at the end.
     pub print_table: bool,
@@ -104,7 +105,14 @@ struct ActiveRun {
     redelivered: u64,
     ventilator: Option<Vec<u8>>,
     journal_bytes: u64,
-    resumed: bool,
+    /// Sink processes that took this run over from an earlier one.
+    restarts: u64,
+    /// False after a restart until the ventilator says hello to this sink
+    /// process: acknowledgements it saw from an earlier one are not to be
+    /// trusted (the journal may have come back with less), so it is told
+    /// to say hello again and gets the bitmap of what is really tallied.
+    greeted: bool,
+    journal: Arc<JournalHealth>,
 }
 
 struct Sockets {
@@ -180,6 +188,8 @@ fn now_unix() -> f64 {
 pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
     fs::create_dir_all(&config.state)
         .map_err(|e| Error::io("cannot create state folder", &config.state, e))?;
+    // Held until this process exits: one sink per state folder.
+    let _lock = crate::statelock::StateLock::acquire(&config.state)?;
     let ctx = zmq::Context::new();
     let tuning = SocketTuning {
         send_hwm: 10_000,
@@ -270,7 +280,7 @@ impl Sink {
         crate::cli::record_run(&id);
         let meta = dir.meta()?;
         let state = std::cell::RefCell::new((Ledger::new(), HashSet::new()));
-        let (generation, replayed) = dir.replay(
+        let replayed = dir.replay(
             |snapshot| {
                 let s: Snapshot = rmp_serde::from_slice(snapshot).map_err(|e| {
                     Error::State(format!("run {id}: snapshot does not decode: {e}"))
@@ -291,8 +301,13 @@ impl Sink {
             },
         )?;
         let (ledger, workers) = state.into_inner();
+        let generation = replayed.generation;
+        let restarts = if resumed { dir.count_restart()? } else { 0 };
         if resumed {
-            tracing::info!(run = %id, generation, replayed, tallied = ledger.tallied(), "replayed the journal");
+            tracing::info!(run = %id, generation, replayed = replayed.records, tallied = ledger.tallied(), restarts, "replayed the journal");
+        }
+        if replayed.damage.is_some() {
+            self.stats.journal_damage += 1;
         }
         let (tx, rx) = mpsc::channel();
         let notifier = self
@@ -303,6 +318,7 @@ impl Sink {
             .connect(notify_ep)
             .map_err(|e| Error::zmq("cannot connect the journal notify socket", e))?;
         let writer = JournalWriter::start(&dir, generation, notifier, tx)?;
+        let journal = writer.health();
         let journal_bytes = dir.journal_len(generation);
         self.active = Some(ActiveRun {
             id,
@@ -327,7 +343,9 @@ impl Sink {
             ventilator: None,
             // Compaction counts what earlier sink processes wrote too.
             journal_bytes,
-            resumed,
+            restarts,
+            greeted: !resumed,
+            journal,
         });
         Ok(Activation::Active)
     }
@@ -426,6 +444,7 @@ impl Sink {
                 }
             }
             self.hand_over(s)?;
+            self.watch_journal();
             self.show_progress(&mut view, false);
             if self.is_complete() {
                 if view.terminal {
@@ -434,6 +453,16 @@ impl Sink {
                 let report = self.finish(s)?;
                 return Ok(SinkExit::Complete(Box::new(report)));
             }
+        }
+    }
+
+    /// Mirrors the journal writer's health into the metrics and `/healthz`.
+    fn watch_journal(&mut self) {
+        let failing = self.active.as_ref().and_then(|run| run.journal.failing());
+        let metrics = &self.config.metrics;
+        if failing.is_some() != (metrics.journal_failing.get() != 0) || failing.is_some() {
+            metrics.journal_failing.set(i64::from(failing.is_some()));
+            metrics.set_problem(failing.map(|why| format!("journal unwritable: {why}")));
         }
     }
 
@@ -638,6 +667,12 @@ impl Sink {
                     }
                 };
                 match self.active.as_mut() {
+                    Some(run) if run.id == header.run && !run.greeted => {
+                        // A ventilator from before this sink started: it must
+                        // say hello and learn what is really tallied.
+                        let again = protocol::frame(Kind::Busy, run.id, &protocol::Empty);
+                        Self::send_to_ventilator(s, identity, &again)?;
+                    }
                     Some(run) if run.id == header.run => {
                         run.ventilator = Some(identity.to_vec());
                         run.horizon = run.horizon.max(progress.horizon);
@@ -715,13 +750,14 @@ impl Sink {
                         identity,
                         &protocol::frame(Kind::Complete, id, &protocol::Empty),
                     )?;
-                    self.announce_run_over(id, s, Some(identity))?;
+                    self.announce_run_over(id, s, Some(identity), &HashSet::new())?;
                     return Ok(Some(SinkExit::Complete(Box::new(report))));
                 }
             }
         }
         let run = self.active.as_mut().expect("active");
         run.ventilator = Some(identity.to_vec());
+        run.greeted = true;
         let words = run.ledger.done().words();
         let chunks: Vec<&[u64]> = if words.is_empty() {
             vec![&[][..]]
@@ -843,7 +879,7 @@ impl Sink {
                 elapsed_seconds: elapsed,
                 orders_per_second: orders.lines as f64 / elapsed,
                 workers_seen: run.workers.len() as u64,
-                sink_restarts: u64::from(run.resumed),
+                sink_restarts: run.restarts,
             },
             stats: self.stats,
         }
@@ -871,41 +907,74 @@ impl Sink {
         run.writer.close()?;
         self.publish_report(&report)?;
         tracing::info!(run = %run.id, lines = report.orders.lines, seconds = format!("{:.2}", report.run.elapsed_seconds), "run complete");
-        self.announce_run_over(run.id, s, run.ventilator.as_deref())?;
+        self.announce_run_over(run.id, s, run.ventilator.as_deref(), &run.workers)?;
         Ok(report)
     }
 
-    /// Tells the ventilator and the workers the run is over, for a while, so
-    /// that late joiners hear it too.
+    /// Tells the ventilator and the workers the run is over, and waits until
+    /// every worker in `workers` has said goodbye (they do at once), or for
+    /// `run_over_for` at most for those that stay silent. Meanwhile a
+    /// ventilator still asking is answered.
     fn announce_run_over(
         &mut self,
         id: RunId,
         s: &Sockets,
         ventilator: Option<&[u8]>,
+        workers: &HashSet<u64>,
     ) -> Result<()> {
         let complete = protocol::frame(Kind::Complete, id, &protocol::Empty);
         if let Some(v) = ventilator {
             Self::send_to_ventilator(s, v, &complete)?;
         }
         let over = protocol::frame(Kind::RunOver, id, &protocol::Empty);
-        let until = Instant::now() + self.config.run_over_for;
+        let mut waiting = workers.clone();
+        let deadline = Instant::now() + self.config.run_over_for;
+        let mut last_published: Option<Instant> = None;
         let mut identity = zmq::Message::new();
         let mut msg = zmq::Message::new();
-        while Instant::now() < until {
-            let mut sealed = Vec::new();
-            let _ = s
-                .control
-                .send(s.wire.outgoing(&over, &mut sealed), zmq::DONTWAIT);
-            // Answer a ventilator still asking, and drain late results.
+        loop {
+            if last_published.is_none_or(|t| t.elapsed() >= Duration::from_millis(100)) {
+                let mut sealed = Vec::new();
+                let _ = s
+                    .control
+                    .send(s.wire.outgoing(&over, &mut sealed), zmq::DONTWAIT);
+                last_published = Some(Instant::now());
+            }
             while transport::try_recv(&s.acks, &mut identity, "acks")? {
                 if identity.get_more() && transport::try_recv(&s.acks, &mut msg, "acks")? {
                     Self::send_to_ventilator(s, &identity, &complete)?;
                 }
             }
-            while transport::try_recv(&s.results, &mut msg, "results")? {}
-            std::thread::sleep(Duration::from_millis(100));
+            while transport::try_recv(&s.results, &mut msg, "results")? {
+                if let Some(worker) = Self::goodbye(&s.wire, &mut msg, id) {
+                    waiting.remove(&worker);
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                tracing::info!(run = %id, silent_workers = waiting.len(), "exiting without a goodbye from every worker (they may have gone)");
+                return Ok(());
+            }
+            let mut items = [
+                s.results.as_poll_item(zmq::POLLIN),
+                s.acks.as_poll_item(zmq::POLLIN),
+            ];
+            transport::poll(&mut items, 20)?;
         }
-        Ok(())
+    }
+
+    /// The worker id of a worker's goodbye for run `id`, if `msg` is one.
+    fn goodbye(wire: &Wire, msg: &mut zmq::Message, id: RunId) -> Option<u64> {
+        let plain = wire.incoming(msg).ok()?;
+        let (header, body) = protocol::split_frame(plain).ok()?;
+        if header.kind != Kind::Bye || header.run != id {
+            return None;
+        }
+        protocol::decode::<protocol::Bye>(body)
+            .ok()
+            .map(|b| b.worker_id)
     }
 
     /// Stop requested: make what was tallied durable, then exit.

@@ -353,6 +353,7 @@ impl Worker<'_> {
                             // worker still holds is a repeat. Exit now.
                             tracing::info!(run = %h.run, holding = self.busy(), "the sink says the run is over");
                             self.summary.run_over = true;
+                            self.say_goodbye(h.run, results);
                             return Ok(());
                         }
                     }
@@ -392,6 +393,15 @@ impl Worker<'_> {
             // Nothing more to read right now: do not hold results back.
             self.outbox.flush(results, self.id)?;
         }
+    }
+
+    /// Tells the sink this worker heard the run is over, so it can exit
+    /// without waiting. Best effort: a sink that does not hear it waits a
+    /// little longer.
+    fn say_goodbye(&mut self, run: RunId, results: &zmq::Socket) {
+        let bye = protocol::frame(Kind::Bye, run, &protocol::Bye { worker_id: self.id });
+        let mut sealed = Vec::new();
+        let _ = results.send(self.config.wire.outgoing(&bye, &mut sealed), zmq::DONTWAIT);
     }
 
     fn poll_timeout(&self, take_jobs: bool) -> i64 {
