@@ -31,12 +31,14 @@
 //! - [`metrics`]: Prometheus counters and gauges, served with `--metrics ADDR`.
 //! - [`shutdown`]: the signal-driven stop request every loop polls.
 //! - [`fasthash`]: hashers for the hot maps.
+//! - [`flow`]: the worker's credit (how many orders it can take) and heartbeat.
 //! - [`cli`]: what the thin binaries share: logging set-up and exit codes.
 
 pub mod cli;
 pub mod dedup;
 pub mod error;
 pub mod fasthash;
+pub mod flow;
 pub mod gateway;
 pub mod generator;
 pub mod input;

@@ -59,6 +59,11 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Sink: the run's counted lines, once known.
     pub total: Gauge,
+    /// Ventilator and worker: seconds since the sink (or, for a worker,
+    /// the ventilator) was last heard from; 0 while it answers.
+    pub peer_silence: Gauge,
+    /// Ventilator: seconds from a line read to its order acknowledged.
+    pub ack_latency_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +91,9 @@ impl Default for Metrics {
             // 100 µs to ~6.5 s.
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             total: Gauge::default(),
+            peer_silence: Gauge::default(),
+            // 1 ms to ~65 s.
+            ack_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
         }
     }
 }
@@ -128,8 +136,18 @@ impl Metrics {
                 );
                 r.register(
                     "in_flight_limit",
-                    "The adaptive in-flight limit",
+                    "Orders the live workers can hold (their credit)",
                     self.in_flight_limit.clone(),
+                );
+                r.register(
+                    "sink_silence_seconds",
+                    "Seconds since the sink last answered (0 while it answers)",
+                    self.peer_silence.clone(),
+                );
+                r.register(
+                    "ack_latency_seconds",
+                    "Seconds from a line read to its order acknowledged",
+                    self.ack_latency_seconds.clone(),
                 );
             }
             "worker" => {
@@ -147,6 +165,11 @@ impl Metrics {
                     "payment_retries",
                     "Payment attempts retried after a transient failure",
                     self.retries.clone(),
+                );
+                r.register(
+                    "ventilator_silence_seconds",
+                    "Seconds since the ventilator last sent anything (0 while it does)",
+                    self.peer_silence.clone(),
                 );
             }
             _ => {
