@@ -125,7 +125,6 @@ fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
         liveness: Duration::from_millis(args.liveness_ms),
         metrics,
         wire,
-        ..VentilatorConfig::default()
     };
     ventilator::run(&config, &shutdown)
 }

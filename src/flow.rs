@@ -119,12 +119,12 @@ mod tests {
     fn first_call_reports_with_holds_then_only_when_room_grew_or_at_heartbeat() {
         let t0 = Instant::now();
         let mut c = CreditReporter::new(8, Duration::from_millis(20), t0);
-        let first = c.due(t0, 0, || vec![]).unwrap();
+        let first = c.due(t0, 0, Vec::new).unwrap();
         assert_eq!(first.capacity, 16, "one round of payments plus one queued");
         assert_eq!(first.holds, Some(vec![]));
         c.received(16, RunId(3));
         assert_eq!(c.due(t0, 16, || vec![1]), None, "nothing freed yet");
-        let freed = c.due(t0 + Duration::from_millis(1), 12, || vec![]).unwrap();
+        let freed = c.due(t0 + Duration::from_millis(1), 12, Vec::new).unwrap();
         assert_eq!((freed.received, freed.finished), (16, 4));
         assert_eq!(freed.holds, None, "not a heartbeat");
         let beat = c.due(t0 + HEARTBEAT, 12, || vec![7; 12]).unwrap();

@@ -21,11 +21,13 @@
 //! # Rules (each has a unit test below)
 //! - An order held by a live worker is never resent, however slow it is.
 //! - A worker is gone when it is silent past `liveness` while the sink
-//!   answers, or sooner (`quick_liveness`) once a jobs connection closed
-//!   after it was last heard; its orders are then sent again.
-//! - A *loss* is an order whose worker is gone after a connection closed
-//!   (a crash closes it; a frozen worker does not) while the sink was
-//!   answering. Lost orders go out again in small *isolated* groups (the
+//!   answers, or when its connection is closed; its orders are then sent
+//!   again. The jobs socket says that *a* connection closed, not whose: the
+//!   core then asks for a [`Action::Probe`] of each worker silent past
+//!   `quick_liveness`, and a probe that cannot be sent (ROUTER_MANDATORY)
+//!   names the crashed worker ([`Dispatch::on_unreachable`]).
+//! - A *loss* is an order whose worker's connection closed (a crash closes
+//!   it; a frozen worker's stays open) while the sink was answering. Lost orders go out again in small *isolated* groups (the
 //!   worker finishes everything else first), on their last delivery alone
 //!   in the grid; after `max_deliveries` losses the order is poison:
 //!   dead-lettered and tallied `failed`. Orders of a frozen worker are
@@ -118,6 +120,8 @@ struct Account {
     last_heard: Instant,
     /// Seqs sent to it that may still be held (pruned on `holds`).
     assigned: Vec<u64>,
+    /// Probed since it was last heard.
+    probed: bool,
 }
 
 impl Account {
@@ -140,6 +144,9 @@ pub enum Action {
     Locals(Vec<u64>),
     /// Write a poison order to the dead-letter file.
     DeadLetter { line: u64, reason: String },
+    /// Send `to` an empty job frame: if its connection is closed, the send
+    /// fails and [`Dispatch::on_unreachable`] says so.
+    Probe(Peer),
 }
 
 /// Counters for logs and metrics.
@@ -294,11 +301,13 @@ impl Dispatch {
             sent: credit.received,
             last_heard: now,
             assigned: Vec::new(),
+            probed: false,
         });
         account.capacity = credit.capacity;
         account.received = account.received.max(credit.received);
         account.finished = account.finished.max(credit.finished);
         account.last_heard = now;
+        account.probed = false;
         if let Some(holds) = &credit.holds {
             self.prune(now, peer, holds);
         }
@@ -388,10 +397,9 @@ impl Dispatch {
     /// Everything due at `now`: workers gone, acknowledgements overdue,
     /// and what to send where.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
-        let mut actions = Vec::new();
+        let mut actions = self.probes(now);
         for peer in self.silent_workers(now) {
-            let crashed = self.crashed(peer);
-            actions.extend(self.worker_gone(now, peer, crashed));
+            actions.extend(self.worker_gone(now, peer, false));
         }
         self.overdue(now);
         if !self.lanes.locals.is_empty() {
@@ -427,21 +435,33 @@ impl Dispatch {
             .is_some_and(|t| now.saturating_duration_since(t) < self.config.liveness / 2)
     }
 
-    fn crashed(&self, peer: Peer) -> bool {
-        let heard = self.workers.get(&peer).map(|a| a.last_heard);
-        matches!((self.last_disconnect, heard), (Some(d), Some(h)) if d > h)
+    /// Workers silent since a connection closed: is it theirs?
+    fn probes(&mut self, now: Instant) -> Vec<Action> {
+        let Some(closed) = self.last_disconnect else {
+            return Vec::new();
+        };
+        let quick = self.config.quick_liveness;
+        let mut probes = Vec::new();
+        for (&peer, a) in self.workers.iter_mut() {
+            let silent = now.saturating_duration_since(a.last_heard) > quick;
+            if silent && closed > a.last_heard && !a.probed {
+                a.probed = true;
+                probes.push(Action::Probe(peer));
+            }
+        }
+        probes
     }
 
+    /// Workers silent past the liveness deadline while the sink answers.
     fn silent_workers(&self, now: Instant) -> Vec<Peer> {
-        let sink = self.sink_answering(now);
+        if !self.sink_answering(now) {
+            return Vec::new();
+        }
+        let liveness = self.config.liveness;
+        let silent = |a: &Account| now.saturating_duration_since(a.last_heard) > liveness;
         self.workers
             .iter()
-            .filter(|(_, a)| {
-                let silent = now.saturating_duration_since(a.last_heard);
-                let closed = self.last_disconnect.is_some_and(|d| d > a.last_heard);
-                (closed && silent > self.config.quick_liveness)
-                    || (sink && silent > self.config.liveness)
-            })
+            .filter(|(_, a)| silent(a))
             .map(|(&p, _)| p)
             .collect()
     }
@@ -658,3 +678,7 @@ fn take_live(lane: &mut VecDeque<u64>, n: usize, live: impl Fn(&u64) -> bool) ->
     }
     seqs
 }
+
+#[cfg(test)]
+#[path = "dispatch_tests.rs"]
+mod tests;

@@ -418,7 +418,7 @@ impl Loop {
                 redelivered: self.core.counts().redelivered,
             };
             let frame = protocol::frame(Kind::Progress, self.run, &progress);
-            self.to_sink(s, &frame)?;
+            self.send_to_sink(s, &frame)?;
             self.timers.progress = now;
             self.publish_metrics(now);
         }
@@ -464,7 +464,7 @@ impl Loop {
         }
     }
 
-    fn to_sink(&mut self, s: &Sockets, frame: &[u8]) -> Result<bool> {
+    fn send_to_sink(&mut self, s: &Sockets, frame: &[u8]) -> Result<bool> {
         transport::send_frame(
             &s.sink,
             &self.config.wire,
@@ -478,6 +478,7 @@ impl Loop {
         for action in actions {
             match action {
                 Action::Jobs { to, isolate, seqs } => self.send_jobs(s, to, isolate, seqs)?,
+                Action::Probe(to) => self.send_jobs(s, to, false, Vec::new())?,
                 Action::Locals(seqs) => self.send_locals(s, &seqs)?,
                 Action::DeadLetter { line, reason } => {
                     tracing::warn!(run = %self.run, line, "{reason}; giving it up as failed");
@@ -490,7 +491,8 @@ impl Loop {
         Ok(())
     }
 
-    /// One job frame to one worker; a worker gone or full gives the orders back.
+    /// One job frame to one worker (an empty one probes its connection); a
+    /// worker gone or full gives the orders back.
     fn send_jobs(&mut self, s: &Sockets, to: Peer, isolate: bool, seqs: Vec<u64>) -> Result<()> {
         let slices = seqs.iter().filter_map(|&seq| self.core.job(seq));
         let n = slices.clone().count();
@@ -533,7 +535,7 @@ impl Loop {
             let mut frame = Vec::new();
             protocol::results_frame(&mut frame, self.run, 0, count, &records);
             // Not taken now: sent again when its acknowledgement is overdue.
-            self.to_sink(s, &frame)?;
+            self.send_to_sink(s, &frame)?;
         }
         Ok(())
     }
@@ -622,7 +624,7 @@ impl Loop {
                 }
                 Kind::Busy if now.duration_since(self.timers.hello) > Duration::from_secs(1) => {
                     let hello = std::mem::take(&mut self.hello);
-                    self.to_sink(s, &hello)?;
+                    self.send_to_sink(s, &hello)?;
                     self.hello = hello;
                     self.timers.hello = now;
                 }
