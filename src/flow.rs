@@ -127,7 +127,11 @@ mod tests {
         let freed = c.due(t0 + Duration::from_millis(1), 12, Vec::new).unwrap();
         assert_eq!((freed.received, freed.finished), (16, 4));
         assert_eq!(freed.holds, None, "not a heartbeat");
-        let beat = c.due(t0 + HEARTBEAT, 12, || vec![7; 12]).unwrap();
+        let beat = c
+            .due(t0 + Duration::from_millis(1) + HEARTBEAT, 12, || {
+                vec![7; 12]
+            })
+            .unwrap();
         assert_eq!(beat.holds.map(|h| h.len()), Some(12));
     }
 

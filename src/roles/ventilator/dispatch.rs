@@ -277,6 +277,26 @@ impl Dispatch {
         }
     }
 
+    /// Every order not yet acknowledged.
+    pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.orders.keys().copied()
+    }
+
+    /// The sink came back as a new incarnation: what it was told, or what
+    /// workers sent it and it has not acknowledged, may be lost with the old
+    /// one. Sends those again now; what workers hold will reach the new one.
+    pub fn on_sink_restart(&mut self, now: Instant) {
+        self.last_sink = Some(now);
+        for (&seq, slot) in self.orders.iter_mut() {
+            match slot.place {
+                Place::Answered { .. } => self.lanes.retry.push_back(seq),
+                Place::Told { .. } => self.lanes.locals.push(seq),
+                Place::Queued | Place::Held { .. } => continue,
+            }
+            slot.place = Place::Queued;
+        }
+    }
+
     /// Where `seq` is (none once acknowledged).
     pub fn place(&self, seq: u64) -> Option<Place> {
         self.orders.get(&seq).map(|s| s.place)

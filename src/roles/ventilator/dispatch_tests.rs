@@ -608,3 +608,21 @@ fn a_simulated_grid_with_crashes_freezes_and_poison_agrees_with_the_model() {
     }
     assert!(gone > 60, "the simulation lost only {gone} workers");
 }
+
+#[test]
+fn a_restarted_sink_gets_again_what_it_was_sent_but_not_what_workers_hold() {
+    let t0 = Instant::now();
+    let mut d = core_with(t0, 4);
+    d.admit_local(t0, 4, 5, Outcome::Duplicate);
+    d.on_credit(t0, 1, &credit(4, 0, 0, None));
+    d.poll(t0);
+    // Two answered (results sent to the old sink), two still held.
+    d.on_credit(ms(t0, 5), 1, &credit(2, 4, 2, Some(vec![2, 3])));
+    d.on_sink_restart(ms(t0, 10));
+    d.on_credit(ms(t0, 10), 2, &credit(100, 0, 0, None));
+    let actions = d.poll(ms(t0, 10));
+    assert!(actions.contains(&Action::Locals(vec![4])), "{actions:?}");
+    let mut again = sent(&actions)[&2].clone();
+    again.sort_unstable();
+    assert_eq!(again, vec![0, 1]);
+}

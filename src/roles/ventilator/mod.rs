@@ -18,9 +18,9 @@ pub mod dispatch;
 pub mod handshake;
 pub mod reader;
 
-use crate::dedup::DigestSet;
 use crate::fasthash::SeqMap;
 use crate::input::{InputSpec, LineSource};
+use crate::ledger::SeqSet;
 use crate::protocol::{self, Acks, Credit, Hello, Kind, Progress, RunId};
 use crate::seal::{OpenError, RejectLog};
 use crate::shutdown::Shutdown;
@@ -28,11 +28,9 @@ use crate::transport::{self, SocketTuning, Wire};
 use crate::{Error, Result};
 use dispatch::{Action, Dispatch, DispatchConfig, Payload, Peer};
 use handshake::Greeting;
-use reader::{DeadLetter, Prepared, Reader};
+use reader::{DeadLetter, Prepared, ReaderHandle, ReaderSetup};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::thread;
 use std::time::{Duration, Instant};
 
 /// What a ventilator needs to run.
@@ -110,10 +108,10 @@ struct Sockets {
     jobs: zmq::Socket,
     /// DEALER to the sink.
     sink: zmq::Socket,
-    /// The reader rings it when it prepared a batch.
-    doorbell: zmq::Socket,
     /// Connection closures on the jobs socket.
     monitor: zmq::Socket,
+    /// For the doorbell of a reader started again.
+    ctx: zmq::Context,
 }
 
 /// Runs a ventilator until the sink reports the run complete or a stop is requested.
@@ -166,42 +164,33 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let already: u64 = done.words().iter().map(|w| u64::from(w.count_ones())).sum();
     tracing::info!(run = %run, already_tallied = already, "the sink accepted the run");
     let monitor = monitor_jobs(&ctx, &jobs, run)?;
-    let (doorbell, ring) = doorbell(&ctx, run)?;
-    let (tx, rx) = mpsc::sync_channel::<Prepared>(4);
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = Reader {
-        source,
-        done,
-        seen: DigestSet::with_capacity(reader::expected_orders(&config.input)),
-        dead_letter: DeadLetter::new(config.dead_letter.clone()),
-        batch: config.batch,
-        tx,
-        doorbell: ring,
-        stop: stop.clone(),
-    };
-    let reader_thread = thread::Builder::new()
-        .name("reader".into())
-        .spawn({
-            let span = tracing::Span::current();
-            move || span.in_scope(|| reader.run())
-        })
-        .map_err(|e| Error::Config(format!("cannot start the reader thread: {e}")))?;
+    let setup = reader_setup(&ctx, config, run, 0);
+    let reader = ReaderHandle::start(&setup, source, done)?;
     let sockets = Sockets {
         jobs,
         sink,
-        doorbell,
         monitor,
+        ctx: ctx.clone(),
     };
-    let mut lp = Loop::new(config, run, hello);
-    let result = lp.serve(&sockets, &rx, shutdown);
-    stop.store(true, Ordering::Relaxed);
-    drop(rx);
-    match reader_thread.join() {
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(Error::Config("the reader thread panicked".into())),
-        Ok(Ok(())) => {}
-    }
+    let mut lp = Loop::new(config, run, hello, reader);
+    let result = lp.serve(&sockets, shutdown);
+    lp.reader.stop()?;
     result
+}
+
+fn reader_setup<'a>(
+    ctx: &'a zmq::Context,
+    config: &'a VentilatorConfig,
+    run: RunId,
+    generation: u32,
+) -> ReaderSetup<'a> {
+    ReaderSetup {
+        ctx,
+        input: &config.input,
+        dead_letter: &config.dead_letter,
+        batch: config.batch,
+        name: format!("{run}-{generation}"),
+    }
 }
 
 /// The jobs ROUTER, bound; sends to a worker that is gone fail at once.
@@ -231,25 +220,6 @@ fn monitor_jobs(ctx: &zmq::Context, jobs: &zmq::Socket, run: RunId) -> Result<zm
     Ok(monitor)
 }
 
-/// The doorbell pair: the loop's end and the reader's end.
-fn doorbell(ctx: &zmq::Context, run: RunId) -> Result<(zmq::Socket, zmq::Socket)> {
-    let endpoint = format!("inproc://ventilator-doorbell-{run}");
-    let zerr = |what: &'static str| move |e| Error::zmq(what, e);
-    let bell = ctx
-        .socket(zmq::PAIR)
-        .map_err(zerr("cannot create the doorbell"))?;
-    bell.bind(&endpoint)
-        .map_err(zerr("cannot bind the doorbell"))?;
-    let ring = ctx
-        .socket(zmq::PAIR)
-        .map_err(zerr("cannot create the doorbell"))?;
-    ring.set_sndhwm(1)
-        .map_err(zerr("cannot set the doorbell's HWM"))?;
-    ring.connect(&endpoint)
-        .map_err(zerr("cannot connect the doorbell"))?;
-    Ok((bell, ring))
-}
-
 /// ROUTER identities of the workers, as the core's [`Peer`] numbers.
 #[derive(Default)]
 struct Peers {
@@ -276,14 +246,25 @@ struct Loop {
     hello: Vec<u8>,
     core: Dispatch,
     peers: Peers,
-    /// The next seq the reader will hand over, and the total once read.
-    horizon: u64,
-    total: Option<u64>,
+    reader: ReaderHandle,
+    input: InputState,
     dead_letter: DeadLetter,
     frame: Vec<u8>,
     seal_buf: Vec<u8>,
     rejected: RejectLog,
     timers: Timers,
+}
+
+/// How far the input has been read, and a sink's bitmap being received.
+#[derive(Default)]
+struct InputState {
+    /// The next seq the reader will hand over, and the total once read.
+    horizon: u64,
+    total: Option<u64>,
+    /// `Welcome` chunks of a sink that came back, until the last.
+    rewelcome: Option<SeqSet>,
+    /// Readers started so far.
+    generation: u32,
 }
 
 /// When the loop last did its periodic chores.
@@ -296,7 +277,7 @@ struct Timers {
 }
 
 impl Loop {
-    fn new(config: &VentilatorConfig, run: RunId, hello: Vec<u8>) -> Loop {
+    fn new(config: &VentilatorConfig, run: RunId, hello: Vec<u8>, reader: ReaderHandle) -> Loop {
         let now = Instant::now();
         let core = Dispatch::new(DispatchConfig {
             batch: config.batch,
@@ -311,8 +292,8 @@ impl Loop {
             hello,
             core,
             peers: Peers::default(),
-            horizon: 0,
-            total: None,
+            reader,
+            input: InputState::default(),
             dead_letter: DeadLetter::new(config.dead_letter.clone()),
             frame: Vec::new(),
             seal_buf: Vec::new(),
@@ -327,32 +308,27 @@ impl Loop {
         }
     }
 
-    fn serve(
-        &mut self,
-        s: &Sockets,
-        rx: &mpsc::Receiver<Prepared>,
-        shutdown: &Shutdown,
-    ) -> Result<VentilatorExit> {
+    fn serve(&mut self, s: &Sockets, shutdown: &Shutdown) -> Result<VentilatorExit> {
         let mut msg = zmq::Message::new();
         loop {
             if shutdown.requested() {
                 tracing::info!(run = %self.run, unacknowledged = self.core.len(), "stop requested; start again with the same input to resume");
                 return Ok(VentilatorExit::Stopped { run: self.run });
             }
-            let took = self.take_prepared(rx)?;
+            let took = self.take_prepared()?;
             self.chores(s, took)?;
             let actions = self.core.poll(Instant::now());
             self.carry_out(s, actions)?;
             let mut items = [
                 s.sink.as_poll_item(zmq::POLLIN),
-                s.doorbell.as_poll_item(zmq::POLLIN),
+                self.reader.bell.as_poll_item(zmq::POLLIN),
                 s.jobs.as_poll_item(zmq::POLLIN),
                 s.monitor.as_poll_item(zmq::POLLIN),
             ];
             transport::poll(&mut items, if took { 0 } else { self.poll_timeout() })?;
             let ready = [1, 3].map(|i| items[i].is_readable());
             if ready[0] {
-                while transport::try_recv(&s.doorbell, &mut msg, "doorbell")? {}
+                while transport::try_recv(&self.reader.bell, &mut msg, "doorbell")? {}
             }
             if ready[1] {
                 self.on_monitor(s, &mut msg)?;
@@ -365,10 +341,10 @@ impl Loop {
     }
 
     /// Takes what the reader prepared while the window has room.
-    fn take_prepared(&mut self, rx: &mpsc::Receiver<Prepared>) -> Result<bool> {
+    fn take_prepared(&mut self) -> Result<bool> {
         let mut took = false;
-        while self.total.is_none() && self.core.len() < self.config.window {
-            match rx.try_recv() {
+        while self.input.total.is_none() && self.core.len() < self.config.window {
+            match self.reader.rx.try_recv() {
                 Ok(p) => {
                     self.admit(p);
                     took = true;
@@ -398,9 +374,9 @@ impl Loop {
             };
             self.core.admit_job(p.read_at, seq, line, payload);
         }
-        self.horizon = self.horizon.max(p.next_seq);
+        self.input.horizon = self.input.horizon.max(p.next_seq);
         if let Some(total) = p.total {
-            self.total = Some(total);
+            self.input.total = Some(total);
             tracing::info!(run = %self.run, total, "input read to the end");
         }
     }
@@ -412,8 +388,8 @@ impl Loop {
             // Announce a window ahead, so the sink knows every seq this
             // ventilator may send before any result for it can arrive.
             let progress = Progress {
-                horizon: self.horizon + self.config.window as u64,
-                total: self.total,
+                horizon: self.input.horizon + self.config.window as u64,
+                total: self.input.total,
                 in_flight: self.core.len() as u64,
                 redelivered: self.core.counts().redelivered,
             };
@@ -425,7 +401,7 @@ impl Loop {
         if now.duration_since(self.timers.log) >= Duration::from_secs(5) {
             self.timers.log = now;
             let c = self.core.counts();
-            tracing::info!(run = %self.run, read = self.horizon, unacknowledged = self.core.len(), at_workers = self.core.at_workers(), workers = self.core.workers(), credit = self.core.capacity(), redelivered = c.redelivered, "progress");
+            tracing::info!(run = %self.run, read = self.input.horizon, unacknowledged = self.core.len(), at_workers = self.core.at_workers(), workers = self.core.workers(), credit = self.core.capacity(), redelivered = c.redelivered, "progress");
         }
         self.warn_if_silent(now);
         Ok(())
@@ -616,10 +592,10 @@ impl Loop {
                     }
                 }
                 Kind::Welcome => {
-                    // After a re-hello: bits set are tallied.
-                    if let Ok(w) = protocol::decode::<protocol::Welcome>(body) {
-                        let acks = welcome_acks(&w);
-                        self.acknowledge(now, &acks);
+                    // After a re-hello: a sink that came back.
+                    let bitmap = self.input.rewelcome.get_or_insert_with(SeqSet::default);
+                    if handshake::merge_welcome(bitmap, body) {
+                        self.on_sink_restart(s)?;
                     }
                 }
                 Kind::Busy if now.duration_since(self.timers.hello) > Duration::from_secs(1) => {
@@ -635,6 +611,45 @@ impl Loop {
         Ok(None)
     }
 
+    /// A sink came back with this bitmap of what it holds. Its earlier
+    /// acknowledgements are not trusted: whatever it lacks is sent again,
+    /// reading the input again if needed.
+    fn on_sink_restart(&mut self, s: &Sockets) -> Result<()> {
+        let bitmap = self.input.rewelcome.take().unwrap_or_default();
+        let now = Instant::now();
+        self.acknowledge(now, &bitmap_acks(&bitmap));
+        self.core.on_sink_restart(now);
+        let missing = (0..self.input.horizon)
+            .filter(|&seq| !bitmap.contains(seq) && self.core.place(seq).is_none())
+            .count();
+        tracing::info!(run = %self.run, tallied = bitmap_acks(&bitmap).seqs().count(), missing, "the sink came back");
+        if missing == 0 {
+            return Ok(());
+        }
+        if matches!(self.config.input, InputSpec::Stdin) {
+            return Err(Error::State(format!("the sink came back without {missing} orders it had acknowledged, and a stream (--input -) cannot be read again; run it again with --run-id to resume")));
+        }
+        tracing::warn!(run = %self.run, missing, "the sink came back without orders it had acknowledged; reading the input again to send them");
+        self.restart_reader(s, bitmap)
+    }
+
+    /// Replaces the reader with one that hands over what neither the sink
+    /// nor the core holds.
+    fn restart_reader(&mut self, s: &Sockets, bitmap: SeqSet) -> Result<()> {
+        self.input.generation += 1;
+        let setup = reader_setup(&s.ctx, &self.config, self.run, self.input.generation);
+        // Stop the old one first: what it had not handed over is read again.
+        self.reader.stop()?;
+        let mut done = bitmap;
+        for seq in self.core.seqs() {
+            done.insert(seq);
+        }
+        let (source, _) = LineSource::open(&self.config.input)?;
+        self.reader = ReaderHandle::start(&setup, source, done)?;
+        self.input.total = None;
+        Ok(())
+    }
+
     fn acknowledge(&mut self, now: Instant, acks: &Acks) {
         let before = self.core.counts().acked;
         for latency in self.core.on_acks(now, acks) {
@@ -648,7 +663,7 @@ impl Loop {
     }
 
     fn complete(&self) -> VentilatorExit {
-        let lines = self.total.unwrap_or(self.horizon);
+        let lines = self.input.total.unwrap_or(self.input.horizon);
         let c = self.core.counts();
         tracing::info!(run = %self.run, lines, redelivered = c.redelivered, poisoned = c.poisoned, "the sink reports the run complete");
         VentilatorExit::Complete {
@@ -660,13 +675,13 @@ impl Loop {
     }
 }
 
-/// The seqs a `Welcome` chunk says are tallied.
-fn welcome_acks(w: &protocol::Welcome) -> Acks {
+/// The seqs a sink's bitmap says are tallied.
+fn bitmap_acks(bitmap: &SeqSet) -> Acks {
     let mut acks = Acks::default();
-    for (i, word) in w.words.iter().enumerate() {
+    for (i, word) in bitmap.words().iter().enumerate() {
         for bit in 0..64 {
             if word & (1 << bit) != 0 {
-                acks.push((w.first_word + i as u64) * 64 + bit);
+                acks.push(i as u64 * 64 + bit);
             }
         }
     }

@@ -246,3 +246,93 @@ impl Reader {
         true
     }
 }
+
+/// The reader thread as the run loop holds it: its channel, its doorbell
+/// (readable when a batch is ready), and the way to stop it. A sink that
+/// comes back without orders it had acknowledged gets a new reader, which
+/// reads the input again and hands over only what is still missing.
+pub struct ReaderHandle {
+    pub rx: mpsc::Receiver<Prepared>,
+    pub bell: zmq::Socket,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+/// What a reader needs besides its input.
+pub struct ReaderSetup<'a> {
+    pub ctx: &'a zmq::Context,
+    pub input: &'a InputSpec,
+    pub dead_letter: &'a std::path::Path,
+    pub batch: usize,
+    /// Names the doorbell's endpoint: unique per reader of this process.
+    pub name: String,
+}
+
+impl ReaderHandle {
+    /// Opens the input and starts a reader that skips the seqs in `done`.
+    pub fn start(
+        setup: &ReaderSetup<'_>,
+        source: LineSource,
+        done: SeqSet,
+    ) -> Result<ReaderHandle> {
+        let endpoint = format!("inproc://ventilator-doorbell-{}", setup.name);
+        let zerr = |what: &'static str| move |e| Error::zmq(what, e);
+        let bell = setup
+            .ctx
+            .socket(zmq::PAIR)
+            .map_err(zerr("cannot create the doorbell"))?;
+        bell.bind(&endpoint)
+            .map_err(zerr("cannot bind the doorbell"))?;
+        let ring = setup
+            .ctx
+            .socket(zmq::PAIR)
+            .map_err(zerr("cannot create the doorbell"))?;
+        ring.set_sndhwm(1)
+            .map_err(zerr("cannot set the doorbell's HWM"))?;
+        ring.connect(&endpoint)
+            .map_err(zerr("cannot connect the doorbell"))?;
+        let (tx, rx) = mpsc::sync_channel::<Prepared>(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = Reader {
+            source,
+            done,
+            seen: DigestSet::with_capacity(expected_orders(setup.input)),
+            dead_letter: DeadLetter::new(setup.dead_letter.to_path_buf()),
+            batch: setup.batch,
+            tx,
+            doorbell: ring,
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("reader".into())
+            .spawn({
+                let span = tracing::Span::current();
+                move || span.in_scope(|| reader.run())
+            })
+            .map_err(|e| Error::Config(format!("cannot start the reader thread: {e}")))?;
+        Ok(ReaderHandle {
+            rx,
+            bell,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the reader (what it prepared and did not hand over is
+    /// dropped) and reports how it ended.
+    pub fn stop(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        // Unblocks a reader waiting on a full channel, until it ends.
+        while !thread.is_finished() {
+            while self.rx.try_recv().is_ok() {}
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        match thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(Error::Config("the reader thread panicked".into())),
+        }
+    }
+}
