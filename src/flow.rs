@@ -18,6 +18,10 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 pub const MAX_PREFETCH: u64 = 8192;
 /// The pace is measured over windows this long at least.
 const PACE_WINDOW: Duration = Duration::from_millis(100);
+/// A silent ventilator is reported after this long...
+pub const SILENCE_FIRST: Duration = Duration::from_secs(5);
+/// ... and then this often.
+pub const SILENCE_AGAIN: Duration = Duration::from_secs(30);
 
 /// Counts what a worker received and finished, and says when to report.
 #[derive(Debug, Clone)]
@@ -31,6 +35,10 @@ pub struct CreditReporter {
     pace_since: (Instant, u64),
     last_report: Option<(Instant, u64, u64)>,
     run: RunId,
+    /// When the ventilator last sent anything (it answers every heartbeat),
+    /// and when its silence was last reported.
+    heard: Instant,
+    warned: Option<Instant>,
 }
 
 impl CreditReporter {
@@ -44,7 +52,34 @@ impl CreditReporter {
             pace_since: (now, 0),
             last_report: None,
             run: RunId(0),
+            heard: now,
+            warned: None,
         }
+    }
+
+    /// A frame came from the ventilator.
+    pub fn heard(&mut self, now: Instant) {
+        self.heard = now;
+        self.warned = None;
+    }
+
+    /// How long the ventilator has been silent.
+    pub fn silence(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.heard)
+    }
+
+    /// The silence to report now, if a warning is due: after
+    /// [`SILENCE_FIRST`], then every [`SILENCE_AGAIN`].
+    pub fn silence_warning(&mut self, now: Instant) -> Option<Duration> {
+        let silent = self.silence(now);
+        let due = match self.warned {
+            None => silent >= SILENCE_FIRST,
+            Some(at) => now.saturating_duration_since(at) >= SILENCE_AGAIN,
+        };
+        if due {
+            self.warned = Some(now);
+        }
+        due.then_some(silent)
     }
 
     /// `n` orders of `run` arrived.
@@ -133,6 +168,20 @@ mod tests {
             })
             .unwrap();
         assert_eq!(beat.holds.map(|h| h.len()), Some(12));
+    }
+
+    #[test]
+    fn a_silent_ventilator_is_reported_after_5_s_then_every_30_s() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut c = CreditReporter::new(8, Duration::from_millis(20), t0);
+        assert_eq!(c.silence_warning(s(4)), None);
+        assert_eq!(c.silence_warning(s(5)), Some(Duration::from_secs(5)));
+        assert_eq!(c.silence_warning(s(20)), None);
+        assert_eq!(c.silence_warning(s(35)), Some(Duration::from_secs(35)));
+        c.heard(s(36));
+        assert_eq!(c.silence(s(37)), Duration::from_secs(1));
+        assert_eq!(c.silence_warning(s(40)), None);
     }
 
     #[test]

@@ -60,3 +60,12 @@ fn a_ventilator_without_a_sink_says_so() {
     assert!(line.contains(&g.acks), "{line}");
     assert!(vent.is_running());
 }
+
+#[test]
+fn a_worker_without_a_ventilator_says_so() {
+    let mut g = Grid::new("no-ventilator");
+    g.jobs = "tcp://nohost.invalid:6557".into();
+    let mut w = g.worker(&["--insecure"]);
+    w.wait_for_log(&["no answer from the ventilator at tcp://nohost.invalid:6557"]);
+    assert!(w.is_running());
+}

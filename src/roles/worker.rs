@@ -299,8 +299,23 @@ impl Worker<'_> {
         self.in_flight.len() + self.waiting.len() + self.retrying.len()
     }
 
-    /// Tells the ventilator how much room this worker has, when due.
+    /// Tells the ventilator how much room this worker has, when due; says
+    /// so when the ventilator stays silent.
     fn report_credit(&mut self, jobs: &zmq::Socket) -> Result<()> {
+        let now = Instant::now();
+        let silence = self.credit.silence(now).as_secs();
+        self.config
+            .metrics
+            .peer_silence
+            .set(if silence >= 1 { silence as i64 } else { 0 });
+        if let Some(silent) = self.credit.silence_warning(now) {
+            tracing::warn!(
+                holding = self.busy(),
+                "no answer from the ventilator at {} for {} s",
+                self.config.jobs,
+                silent.as_secs()
+            );
+        }
         let busy = self.busy();
         let (gateway, waiting, retrying) = (&self.in_flight, &self.waiting, &self.retrying);
         // The seqs of every order this worker holds.
@@ -463,6 +478,7 @@ impl Worker<'_> {
             crate::cli::record_run(&header.run);
         }
         self.credit.received(batch.jobs.len(), header.run);
+        self.credit.heard(Instant::now());
         if batch.isolate {
             // Possibly a poison order: let everything else finish and its
             // results leave first, so a crash takes nothing else with it.

@@ -560,6 +560,11 @@ impl Loop {
             };
             let peer = self.peers.peer(&identity);
             self.core.on_credit(Instant::now(), peer, &credit);
+            if credit.holds.is_some() {
+                // A heartbeat: an empty frame answers it (the worker knows
+                // the ventilator is there), and probes the connection.
+                self.send_jobs(s, peer, false, Vec::new())?;
+            }
         }
         Ok(())
     }
