@@ -647,6 +647,14 @@ impl<'a> MsgReader<'a> {
 pub struct Hello {
     /// What the input is, for the report (`file:…`, `generate:N:S`, `stdin`).
     pub input: String,
+    /// Counted lines expected, known before the input is read: exact for
+    /// `--generate`, estimated for a file (`expected_is_estimate`: show it
+    /// as `~T`), none for a stream. The run's true total still comes with
+    /// [`Progress::total`].
+    #[serde(default)]
+    pub expected: Option<u64>,
+    #[serde(default)]
+    pub expected_is_estimate: bool,
 }
 
 /// Sink → ventilator: one chunk of the bitmap of orders already tallied

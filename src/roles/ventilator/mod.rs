@@ -144,6 +144,8 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         run,
         &Hello {
             input: config.input.describe(),
+            expected: reader::expected_total(&config.input),
+            expected_is_estimate: matches!(config.input, InputSpec::File(_)),
         },
     );
     let m = &config.metrics;

@@ -92,6 +92,16 @@ pub fn expected_orders(input: &InputSpec) -> usize {
     }
 }
 
+/// The counted lines the sink may expect before the input is read: exact
+/// for `--generate`, a file's estimate, none for a stream.
+pub fn expected_total(input: &InputSpec) -> Option<u64> {
+    match input {
+        InputSpec::Generate { count, .. } => Some(*count),
+        InputSpec::File(path) => estimate_lines(path).map(|n| n as u64),
+        InputSpec::Stdin => None,
+    }
+}
+
 /// A file's size over the average length of the lines in its first MiB.
 pub fn estimate_lines(path: &std::path::Path) -> Option<usize> {
     use std::io::Read;
