@@ -168,6 +168,9 @@ pub struct Dispatch {
     /// Answered orders and told verdicts, by the time they were last touched.
     waiting_acks: VecDeque<(Instant, u64)>,
     last_sink: Option<Instant>,
+    /// When the sink last answered again after a silence: overdue
+    /// acknowledgements are counted from then (it has a backlog first).
+    sink_back: Option<Instant>,
     last_disconnect: Option<Instant>,
     counts: Counts,
     next_group: u64,
@@ -198,6 +201,7 @@ impl Dispatch {
             lanes: Lanes::default(),
             waiting_acks: VecDeque::new(),
             last_sink: None,
+            sink_back: None,
             last_disconnect: None,
             counts: Counts::default(),
             next_group: 0,
@@ -304,6 +308,9 @@ impl Dispatch {
 
     /// The sink answered (anything for this run).
     pub fn on_sink_heard(&mut self, now: Instant) {
+        if !self.sink_answering(now) {
+            self.sink_back = Some(now);
+        }
         self.last_sink = Some(now);
     }
 
@@ -548,8 +555,10 @@ impl Dispatch {
         if !self.sink_answering(now) {
             return;
         }
+        let back = self.sink_back;
         while let Some(&(at, seq)) = self.waiting_acks.front() {
-            if now.saturating_duration_since(at) < self.config.ack_timeout {
+            let since = back.map_or(at, |b| b.max(at));
+            if now.saturating_duration_since(since) < self.config.ack_timeout {
                 break;
             }
             self.waiting_acks.pop_front();

@@ -232,11 +232,22 @@ fn answered_orders_are_resent_only_when_their_ack_is_overdue_and_the_sink_answer
         d.on_credit(now, 1, &credit(4, 4, 4, Some(vec![])));
         assert!(d.poll(now).is_empty());
     }
-    // It answers, and they are overdue: sent again with the stream.
-    let now = ms(t0, 20_000);
-    d.on_sink_heard(now);
-    d.on_credit(now, 1, &credit(4, 4, 4, Some(vec![])));
-    assert_eq!(sent(&d.poll(now))[&1].len(), 4);
+    // It answers again: it has a backlog, so they are not overdue yet...
+    let back = ms(t0, 20_000);
+    d.on_sink_heard(back);
+    d.on_credit(back, 1, &credit(4, 4, 4, Some(vec![])));
+    assert!(d.poll(back).is_empty());
+    // ... until it has answered for the whole time-out without them.
+    let mut again = Vec::new();
+    for s in 1..=16 {
+        let now = back + Duration::from_millis(s * 250);
+        d.on_sink_heard(now);
+        d.on_credit(now, 1, &credit(4, 4, 4, Some(vec![])));
+        let actions = d.poll(now);
+        assert!(actions.is_empty() || s == 16, "resent after {s} beats");
+        again.extend(actions);
+    }
+    assert_eq!(sent(&again)[&1].len(), 4);
 }
 
 #[test]
@@ -297,8 +308,11 @@ fn verdicts_go_to_the_sink_and_again_when_overdue() {
     d.admit_local(t0, 0, 1, Outcome::Malformed);
     d.on_sink_heard(t0);
     assert_eq!(d.poll(t0), vec![Action::Locals(vec![0])]);
-    assert!(d.poll(ms(t0, 100)).is_empty());
-    let late = ms(t0, 5000);
+    for s in 1..=15 {
+        d.on_sink_heard(ms(t0, s * 250));
+        assert!(d.poll(ms(t0, s * 250)).is_empty());
+    }
+    let late = ms(t0, 4000);
     d.on_sink_heard(late);
     assert_eq!(d.poll(late), vec![Action::Locals(vec![0])]);
 }
