@@ -1,14 +1,14 @@
 //! ordergrid: an order-processing grid over ZeroMQ.
 //!
-//! A **ventilator** reads orders (JSON Lines) and PUSHes them in batches to any
-//! number of **workers**, which validate and price each order and take its
-//! payment through a [`gateway::PaymentGateway`]. Workers PUSH outcomes to the
-//! **sink**, which tallies them exactly once into a durable journal and
-//! acknowledges them to the ventilator, which redelivers what is not
-//! acknowledged in time.
+//! A **ventilator** reads orders (JSON Lines) and sends them in batches to any
+//! number of **workers**, each as many as it has room for (its credit), which
+//! validate and price each order and take its payment through a
+//! [`gateway::PaymentGateway`]. Workers PUSH outcomes to the **sink**, which
+//! tallies them exactly once into a durable journal and acknowledges them to
+//! the ventilator, which sends again what a worker that is gone held.
 //!
 //! ```text
-//!                 PUSH  --jobs-->  PULL                 PUSH --results--> PULL
+//!              ROUTER <-jobs/credit-> DEALER             PUSH --results--> PULL
 //!   ventilator  (bind :5557)       worker x N (connect)                   sink (bind :5558)
 //!      DEALER (connect) <----------------- acks / hello / progress ------> ROUTER (bind :5559)
 //!                                  SUB (connect) <------- control -------  PUB (bind :5560)
