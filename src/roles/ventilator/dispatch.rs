@@ -389,7 +389,7 @@ impl Dispatch {
     pub fn on_unreachable(&mut self, now: Instant, peer: Peer, seqs: &[u64]) -> Vec<Action> {
         self.unsend(peer, seqs);
         self.last_disconnect = Some(now);
-        self.worker_gone(now, peer, true)
+        self.worker_gone(peer, true)
     }
 
     /// Orders of a frame that could not be sent now go back, not counted.
@@ -426,7 +426,7 @@ impl Dispatch {
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = self.probes(now);
         for peer in self.silent_workers(now) {
-            actions.extend(self.worker_gone(now, peer, false));
+            actions.extend(self.worker_gone(peer, false));
         }
         self.overdue(now);
         if !self.lanes.locals.is_empty() {
@@ -494,7 +494,7 @@ impl Dispatch {
     }
 
     /// Forgets `peer` and sends again whatever it held.
-    fn worker_gone(&mut self, now: Instant, peer: Peer, crashed: bool) -> Vec<Action> {
+    fn worker_gone(&mut self, peer: Peer, crashed: bool) -> Vec<Action> {
         let Some(account) = self.workers.remove(&peer) else {
             return Vec::new();
         };
@@ -502,43 +502,15 @@ impl Dispatch {
         let mut actions = Vec::new();
         let mut held = 0;
         for seq in account.assigned {
-            let Some(slot) = self.orders.get_mut(&seq) else {
-                continue;
+            let sent_at = match self.orders.get(&seq).map(|s| s.place) {
+                Some(Place::Held {
+                    peer: p, sent_at, ..
+                }) if p == peer => sent_at,
+                _ => continue,
             };
-            let Place::Held {
-                peer: p, sent_at, ..
-            } = slot.place
-            else {
-                continue;
-            };
-            if p != peer {
-                continue;
-            }
             held += 1;
-            let sink_alive = self.last_sink.is_some_and(|t| t > sent_at);
-            let lost = crashed && sink_alive;
-            slot.place = Place::Queued;
-            let group = slot.group.take();
-            self.lanes.resolve_isolated(seq, group);
-            if !lost {
-                self.lanes.retry.push_back(seq);
-                continue;
-            }
-            slot.losses += 1;
-            if slot.losses >= self.config.max_deliveries {
-                let reason = format!("poison: its worker was lost with it {} times", slot.losses);
-                slot.payload = Payload::Local(Outcome::Failed);
-                self.counts.poisoned += 1;
-                self.lanes.locals.push(seq);
-                actions.push(Action::DeadLetter {
-                    line: slot.line,
-                    reason,
-                });
-            } else if slot.losses + 1 >= self.config.max_deliveries {
-                self.lanes.singles.push_back(seq);
-            } else {
-                self.lanes.groups.push_back(seq);
-            }
+            let lost = crashed && self.last_sink.is_some_and(|t| t > sent_at);
+            actions.extend(self.requeue(seq, lost));
         }
         tracing::info!(
             worker = peer,
@@ -546,8 +518,38 @@ impl Dispatch {
             held,
             "a worker is gone; its orders go out again"
         );
-        let _ = now;
         actions
+    }
+
+    /// An order its worker no longer holds goes back to a lane: with the
+    /// stream when late, isolated when lost, given up after too many losses.
+    fn requeue(&mut self, seq: u64, lost: bool) -> Option<Action> {
+        let slot = self.orders.get_mut(&seq)?;
+        slot.place = Place::Queued;
+        let group = slot.group.take();
+        self.lanes.resolve_isolated(seq, group);
+        if !lost {
+            self.lanes.retry.push_back(seq);
+            return None;
+        }
+        slot.losses += 1;
+        let max = self.config.max_deliveries;
+        if slot.losses + 1 < max {
+            self.lanes.groups.push_back(seq);
+            return None;
+        }
+        if slot.losses + 1 == max {
+            self.lanes.singles.push_back(seq);
+            return None;
+        }
+        let reason = format!("poison: its worker was lost with it {} times", slot.losses);
+        slot.payload = Payload::Local(Outcome::Failed);
+        self.counts.poisoned += 1;
+        self.lanes.locals.push(seq);
+        Some(Action::DeadLetter {
+            line: slot.line,
+            reason,
+        })
     }
 
     /// Answered orders and verdicts whose acknowledgement is overdue.

@@ -120,7 +120,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let run = match (config.run_id, digest) {
         (Some(id), _) | (None, Some(id)) => id,
         (None, None) => {
-            let id = RunId(crate::roles::worker::new_worker_id());
+            let id = stream_run_id();
             tracing::warn!(run = %id, "reading a stream without --run-id: this run cannot be resumed after a ventilator restart");
             id
         }
@@ -193,6 +193,16 @@ fn reader_setup<'a>(
         batch: config.batch,
         name: format!("{run}-{generation}"),
     }
+}
+
+/// A fresh run id for a stream given without `--run-id`: this process
+/// and the time, hashed.
+fn stream_run_id() -> RunId {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!("stream:{}:{nanos}", std::process::id());
+    RunId(xxhash_rust::xxh3::xxh3_64(seed.as_bytes()))
 }
 
 /// The jobs ROUTER, bound; sends to a worker that is gone fail at once.
