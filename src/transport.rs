@@ -1,9 +1,12 @@
 //! ZeroMQ socket set-up: every socket the grid opens goes through here so
 //! that each gets a finite linger, a maximum message size, reconnect back-off,
-//! TCP keepalive and the high-water marks its role asks for.
+//! TCP keepalive and the high-water marks its role asks for. And
+//! [`Connection`]: a socket with its wire (plain or sealed), its receive
+//! buffer and the accounting of what it drops, so that a role never seals,
+//! opens, splits or checks a frame by hand.
 
-use crate::protocol::MAX_FRAME_BYTES;
-use crate::seal::{OpenError, Sealer, OVERHEAD};
+use crate::protocol::{self, Header, Kind, RunId, MAX_FRAME_BYTES};
+use crate::seal::{OpenError, RejectLog, Sealer, OVERHEAD};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -202,6 +205,115 @@ pub fn try_send(socket: &zmq::Socket, data: &[u8], flags: i32, what: &str) -> Re
         Ok(()) => Ok(true),
         Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(false),
         Err(e) => Err(Error::zmq(format!("cannot send on the {what} socket"), e)),
+    }
+}
+
+/// A socket that sends and receives whole frames: sealed or plain as its
+/// [`Wire`] says, split and checked on the way in. Frames that fail to
+/// open or to split are dropped, counted in `bad_frames` and logged at most
+/// once every few seconds; [`Connection::recv`] only returns good ones.
+/// For sockets that carry one part per message (DEALER, PUSH, PULL, SUB).
+pub struct Connection {
+    socket: zmq::Socket,
+    wire: Wire,
+    /// Names the socket in errors and logs ("acks").
+    what: &'static str,
+    msg: zmq::Message,
+    frame: Vec<u8>,
+    seal_buf: Vec<u8>,
+    rejected: RejectLog,
+    bad_frames: prometheus_client::metrics::counter::Counter,
+    last_bad_log: Option<std::time::Instant>,
+}
+
+/// How often dropped frames are logged at most.
+const DROP_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Connection {
+    pub fn new(
+        socket: zmq::Socket,
+        wire: Wire,
+        what: &'static str,
+        metrics: &crate::metrics::Metrics,
+    ) -> Connection {
+        Connection {
+            socket,
+            wire,
+            what,
+            msg: zmq::Message::new(),
+            frame: Vec::new(),
+            seal_buf: Vec::new(),
+            rejected: RejectLog::new(DROP_LOG_EVERY),
+            bad_frames: metrics.bad_frames.clone(),
+            last_bad_log: None,
+        }
+    }
+
+    /// The socket, to poll it.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
+    /// Encodes and sends one message without blocking; false when the
+    /// socket cannot take it now.
+    pub fn send<T: serde::Serialize>(&mut self, kind: Kind, run: RunId, body: &T) -> Result<bool> {
+        protocol::begin_frame(&mut self.frame, kind, run);
+        protocol::encode_into(&mut self.frame, body);
+        let bytes = self.wire.outgoing(&self.frame, &mut self.seal_buf);
+        try_send(&self.socket, bytes, 0, self.what)
+    }
+
+    /// Sends a frame already encoded (header included), sealing it if need be.
+    pub fn send_frame(&mut self, frame: &[u8]) -> Result<bool> {
+        send_frame(
+            &self.socket,
+            &self.wire,
+            frame,
+            &mut self.seal_buf,
+            self.what,
+        )
+    }
+
+    /// The next good frame waiting, without blocking: its header and body.
+    pub fn recv(&mut self) -> Result<Option<(Header, &[u8])>> {
+        loop {
+            if !try_recv(&self.socket, &mut self.msg, self.what)? {
+                return Ok(None);
+            }
+            if let Some((start, end)) = self.check() {
+                return Ok(protocol::split_frame(&self.msg[start..end]).ok());
+            }
+        }
+    }
+
+    /// Opens (in place) and splits the message just received: where its
+    /// plain frame lies in it, or none when it is bad (counted and logged).
+    fn check(&mut self) -> Option<(usize, usize)> {
+        let base = self.msg.as_ptr() as usize;
+        let plain = match self.wire.incoming(&mut self.msg) {
+            Ok(plain) => plain,
+            Err(e) => {
+                self.bad_frames.inc();
+                if let Some(summary) = self.rejected.record(e) {
+                    tracing::warn!("{} frames: {summary}", self.what);
+                }
+                return None;
+            }
+        };
+        let start = plain.as_ptr() as usize - base;
+        let end = start + plain.len();
+        if let Err(e) = protocol::split_frame(plain) {
+            self.bad_frames.inc();
+            let due = self
+                .last_bad_log
+                .is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY);
+            if due {
+                self.last_bad_log = Some(std::time::Instant::now());
+                tracing::warn!(error = %e, "dropped a frame on the {} socket", self.what);
+            }
+            return None;
+        }
+        Some((start, end))
     }
 }
 

@@ -27,7 +27,10 @@
 //!   `quick_liveness`, and a probe that cannot be sent (ROUTER_MANDATORY)
 //!   names the crashed worker ([`Dispatch::on_unreachable`]).
 //! - A *loss* is an order whose worker's connection closed (a crash closes
-//!   it; a frozen worker's stays open) while the sink was answering. Lost orders go out again in small *isolated* groups (the
+//!   it; a frozen worker's stays open) while the sink was answering. A gone
+//!   worker's orders are first *suspects* for `quick_liveness` of the sink
+//!   answering: the worker may have finished some since its last `holds`,
+//!   and their acknowledgements clear them; only the rest go out again. Lost orders go out again in small *isolated* groups (the
 //!   worker finishes everything else first), on their last delivery alone
 //!   in the grid; after `max_deliveries` losses the order is poison:
 //!   dead-lettered and tallied `failed`. Orders of a frozen worker are
@@ -90,6 +93,10 @@ pub enum Place {
     },
     Answered {
         since: Instant,
+    },
+    /// Its worker is gone; sent again after a grace unless acknowledged.
+    Suspect {
+        lost: bool,
     },
     /// A verdict sent to the sink.
     Told {
@@ -167,6 +174,8 @@ pub struct Dispatch {
     lanes: Lanes,
     /// Answered orders and told verdicts, by the time they were last touched.
     waiting_acks: VecDeque<(Instant, u64)>,
+    /// Orders of gone workers, by the time they became suspects.
+    suspects: VecDeque<(Instant, u64)>,
     last_sink: Option<Instant>,
     /// When the sink last answered again after a silence: overdue
     /// acknowledgements are counted from then (it has a backlog first).
@@ -200,6 +209,7 @@ impl Dispatch {
             workers: SeqMap::default(),
             lanes: Lanes::default(),
             waiting_acks: VecDeque::new(),
+            suspects: VecDeque::new(),
             last_sink: None,
             sink_back: None,
             last_disconnect: None,
@@ -295,7 +305,7 @@ impl Dispatch {
             match slot.place {
                 Place::Answered { .. } => self.lanes.retry.push_back(seq),
                 Place::Told { .. } => self.lanes.locals.push(seq),
-                Place::Queued | Place::Held { .. } => continue,
+                Place::Queued | Place::Held { .. } | Place::Suspect { .. } => continue,
             }
             slot.place = Place::Queued;
         }
@@ -389,7 +399,8 @@ impl Dispatch {
     pub fn on_unreachable(&mut self, now: Instant, peer: Peer, seqs: &[u64]) -> Vec<Action> {
         self.unsend(peer, seqs);
         self.last_disconnect = Some(now);
-        self.worker_gone(peer, true)
+        self.worker_gone(now, peer, true);
+        self.settle(now)
     }
 
     /// Orders of a frame that could not be sent now go back, not counted.
@@ -426,8 +437,9 @@ impl Dispatch {
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = self.probes(now);
         for peer in self.silent_workers(now) {
-            actions.extend(self.worker_gone(peer, false));
+            self.worker_gone(now, peer, false);
         }
+        actions.extend(self.settle(now));
         self.overdue(now);
         if !self.lanes.locals.is_empty() {
             let seqs = std::mem::take(&mut self.lanes.locals);
@@ -454,7 +466,11 @@ impl Dispatch {
             .values()
             .map(|a| a.last_heard + self.config.quick_liveness)
             .min();
-        acks.into_iter().chain(workers).min()
+        let suspects = self
+            .suspects
+            .front()
+            .map(|&(t, _)| t + self.config.quick_liveness);
+        acks.into_iter().chain(workers).chain(suspects).min()
     }
 
     fn sink_answering(&self, now: Instant) -> bool {
@@ -493,31 +509,54 @@ impl Dispatch {
             .collect()
     }
 
-    /// Forgets `peer` and sends again whatever it held.
-    fn worker_gone(&mut self, peer: Peer, crashed: bool) -> Vec<Action> {
+    /// Forgets `peer`; what it held becomes suspect.
+    fn worker_gone(&mut self, now: Instant, peer: Peer, crashed: bool) {
         let Some(account) = self.workers.remove(&peer) else {
-            return Vec::new();
+            return;
         };
         self.counts.lost_workers += 1;
-        let mut actions = Vec::new();
         let mut held = 0;
         for seq in account.assigned {
-            let sent_at = match self.orders.get(&seq).map(|s| s.place) {
-                Some(Place::Held {
+            let Some(slot) = self.orders.get_mut(&seq) else {
+                continue;
+            };
+            let sent_at = match slot.place {
+                Place::Held {
                     peer: p, sent_at, ..
-                }) if p == peer => sent_at,
+                } if p == peer => sent_at,
                 _ => continue,
             };
             held += 1;
             let lost = crashed && self.last_sink.is_some_and(|t| t > sent_at);
-            actions.extend(self.requeue(seq, lost));
+            slot.place = Place::Suspect { lost };
+            self.suspects.push_back((now, seq));
         }
         tracing::info!(
             worker = peer,
             crashed,
             held,
-            "a worker is gone; its orders go out again"
+            "a worker is gone; its orders go out again unless acknowledged"
         );
+    }
+
+    /// Suspects not acknowledged within the grace (of the sink answering)
+    /// go back to a lane.
+    fn settle(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if !self.sink_answering(now) {
+            return actions;
+        }
+        let back = self.sink_back;
+        while let Some(&(at, seq)) = self.suspects.front() {
+            let since = back.map_or(at, |b| b.max(at));
+            if now.saturating_duration_since(since) < self.config.quick_liveness {
+                break;
+            }
+            self.suspects.pop_front();
+            if let Some(Place::Suspect { lost }) = self.orders.get(&seq).map(|s| s.place) {
+                actions.extend(self.requeue(seq, lost));
+            }
+        }
         actions
     }
 

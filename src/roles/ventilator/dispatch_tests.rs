@@ -144,15 +144,42 @@ fn a_sink_outage_makes_no_worker_gone() {
     }
 }
 
-/// Worker `peer` crashes at `now`: its connection closes, and the probe
-/// that follows cannot be sent.
-fn crash(d: &mut Dispatch, peer: Peer, now: Instant) -> Vec<Action> {
-    d.on_disconnect(now);
-    let later = now + config().quick_liveness * 2;
-    d.on_sink_heard(later);
-    let probes = d.poll(later);
-    assert!(probes.contains(&Action::Probe(peer)), "{probes:?}");
-    d.on_unreachable(later, peer, &[])
+/// Worker `peer` crashes at `now`: its connection closes, the probe that
+/// follows cannot be sent, and the grace passes with the sink answering and
+/// nothing acknowledged; `other` (with room) is heard all along. Returns
+/// what the core does then, and when.
+fn crash(d: &mut Dispatch, peer: Peer, other: Peer, now: Instant) -> (Vec<Action>, Instant) {
+    let mut t = now + Duration::from_millis(1);
+    d.on_disconnect(t);
+    let mut actions = Vec::new();
+    let end = now + config().quick_liveness * 3;
+    while t < end {
+        t += Duration::from_millis(50);
+        d.on_sink_heard(t);
+        d.on_credit(t, other, &credit(1000, 0, 0, None));
+        for a in d.poll(t) {
+            match a {
+                Action::Probe(p) if p == peer => actions.extend(d.on_unreachable(t, peer, &[])),
+                Action::Probe(_) => {}
+                a => actions.push(a),
+            }
+        }
+    }
+    (actions, t)
+}
+
+fn isolated(actions: &[Action]) -> Vec<Vec<u64>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Jobs {
+                isolate: true,
+                seqs,
+                ..
+            } => Some(seqs.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -161,60 +188,43 @@ fn lost_orders_go_out_isolated_in_groups_then_alone_then_are_poison() {
     let mut d = core_with(t0, 40);
     d.on_credit(t0, 1, &credit(40, 0, 0, None));
     d.poll(t0);
-    // Worker 1 crashes: its connection closes.
-    crash(&mut d, 1, ms(t0, 10));
-    d.on_sink_heard(ms(t0, 20));
-    d.on_credit(ms(t0, 20), 2, &credit(1000, 0, 0, None));
-    let now = ms(t0, 1000);
-    d.on_sink_heard(now);
-    d.on_credit(now, 2, &credit(1000, 0, 0, None));
-    let actions = d.poll(now);
-    let groups: Vec<&Vec<u64>> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Jobs {
-                isolate: true,
-                seqs,
-                ..
-            } => Some(seqs),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        groups.len(),
-        2,
-        "40 lost orders: isolated groups of at most 32"
-    );
+    // Worker 1 crashes: its 40 orders go out in isolated groups of at most 32.
+    let (first, t1) = crash(&mut d, 1, 2, ms(t0, 10));
+    let groups = isolated(&first);
+    assert_eq!(groups.len(), 2, "{first:?}");
     assert!(groups.iter().all(|g| g.len() <= GROUP_SIZE));
     // Worker 2 crashes too: a second loss; then each goes alone, one at a time.
-    crash(&mut d, 2, ms(t0, 1010));
-    let now = ms(t0, 2000);
-    d.on_sink_heard(now);
-    d.on_credit(now, 3, &credit(1000, 0, 0, None));
-    let alone = d.poll(now);
-    assert_eq!(
-        alone,
-        vec![Action::Jobs {
-            to: 3,
-            isolate: true,
-            seqs: vec![0]
-        }]
-    );
-    // The one alone crashes its worker: third loss, poison.
-    let dead = crash(&mut d, 3, ms(t0, 2010));
+    let (second, t2) = crash(&mut d, 2, 3, t1);
+    assert_eq!(isolated(&second), vec![vec![0]], "{second:?}");
+    // The one alone crashes its worker: third loss, poison; the next goes alone.
+    let (third, _) = crash(&mut d, 3, 4, t2);
     let reason = "poison: its worker was lost with it 3 times".to_string();
-    assert_eq!(dead, vec![Action::DeadLetter { line: 1, reason }]);
-    let now = ms(t0, 3000);
-    d.on_sink_heard(now);
-    d.on_credit(now, 4, &credit(1000, 0, 0, None));
-    let after = d.poll(now);
-    assert!(after.contains(&Action::Locals(vec![0])));
-    assert_eq!(d.local(0), Some(Outcome::Failed));
     assert!(
-        matches!(&after[..], [_, Action::Jobs { seqs, isolate: true, .. }] if seqs == &vec![1]),
-        "{after:?}"
+        third.contains(&Action::DeadLetter { line: 1, reason }),
+        "{third:?}"
     );
+    assert!(third.contains(&Action::Locals(vec![0])));
+    assert_eq!(isolated(&third), vec![vec![1]]);
+    assert_eq!(d.local(0), Some(Outcome::Failed));
     assert_eq!(d.counts().poisoned, 1);
+}
+
+#[test]
+fn a_crashed_workers_orders_acknowledged_within_the_grace_are_not_lost() {
+    let t0 = Instant::now();
+    let mut d = core_with(t0, 4);
+    d.on_credit(t0, 1, &credit(4, 0, 0, None));
+    d.poll(t0);
+    // It finished 0 and 1 just before it crashed; their results get acknowledged.
+    d.on_disconnect(ms(t0, 10));
+    d.on_sink_heard(ms(t0, 10));
+    d.on_unreachable(ms(t0, 10), 1, &[]);
+    let mut acks = Acks::default();
+    acks.push(0);
+    acks.push(1);
+    d.on_acks(ms(t0, 20), &acks);
+    let (after, _) = crash(&mut d, 9, 2, ms(t0, 20));
+    assert_eq!(isolated(&after).concat(), vec![2, 3], "{after:?}");
 }
 
 #[test]
@@ -281,22 +291,17 @@ fn a_send_to_a_closed_connection_gives_the_frame_back_and_loses_the_rest() {
         0,
         "the unsent frame is not a redelivery"
     );
-    d.on_credit(ms(t0, 4), 2, &credit(100, 0, 0, None));
-    let actions = d.poll(ms(t0, 4));
-    let isolated: usize = actions
-        .iter()
-        .map(|a| match a {
-            Action::Jobs {
-                isolate: true,
-                seqs,
-                ..
-            } => seqs.len(),
-            _ => 0,
-        })
-        .sum();
+    let mut actions = Vec::new();
+    for s in 1..=20 {
+        let t = ms(t0, 3 + s * 50);
+        d.on_sink_heard(t);
+        d.on_credit(t, 2, &credit(100, 0, 0, None));
+        actions.extend(d.poll(t));
+    }
     assert_eq!(
-        isolated, 4,
-        "the four delivered to the crashed worker are lost: {actions:?}"
+        isolated(&actions).concat().len(),
+        4,
+        "the four delivered are lost: {actions:?}"
     );
     assert_eq!(sent(&actions)[&2].len(), 8);
 }

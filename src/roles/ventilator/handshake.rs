@@ -2,12 +2,10 @@
 //! with the bitmap of orders already tallied (`Welcome`), says the run is
 //! complete, or says it is busy with another run (then wait and retry).
 
-use super::note_rejected;
 use crate::ledger::SeqSet;
 use crate::protocol::{self, Kind, RunId, Welcome};
-use crate::seal::RejectLog;
 use crate::shutdown::Shutdown;
-use crate::transport::{self, Wire};
+use crate::transport::{self, Connection};
 use crate::Result;
 use std::time::{Duration, Instant};
 
@@ -39,8 +37,7 @@ pub fn merge_welcome(done: &mut SeqSet, body: &[u8]) -> bool {
 
 /// Says hello until the sink answers.
 pub fn greet(
-    sink: &zmq::Socket,
-    wire: &Wire,
+    sink: &mut Connection,
     run: RunId,
     hello: &[u8],
     acks: &str,
@@ -48,11 +45,8 @@ pub fn greet(
     metrics: &crate::metrics::Metrics,
 ) -> Result<Greeting> {
     let mut done = SeqSet::default();
-    let mut msg = zmq::Message::new();
     let mut last_hello: Option<Instant> = None;
     let mut told_busy = false;
-    let mut seal_buf = Vec::new();
-    let mut rejected = RejectLog::new(Duration::from_secs(5));
     let started = Instant::now();
     let mut warned = started;
     loop {
@@ -60,7 +54,7 @@ pub fn greet(
             return Ok(Greeting::Stopped);
         }
         if last_hello.is_none_or(|t| t.elapsed() > HELLO_EVERY) {
-            transport::send_frame(sink, wire, hello, &mut seal_buf, "acks")?;
+            sink.send_frame(hello)?;
             last_hello = Some(Instant::now());
         }
         if warned.elapsed() >= SILENCE_WARNING {
@@ -68,20 +62,9 @@ pub fn greet(
             metrics.peer_silence.set(started.elapsed().as_secs() as i64);
             tracing::warn!(run = %run, "no answer from the sink at {acks} for {} s; still saying hello", started.elapsed().as_secs());
         }
-        let mut items = [sink.as_poll_item(zmq::POLLIN)];
+        let mut items = [sink.socket().as_poll_item(zmq::POLLIN)];
         transport::poll(&mut items, 100)?;
-        while transport::try_recv(sink, &mut msg, "acks")? {
-            let plain = match wire.incoming(&mut msg) {
-                Ok(plain) => plain,
-                Err(e) => {
-                    note_rejected(&mut rejected, metrics, e);
-                    continue;
-                }
-            };
-            let Ok((h, body)) = protocol::split_frame(plain) else {
-                metrics.bad_frames.inc();
-                continue;
-            };
+        while let Some((h, body)) = sink.recv()? {
             if h.run != run {
                 continue;
             }

@@ -24,7 +24,7 @@ use crate::ledger::SeqSet;
 use crate::protocol::{self, Acks, Credit, Hello, Kind, Progress, RunId};
 use crate::seal::{OpenError, RejectLog};
 use crate::shutdown::Shutdown;
-use crate::transport::{self, SocketTuning, Wire};
+use crate::transport::{self, Connection, SocketTuning, Wire};
 use crate::{Error, Result};
 use dispatch::{Action, Dispatch, DispatchConfig, Payload, Peer};
 use handshake::Greeting;
@@ -107,7 +107,7 @@ struct Sockets {
     /// ROUTER: job frames out, credit in.
     jobs: zmq::Socket,
     /// DEALER to the sink.
-    sink: zmq::Socket,
+    sink: Connection,
     /// Connection closures on the jobs socket.
     monitor: zmq::Socket,
     /// For the doorbell of a reader started again.
@@ -128,16 +128,12 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     crate::cli::record_run(&run);
     let ctx = zmq::Context::new();
     let jobs = bind_jobs(&ctx, config)?;
-    let sink = transport::connect(
-        &ctx,
-        zmq::DEALER,
-        &config.acks,
-        SocketTuning {
-            send_hwm: 10_000,
-            recv_hwm: 10_000,
-        },
-        "acks",
-    )?;
+    let tuning = SocketTuning {
+        send_hwm: 10_000,
+        recv_hwm: 10_000,
+    };
+    let sink = transport::connect(&ctx, zmq::DEALER, &config.acks, tuning, "acks")?;
+    let mut sink = Connection::new(sink, config.wire.clone(), "acks", &config.metrics);
     tracing::info!(run = %run, input = %config.input.describe(), jobs = %config.jobs, acks = %config.acks, "ventilator started");
     let hello = protocol::frame(
         Kind::Hello,
@@ -149,8 +145,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         },
     );
     let m = &config.metrics;
-    let done = match handshake::greet(&sink, &config.wire, run, &hello, &config.acks, shutdown, m)?
-    {
+    let done = match handshake::greet(&mut sink, run, &hello, &config.acks, shutdown, m)? {
         Greeting::Welcomed(done) => done,
         Greeting::Stopped => return Ok(VentilatorExit::Stopped { run }),
         Greeting::Complete => {
@@ -168,14 +163,14 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let monitor = monitor_jobs(&ctx, &jobs, run)?;
     let setup = reader_setup(&ctx, config, run, 0);
     let reader = ReaderHandle::start(&setup, source, done)?;
-    let sockets = Sockets {
+    let mut sockets = Sockets {
         jobs,
         sink,
         monitor,
         ctx: ctx.clone(),
     };
     let mut lp = Loop::new(config, run, hello, reader);
-    let result = lp.serve(&sockets, shutdown);
+    let result = lp.serve(&mut sockets, shutdown);
     lp.reader.stop()?;
     result
 }
@@ -320,7 +315,7 @@ impl Loop {
         }
     }
 
-    fn serve(&mut self, s: &Sockets, shutdown: &Shutdown) -> Result<VentilatorExit> {
+    fn serve(&mut self, s: &mut Sockets, shutdown: &Shutdown) -> Result<VentilatorExit> {
         let mut msg = zmq::Message::new();
         loop {
             if shutdown.requested() {
@@ -332,7 +327,7 @@ impl Loop {
             let actions = self.core.poll(Instant::now());
             self.carry_out(s, actions)?;
             let mut items = [
-                s.sink.as_poll_item(zmq::POLLIN),
+                s.sink.socket().as_poll_item(zmq::POLLIN),
                 self.reader.bell.as_poll_item(zmq::POLLIN),
                 s.jobs.as_poll_item(zmq::POLLIN),
                 s.monitor.as_poll_item(zmq::POLLIN),
@@ -346,7 +341,7 @@ impl Loop {
                 self.on_monitor(s, &mut msg)?;
             }
             self.on_credits(s, &mut msg)?;
-            if let Some(exit) = self.on_sink(s, &mut msg)? {
+            if let Some(exit) = self.on_sink(s)? {
                 return Ok(exit);
             }
         }
@@ -394,7 +389,7 @@ impl Loop {
     }
 
     /// Progress to the sink, metrics, the periodic log line, the silence warning.
-    fn chores(&mut self, s: &Sockets, took: bool) -> Result<()> {
+    fn chores(&mut self, s: &mut Sockets, took: bool) -> Result<()> {
         let now = Instant::now();
         if took || now.duration_since(self.timers.progress) >= Duration::from_millis(100) {
             // Announce a window ahead, so the sink knows every seq this
@@ -452,17 +447,11 @@ impl Loop {
         }
     }
 
-    fn send_to_sink(&mut self, s: &Sockets, frame: &[u8]) -> Result<bool> {
-        transport::send_frame(
-            &s.sink,
-            &self.config.wire,
-            frame,
-            &mut self.seal_buf,
-            "acks",
-        )
+    fn send_to_sink(&mut self, s: &mut Sockets, frame: &[u8]) -> Result<bool> {
+        s.sink.send_frame(frame)
     }
 
-    fn carry_out(&mut self, s: &Sockets, actions: Vec<Action>) -> Result<()> {
+    fn carry_out(&mut self, s: &mut Sockets, actions: Vec<Action>) -> Result<()> {
         for action in actions {
             match action {
                 Action::Jobs { to, isolate, seqs } => self.send_jobs(s, to, isolate, seqs)?,
@@ -481,7 +470,13 @@ impl Loop {
 
     /// One job frame to one worker (an empty one probes its connection); a
     /// worker gone or full gives the orders back.
-    fn send_jobs(&mut self, s: &Sockets, to: Peer, isolate: bool, seqs: Vec<u64>) -> Result<()> {
+    fn send_jobs(
+        &mut self,
+        s: &mut Sockets,
+        to: Peer,
+        isolate: bool,
+        seqs: Vec<u64>,
+    ) -> Result<()> {
         let slices = seqs.iter().filter_map(|&seq| self.core.job(seq));
         let n = slices.clone().count();
         protocol::jobs_frame(&mut self.frame, self.run, isolate, n, slices);
@@ -509,7 +504,7 @@ impl Loop {
     }
 
     /// The ventilator's own outcomes, to the sink.
-    fn send_locals(&mut self, s: &Sockets, seqs: &[u64]) -> Result<()> {
+    fn send_locals(&mut self, s: &mut Sockets, seqs: &[u64]) -> Result<()> {
         for chunk in seqs.chunks(self.config.batch.max(64)) {
             let mut records = Vec::new();
             let mut count = 0;
@@ -528,7 +523,7 @@ impl Loop {
         Ok(())
     }
 
-    fn on_monitor(&mut self, s: &Sockets, msg: &mut zmq::Message) -> Result<()> {
+    fn on_monitor(&mut self, s: &mut Sockets, msg: &mut zmq::Message) -> Result<()> {
         // Each event is two frames: event and address.
         let mut went = 0;
         while transport::try_recv(&s.monitor, msg, "jobs monitor")? {
@@ -544,7 +539,7 @@ impl Loop {
     }
 
     /// Credit reports from workers: `[identity, frame]`.
-    fn on_credits(&mut self, s: &Sockets, msg: &mut zmq::Message) -> Result<()> {
+    fn on_credits(&mut self, s: &mut Sockets, msg: &mut zmq::Message) -> Result<()> {
         let mut identity = zmq::Message::new();
         while transport::try_recv(&s.jobs, &mut identity, "jobs")? {
             if !identity.get_more() || !transport::try_recv(&s.jobs, msg, "jobs")? {
@@ -582,19 +577,8 @@ impl Loop {
     }
 
     /// Frames from the sink: acknowledgements, a re-welcome, busy, complete.
-    fn on_sink(&mut self, s: &Sockets, msg: &mut zmq::Message) -> Result<Option<VentilatorExit>> {
-        while transport::try_recv(&s.sink, msg, "acks")? {
-            let plain = match self.config.wire.incoming(msg) {
-                Ok(plain) => plain,
-                Err(e) => {
-                    note_rejected(&mut self.rejected, &self.config.metrics, e);
-                    continue;
-                }
-            };
-            let Ok((h, body)) = protocol::split_frame(plain) else {
-                self.config.metrics.bad_frames.inc();
-                continue;
-            };
+    fn on_sink(&mut self, s: &mut Sockets) -> Result<Option<VentilatorExit>> {
+        while let Some((h, body)) = s.sink.recv()? {
             if h.run != self.run {
                 continue;
             }
@@ -602,6 +586,7 @@ impl Loop {
             let now = Instant::now();
             self.core.on_sink_heard(now);
             self.timers.sink_heard = now;
+            let mut came_back = false;
             match h.kind {
                 Kind::Acks => {
                     if let Ok(acks) = protocol::decode::<Acks>(body) {
@@ -611,18 +596,17 @@ impl Loop {
                 Kind::Welcome => {
                     // After a re-hello: a sink that came back.
                     let bitmap = self.input.rewelcome.get_or_insert_with(SeqSet::default);
-                    if handshake::merge_welcome(bitmap, body) {
-                        self.on_sink_restart(s)?;
-                    }
+                    came_back = handshake::merge_welcome(bitmap, body);
                 }
                 Kind::Busy if now.duration_since(self.timers.hello) > Duration::from_secs(1) => {
-                    let hello = std::mem::take(&mut self.hello);
-                    self.send_to_sink(s, &hello)?;
-                    self.hello = hello;
+                    s.sink.send_frame(&self.hello)?;
                     self.timers.hello = now;
                 }
                 Kind::Complete => return Ok(Some(self.complete())),
                 _ => {}
+            }
+            if came_back {
+                self.on_sink_restart(s)?;
             }
         }
         Ok(None)
@@ -631,7 +615,7 @@ impl Loop {
     /// A sink came back with this bitmap of what it holds. Its earlier
     /// acknowledgements are not trusted: whatever it lacks is sent again,
     /// reading the input again if needed.
-    fn on_sink_restart(&mut self, s: &Sockets) -> Result<()> {
+    fn on_sink_restart(&mut self, s: &mut Sockets) -> Result<()> {
         let bitmap = self.input.rewelcome.take().unwrap_or_default();
         let now = Instant::now();
         self.acknowledge(now, &bitmap_acks(&bitmap));
@@ -652,7 +636,7 @@ impl Loop {
 
     /// Replaces the reader with one that hands over what neither the sink
     /// nor the core holds.
-    fn restart_reader(&mut self, s: &Sockets, bitmap: SeqSet) -> Result<()> {
+    fn restart_reader(&mut self, s: &mut Sockets, bitmap: SeqSet) -> Result<()> {
         self.input.generation += 1;
         let setup = reader_setup(&s.ctx, &self.config, self.run, self.input.generation);
         // Stop the old one first: what it had not handed over is read again.
