@@ -477,9 +477,14 @@ impl Loop {
         isolate: bool,
         seqs: Vec<u64>,
     ) -> Result<()> {
-        let slices = seqs.iter().filter_map(|&seq| self.core.job(seq));
-        let n = slices.clone().count();
-        protocol::jobs_frame(&mut self.frame, self.run, isolate, n, slices);
+        let slices: Vec<&[u8]> = seqs.iter().filter_map(|&seq| self.core.job(seq)).collect();
+        protocol::jobs_frame(
+            &mut self.frame,
+            self.run,
+            isolate,
+            slices.len(),
+            slices.into_iter(),
+        );
         let Some(identity) = self.peers.identities.get(&to) else {
             self.core.unsend(to, &seqs);
             return Ok(());
