@@ -478,13 +478,7 @@ impl Loop {
         seqs: Vec<u64>,
     ) -> Result<()> {
         let slices: Vec<&[u8]> = seqs.iter().filter_map(|&seq| self.core.job(seq)).collect();
-        protocol::jobs_frame(
-            &mut self.frame,
-            self.run,
-            isolate,
-            slices.len(),
-            slices.into_iter(),
-        );
+        protocol::jobs_frame(&mut self.frame, self.run, isolate, slices.len(), slices);
         let Some(identity) = self.peers.identities.get(&to) else {
             self.core.unsend(to, &seqs);
             return Ok(());
