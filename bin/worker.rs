@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "ordergrid-worker", version)]
 struct Args {
-    /// The ventilator's jobs endpoint (PULL, connects).
+    /// The ventilator's jobs endpoint (DEALER, connects): jobs in, credit out.
     #[arg(long, env = "ORDERGRID_JOBS", default_value = ordergrid::DEFAULT_JOBS)]
     jobs: String,
     /// The sink's results endpoint (PUSH, connects).

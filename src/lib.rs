@@ -56,7 +56,7 @@ pub mod transport;
 
 pub use error::{Error, Result};
 
-/// Where the ventilator binds its PUSH socket for jobs.
+/// Where the ventilator binds its ROUTER socket for jobs (and worker credit).
 pub const DEFAULT_JOBS: &str = "tcp://127.0.0.1:5557";
 /// Where the sink binds its PULL socket for results.
 pub const DEFAULT_RESULTS: &str = "tcp://127.0.0.1:5558";

@@ -1,4 +1,5 @@
-//! The worker: PULLs job batches, applies the rules, takes payments through a
+//! The worker: receives job batches from the ventilator (DEALER; it reports
+//! its credit there, see [`crate::flow`]), applies the rules, takes payments through a
 //! [`PaymentGateway`] with up to `concurrency` in flight, and PUSHes outcomes
 //! to the sink in batches. It holds no durable state: whatever it loses by
 //! dying, the ventilator delivers again.
