@@ -4,7 +4,7 @@
 
 mod util;
 
-use util::{assert_tallies, oracle, Grid};
+use util::{assert_tallies, oracle, run_id, Grid};
 
 const SINK: [&str; 2] = ["--progress-ms", "50"];
 
@@ -12,24 +12,19 @@ const SINK: [&str; 2] = ["--progress-ms", "50"];
 fn a_slow_gateway_gets_each_order_once() {
     let mut g = Grid::new("slow-gateway-once");
     let input = g.generate(600, 51, 0);
-    let mut sink = g.sink(&SINK);
     let slow = ["--gateway-latency-ms", "100", "--concurrency", "8"];
-    let _w1 = g.worker(&slow);
-    let _w2 = g.worker(&slow);
     // A short time-out that the old dispatcher would have resent by.
-    let mut vent = g.ventilator(&["--input", input.to_str().unwrap(), "--min-timeout-ms", "50"]);
-    vent.success();
-    sink.success();
-    let report = g.report();
+    let vent_args = ["--input", input.to_str().unwrap(), "--min-timeout-ms", "50"];
+    let (report, mut vent) = g.run_to_completion(&vent_args, 2, &slow);
     assert_tallies(&report, &oracle(&input));
     assert_eq!(
         report["stats"]["duplicate_results"].as_u64(),
         Some(0),
         "{report}"
     );
-    assert!(vent
-        .wait_for_log(&["run complete"])
-        .contains("redelivered=0"));
+    let done = vent.wait_for_log(&["run complete"]);
+    assert!(done.contains("redelivered=0"), "{done}");
+    assert!(done.contains(&run_id(&report)), "{done}");
 }
 
 #[test]
