@@ -280,15 +280,53 @@ impl Connection {
             if !try_recv(&self.socket, &mut self.msg, self.what)? {
                 return Ok(None);
             }
-            if let Some((start, end)) = self.check() {
-                return Ok(protocol::split_frame(&self.msg[start..end]).ok());
+            if let Some((header, start, end)) = self.check() {
+                return Ok(Some((header, &self.msg[start..end])));
             }
         }
     }
 
-    /// Opens (in place) and splits the message just received: where its
-    /// plain frame lies in it, or none when it is bad (counted and logged).
-    fn check(&mut self) -> Option<(usize, usize)> {
+    /// For a ROUTER: the next good frame and, in `identity`, its sender.
+    /// Messages that are not exactly `[identity, frame]` are dropped and counted.
+    pub fn recv_routed(&mut self, identity: &mut zmq::Message) -> Result<Option<(Header, &[u8])>> {
+        loop {
+            if !try_recv(&self.socket, identity, self.what)? {
+                return Ok(None);
+            }
+            if !identity.get_more() || !try_recv(&self.socket, &mut self.msg, self.what)? {
+                self.bad_frames.inc();
+                continue;
+            }
+            if self.msg.get_more() {
+                let mut rest = zmq::Message::new();
+                while try_recv(&self.socket, &mut rest, self.what)? && rest.get_more() {}
+                self.bad_frames.inc();
+                continue;
+            }
+            if let Some((header, start, end)) = self.check() {
+                return Ok(Some((header, &self.msg[start..end])));
+            }
+        }
+    }
+
+    /// For a ROUTER: sends `frame` (sealed if need be) to the peer named
+    /// `identity`, without blocking. The error is ZeroMQ's own, for the
+    /// caller to tell "gone" (EHOSTUNREACH) from "full" (EAGAIN).
+    pub fn send_routed(
+        &mut self,
+        identity: &[u8],
+        frame: &[u8],
+    ) -> std::result::Result<(), zmq::Error> {
+        let bytes = self.wire.outgoing(frame, &mut self.seal_buf);
+        self.socket
+            .send(identity, zmq::SNDMORE | zmq::DONTWAIT)
+            .and_then(|()| self.socket.send(bytes, zmq::DONTWAIT))
+    }
+
+    /// Opens (in place) and splits the message just received: its header
+    /// and where its body lies in it, or none when it is bad (counted and
+    /// logged).
+    fn check(&mut self) -> Option<(Header, usize, usize)> {
         let base = self.msg.as_ptr() as usize;
         let plain = match self.wire.incoming(&mut self.msg) {
             Ok(plain) => plain,
@@ -300,20 +338,23 @@ impl Connection {
                 return None;
             }
         };
-        let start = plain.as_ptr() as usize - base;
-        let end = start + plain.len();
-        if let Err(e) = protocol::split_frame(plain) {
-            self.bad_frames.inc();
-            let due = self
-                .last_bad_log
-                .is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY);
-            if due {
-                self.last_bad_log = Some(std::time::Instant::now());
-                tracing::warn!(error = %e, "dropped a frame on the {} socket", self.what);
+        match protocol::split_frame(plain) {
+            Ok((header, body)) => {
+                let start = body.as_ptr() as usize - base;
+                Some((header, start, start + body.len()))
             }
-            return None;
+            Err(e) => {
+                self.bad_frames.inc();
+                let due = self
+                    .last_bad_log
+                    .is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY);
+                if due {
+                    self.last_bad_log = Some(std::time::Instant::now());
+                    tracing::warn!(error = %e, "dropped a frame on the {} socket", self.what);
+                }
+                None
+            }
         }
-        Some((start, end))
     }
 }
 
@@ -357,6 +398,60 @@ mod tests {
         ] {
             assert!(!is_local_endpoint(ep), "{ep}");
         }
+    }
+
+    /// A DEALER and a ROUTER over inproc, each a [`Connection`].
+    fn pair(wire: Wire, name: &str) -> (zmq::Context, Connection, Connection) {
+        let ctx = zmq::Context::new();
+        let ep = format!("inproc://connection-test-{name}");
+        let metrics = crate::metrics::Metrics::default();
+        let router = bind(&ctx, zmq::ROUTER, &ep, SocketTuning::default(), "jobs").unwrap();
+        let dealer = connect(&ctx, zmq::DEALER, &ep, SocketTuning::default(), "credit").unwrap();
+        let router = Connection::new(router, wire.clone(), "jobs", &metrics);
+        let dealer = Connection::new(dealer, wire, "credit", &metrics);
+        (ctx, router, dealer)
+    }
+
+    fn wait(c: &Connection) {
+        let mut items = [c.socket().as_poll_item(zmq::POLLIN)];
+        poll(&mut items, 5000).unwrap();
+    }
+
+    #[test]
+    fn a_connection_drops_and_counts_bad_frames_and_returns_good_ones() {
+        for (name, wire) in [("plain", Wire::plain()), ("sealed", sealed_wire())] {
+            let (_ctx, mut router, mut dealer) = pair(wire, name);
+            // Garbage straight on the socket, then a good frame.
+            dealer.socket().send(&b"garbage"[..], 0).unwrap();
+            let body = protocol::Empty;
+            assert!(dealer.send(Kind::Credit, RunId(7), &body).unwrap());
+            wait(&router);
+            let mut identity = zmq::Message::new();
+            let mut got = None;
+            for _ in 0..100 {
+                if let Some((h, _)) = router.recv_routed(&mut identity).unwrap() {
+                    got = Some(h);
+                    break;
+                }
+                wait(&router);
+            }
+            let h = got.expect("the good frame");
+            assert_eq!((h.kind, h.run), (Kind::Credit, RunId(7)), "{name}");
+            assert_eq!(router.bad_frames.get(), 1, "{name}: the garbage is counted");
+            // And back, routed to the sender.
+            protocol::begin_frame(&mut router.frame, Kind::Jobs, RunId(7));
+            let frame = router.frame.clone();
+            router.send_routed(&identity, &frame).unwrap();
+            wait(&dealer);
+            let (h, body) = dealer.recv().unwrap().expect("routed back");
+            assert_eq!(h.kind, Kind::Jobs, "{name}");
+            assert!(body.is_empty());
+        }
+    }
+
+    fn sealed_wire() -> Wire {
+        let key = crate::seal::Key::generate().unwrap();
+        Wire::sealed(Sealer::new(vec![key]).unwrap())
     }
 
     #[test]

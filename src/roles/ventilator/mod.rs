@@ -22,7 +22,6 @@ use crate::fasthash::SeqMap;
 use crate::input::{InputSpec, LineSource};
 use crate::ledger::SeqSet;
 use crate::protocol::{self, Acks, Credit, Hello, Kind, Progress, RunId};
-use crate::seal::{OpenError, RejectLog};
 use crate::shutdown::Shutdown;
 use crate::transport::{self, Connection, SocketTuning, Wire};
 use crate::{Error, Result};
@@ -94,18 +93,10 @@ pub enum VentilatorExit {
     Stopped { run: RunId },
 }
 
-/// Counts a frame that failed to open and logs it once in a while.
-fn note_rejected(log: &mut RejectLog, metrics: &crate::metrics::Metrics, error: OpenError) {
-    metrics.bad_frames.inc();
-    if let Some(summary) = log.record(error) {
-        tracing::warn!("{summary}");
-    }
-}
-
 /// The sockets of the run loop.
 struct Sockets {
     /// ROUTER: job frames out, credit in.
-    jobs: zmq::Socket,
+    jobs: Connection,
     /// DEALER to the sink.
     sink: Connection,
     /// Connection closures on the jobs socket.
@@ -161,6 +152,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let already: u64 = done.words().iter().map(|w| u64::from(w.count_ones())).sum();
     tracing::info!(run = %run, already_tallied = already, "the sink accepted the run");
     let monitor = monitor_jobs(&ctx, &jobs, run)?;
+    let jobs = Connection::new(jobs, config.wire.clone(), "jobs", &config.metrics);
     let setup = reader_setup(&ctx, config, run, 0);
     let reader = ReaderHandle::start(&setup, source, done)?;
     let mut sockets = Sockets {
@@ -257,8 +249,6 @@ struct Loop {
     input: InputState,
     dead_letter: DeadLetter,
     frame: Vec<u8>,
-    seal_buf: Vec<u8>,
-    rejected: RejectLog,
     timers: Timers,
 }
 
@@ -303,8 +293,6 @@ impl Loop {
             input: InputState::default(),
             dead_letter: DeadLetter::new(config.dead_letter.clone()),
             frame: Vec::new(),
-            seal_buf: Vec::new(),
-            rejected: RejectLog::new(Duration::from_secs(5)),
             timers: Timers {
                 progress: now - Duration::from_secs(1),
                 hello: now,
@@ -329,7 +317,7 @@ impl Loop {
             let mut items = [
                 s.sink.socket().as_poll_item(zmq::POLLIN),
                 self.reader.bell.as_poll_item(zmq::POLLIN),
-                s.jobs.as_poll_item(zmq::POLLIN),
+                s.jobs.socket().as_poll_item(zmq::POLLIN),
                 s.monitor.as_poll_item(zmq::POLLIN),
             ];
             transport::poll(&mut items, if took { 0 } else { self.poll_timeout() })?;
@@ -340,7 +328,7 @@ impl Loop {
             if ready[1] {
                 self.on_monitor(s, &mut msg)?;
             }
-            self.on_credits(s, &mut msg)?;
+            self.on_credits(s)?;
             if let Some(exit) = self.on_sink(s)? {
                 return Ok(exit);
             }
@@ -483,12 +471,7 @@ impl Loop {
             self.core.unsend(to, &seqs);
             return Ok(());
         };
-        let bytes = self.config.wire.outgoing(&self.frame, &mut self.seal_buf);
-        let sent = s
-            .jobs
-            .send(&identity[..], zmq::SNDMORE | zmq::DONTWAIT)
-            .and_then(|()| s.jobs.send(bytes, zmq::DONTWAIT));
-        match sent {
+        match s.jobs.send_routed(identity, &self.frame) {
             Ok(()) => Ok(()),
             Err(zmq::Error::EHOSTUNREACH) => {
                 let actions = self.core.on_unreachable(Instant::now(), to, &seqs);
@@ -538,28 +521,13 @@ impl Loop {
     }
 
     /// Credit reports from workers: `[identity, frame]`.
-    fn on_credits(&mut self, s: &mut Sockets, msg: &mut zmq::Message) -> Result<()> {
+    fn on_credits(&mut self, s: &mut Sockets) -> Result<()> {
         let mut identity = zmq::Message::new();
-        while transport::try_recv(&s.jobs, &mut identity, "jobs")? {
-            if !identity.get_more() || !transport::try_recv(&s.jobs, msg, "jobs")? {
-                self.config.metrics.bad_frames.inc();
-                continue;
-            }
-            while msg.get_more() {
-                // A peer that sends more parts is not a worker: drain them.
-                transport::try_recv(&s.jobs, msg, "jobs")?;
-            }
-            let plain = match self.config.wire.incoming(msg) {
-                Ok(plain) => plain,
-                Err(e) => {
-                    note_rejected(&mut self.rejected, &self.config.metrics, e);
-                    continue;
-                }
+        while let Some((h, body)) = s.jobs.recv_routed(&mut identity)? {
+            let credit = match h.kind {
+                Kind::Credit => protocol::decode::<Credit>(body).ok(),
+                _ => None,
             };
-            let credit = protocol::split_frame(plain)
-                .ok()
-                .filter(|(h, _)| h.kind == Kind::Credit)
-                .and_then(|(_, body)| protocol::decode::<Credit>(body).ok());
             let Some(credit) = credit else {
                 self.config.metrics.bad_frames.inc();
                 continue;
