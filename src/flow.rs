@@ -39,6 +39,8 @@ pub struct CreditReporter {
     /// and when its silence was last reported.
     heard: Instant,
     warned: Option<Instant>,
+    /// Stopping: asks for nothing more.
+    closed: bool,
 }
 
 impl CreditReporter {
@@ -54,7 +56,14 @@ impl CreditReporter {
             run: RunId(0),
             heard: now,
             warned: None,
+            closed: false,
         }
+    }
+
+    /// The worker is stopping: from now on it reports no room, at once.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.last_report = None;
     }
 
     /// A frame came from the ventilator.
@@ -95,6 +104,9 @@ impl CreditReporter {
 
     /// Orders this worker can hold now.
     pub fn capacity(&self) -> u64 {
+        if self.closed {
+            return 0;
+        }
         let ahead = (self.pace * self.prefetch.as_secs_f64()) as u64;
         self.concurrency + ahead.clamp(self.concurrency, MAX_PREFETCH.max(self.concurrency))
     }
@@ -182,6 +194,16 @@ mod tests {
         c.heard(s(36));
         assert_eq!(c.silence(s(37)), Duration::from_secs(1));
         assert_eq!(c.silence_warning(s(40)), None);
+    }
+
+    #[test]
+    fn a_closed_reporter_says_at_once_that_it_takes_nothing() {
+        let t0 = Instant::now();
+        let mut c = CreditReporter::new(8, Duration::from_millis(20), t0);
+        c.due(t0, 0, Vec::new);
+        c.close();
+        let last = c.due(t0, 3, || vec![1, 2, 3]).unwrap();
+        assert_eq!((last.capacity, last.holds), (0, Some(vec![1, 2, 3])));
     }
 
     #[test]

@@ -353,6 +353,8 @@ impl Worker<'_> {
                     "stop requested: finishing what this worker holds"
                 );
                 draining = Some(Instant::now());
+                self.credit.close();
+                self.report_credit(jobs)?;
             }
             if let Some(since) = draining {
                 if self.busy() == 0 {

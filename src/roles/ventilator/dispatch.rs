@@ -310,6 +310,7 @@ impl Dispatch {
                 Place::Queued | Place::Held { .. } | Place::Suspect { .. } => continue,
             }
             slot.place = Place::Queued;
+            self.lanes.resolve_isolated(seq, slot.group.take());
         }
     }
 
@@ -613,6 +614,7 @@ impl Dispatch {
             match slot.place {
                 Place::Answered { since } if since == at => {
                     slot.place = Place::Queued;
+                    self.lanes.resolve_isolated(seq, slot.group.take());
                     self.lanes.retry.push_back(seq);
                 }
                 Place::Told { at: told } if told == at => {
