@@ -41,7 +41,7 @@ struct Args {
         requires = "generate"
     )]
     poison: u64,
-    /// Where to bind the jobs socket (PUSH).
+    /// Where to bind the jobs socket (ROUTER: jobs out, worker credit in).
     #[arg(long, env = "ORDERGRID_JOBS", default_value = ordergrid::DEFAULT_JOBS, value_parser = cli::endpoint)]
     jobs: String,
     /// The sink's acks endpoint (DEALER, connects).
@@ -60,15 +60,21 @@ struct Args {
     /// Orders sent and not yet acknowledged, at most.
     #[arg(long, env = "ORDERGRID_WINDOW", default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(1..))]
     window: u32,
-    /// Job frames queued towards each worker (ZMQ_SNDHWM).
-    #[arg(long, env = "ORDERGRID_SEND_HWM", default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
+    /// Job frames queued towards each worker (ZMQ_SNDHWM); worker credit bounds them.
+    #[arg(long, env = "ORDERGRID_SEND_HWM", default_value_t = 64, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
     send_hwm: i32,
-    /// Deliveries without a result before an order is given up as poison (failed).
+    /// Times an order's worker may be lost with it (its connection closed) before
+    /// the order is given up as poison (failed).
     #[arg(long, env = "ORDERGRID_MAX_DELIVERIES", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
     max_deliveries: u8,
-    /// Lower bound of the adaptive redelivery time-out, in milliseconds.
+    /// An order whose worker has sent its result, or a verdict of the ventilator's own,
+    /// is sent again when not acknowledged within 4x this many milliseconds.
     #[arg(long, env = "ORDERGRID_MIN_TIMEOUT_MS", default_value_t = 1000)]
     min_timeout_ms: u64,
+    /// A worker silent this many milliseconds (while the sink answers) is gone, and
+    /// its orders are sent to others.
+    #[arg(long, env = "ORDERGRID_LIVENESS_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..))]
+    liveness_ms: u64,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -114,9 +120,9 @@ fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
         send_hwm: args.send_hwm,
         max_deliveries: args.max_deliveries,
         min_timeout: Duration::from_millis(args.min_timeout_ms),
+        liveness: Duration::from_millis(args.liveness_ms),
         metrics,
         wire,
-        ..VentilatorConfig::default()
     };
     ventilator::run(&config, &shutdown)
 }

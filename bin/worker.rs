@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "ordergrid-worker", version)]
 struct Args {
-    /// The ventilator's jobs endpoint (PULL, connects).
+    /// The ventilator's jobs endpoint (DEALER, connects): jobs in, credit out.
     #[arg(long, env = "ORDERGRID_JOBS", default_value = ordergrid::DEFAULT_JOBS, value_parser = cli::endpoint)]
     jobs: String,
     /// The sink's results endpoint (PUSH, connects).
@@ -34,6 +34,10 @@ struct Args {
     /// Job frames queued towards this worker (ZMQ_RCVHWM); low keeps orders from piling up here.
     #[arg(long, env = "ORDERGRID_RECV_HWM", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
     recv_hwm: i32,
+    /// Orders queued beyond the payments in flight: enough for this many milliseconds
+    /// of work at this worker's measured pace (at least one round of --concurrency).
+    #[arg(long, env = "ORDERGRID_PREFETCH_MS", default_value_t = 20)]
+    prefetch_ms: u64,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -59,6 +63,7 @@ fn run(args: Args) -> ordergrid::Result<()> {
         concurrency: args.concurrency as usize,
         max_attempts: args.max_attempts,
         recv_hwm: args.recv_hwm,
+        prefetch: Duration::from_millis(args.prefetch_ms),
         metrics,
         wire,
         ..WorkerConfig::default()

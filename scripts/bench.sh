@@ -48,8 +48,10 @@ done
 
 if [ "$QUICK" = 1 ]; then
     N=200000; N_RSS=1000000; N_GATEWAY=20000; N_RABBIT=20000; RUNS=${RUNS:-1}
+    N_SLOW=4000; N_MANY=30000
 else
     N=2000000; N_RSS=10000000; N_GATEWAY=100000; N_RABBIT=200000; RUNS=${RUNS:-3}
+    N_SLOW=20000; N_MANY=100000
 fi
 SCALING="1 2 4"
 QUIET_WAIT=${BENCH_QUIET_WAIT:-120}
@@ -308,6 +310,20 @@ for w in 2 1 4; do
         grid_run grid-gateway "$N_GATEWAY" "$w" "$r" --generate "$N_GATEWAY" -- \
             --concurrency 64 --gateway-latency-ms 5
     done
+done
+
+# Issue 11's goals: a slow payment provider (200 ms, 3 x 64 in flight: a
+# 960 orders/s bound) and many small workers (40 x 8 at 5 ms: 64,000/s),
+# with default flags; the report's duplicate results show resent orders.
+log "grid --generate $N_SLOW, 3 workers x --concurrency 64, --gateway-latency-ms 200, $RUNS run(s)"
+for r in $(seq "$RUNS"); do
+    grid_run grid-gateway200 "$N_SLOW" 3 "$r" --generate "$N_SLOW" -- \
+        --concurrency 64 --gateway-latency-ms 200
+done
+log "grid --generate $N_MANY, 40 workers x --concurrency 8, --gateway-latency-ms 5, $RUNS run(s)"
+for r in $(seq "$RUNS"); do
+    grid_run grid-many "$N_MANY" 40 "$r" --generate "$N_MANY" -- \
+        --concurrency 8 --gateway-latency-ms 5
 done
 
 log "grid --generate $N_RSS, 2 workers, once: peak RSS"

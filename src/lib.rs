@@ -1,14 +1,14 @@
 //! ordergrid: an order-processing grid over ZeroMQ.
 //!
-//! A **ventilator** reads orders (JSON Lines) and PUSHes them in batches to any
-//! number of **workers**, which validate and price each order and take its
-//! payment through a [`gateway::PaymentGateway`]. Workers PUSH outcomes to the
-//! **sink**, which tallies them exactly once into a durable journal and
-//! acknowledges them to the ventilator, which redelivers what is not
-//! acknowledged in time.
+//! A **ventilator** reads orders (JSON Lines) and sends them in batches to any
+//! number of **workers**, each as many as it has room for (its credit), which
+//! validate and price each order and take its payment through a
+//! [`gateway::PaymentGateway`]. Workers PUSH outcomes to the **sink**, which
+//! tallies them exactly once into a durable journal and acknowledges them to
+//! the ventilator, which sends again what a worker that is gone held.
 //!
 //! ```text
-//!                 PUSH  --jobs-->  PULL                 PUSH --results--> PULL
+//!              ROUTER <-jobs/credit-> DEALER             PUSH --results--> PULL
 //!   ventilator  (bind :5557)       worker x N (connect)                   sink (bind :5558)
 //!      DEALER (connect) <----------------- acks / hello / progress ------> ROUTER (bind :5559)
 //!                                  SUB (connect) <------- control -------  PUB (bind :5560)
@@ -33,12 +33,14 @@
 //! - [`metrics`]: Prometheus counters and gauges, served with `--metrics ADDR`.
 //! - [`shutdown`]: the signal-driven stop request every loop polls.
 //! - [`fasthash`]: hashers for the hot maps.
+//! - [`flow`]: the worker's credit (how many orders it can take) and heartbeat.
 //! - [`cli`]: what the thin binaries share: logging set-up and exit codes.
 
 pub mod cli;
 pub mod dedup;
 pub mod error;
 pub mod fasthash;
+pub mod flow;
 pub mod gateway;
 pub mod generator;
 pub mod input;
@@ -57,7 +59,7 @@ pub mod transport;
 
 pub use error::{Error, Result};
 
-/// Where the ventilator binds its PUSH socket for jobs.
+/// Where the ventilator binds its ROUTER socket for jobs (and worker credit).
 pub const DEFAULT_JOBS: &str = "tcp://127.0.0.1:5557";
 /// Where the sink binds its PULL socket for results.
 pub const DEFAULT_RESULTS: &str = "tcp://127.0.0.1:5558";

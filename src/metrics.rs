@@ -63,6 +63,11 @@ pub struct Metrics {
     pub journal_failing: Gauge,
     /// Why the role cannot work right now (`/healthz` answers 503 with it).
     problem: Arc<Mutex<Option<String>>>,
+    /// Ventilator and worker: seconds since the sink (or, for a worker,
+    /// the ventilator) was last heard from; 0 while it answers.
+    pub peer_silence: Gauge,
+    /// Ventilator: seconds from a line read to its order acknowledged (one order in 16, by seq).
+    pub ack_latency_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,6 +97,9 @@ impl Default for Metrics {
             total: Gauge::default(),
             journal_failing: Gauge::default(),
             problem: Arc::default(),
+            peer_silence: Gauge::default(),
+            // 1 ms to ~65 s.
+            ack_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
         }
     }
 }
@@ -134,8 +142,18 @@ impl Metrics {
                 );
                 r.register(
                     "in_flight_limit",
-                    "The adaptive in-flight limit",
+                    "Orders the live workers can hold (their credit)",
                     self.in_flight_limit.clone(),
+                );
+                r.register(
+                    "sink_silence_seconds",
+                    "Seconds since the sink last answered (0 while it answers)",
+                    self.peer_silence.clone(),
+                );
+                r.register(
+                    "ack_latency_seconds",
+                    "Seconds from a line read to its order acknowledged (one order in 16)",
+                    self.ack_latency_seconds.clone(),
                 );
             }
             "worker" => {
@@ -153,6 +171,11 @@ impl Metrics {
                     "payment_retries",
                     "Payment attempts retried after a transient failure",
                     self.retries.clone(),
+                );
+                r.register(
+                    "ventilator_silence_seconds",
+                    "Seconds since the ventilator last sent anything (0 while it does)",
+                    self.peer_silence.clone(),
                 );
             }
             _ => {

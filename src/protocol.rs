@@ -19,6 +19,10 @@
 //! - `Hello`: [`Hello`]; `Welcome`: [`Welcome`]; `Progress`: [`Progress`];
 //!   `Acks`: [`Acks`]; `Complete`, `Busy`, `RunOver`: empty arrays;
 //!   `Bye`: [`Bye`].
+//! - `Credit`: [`Credit`], worker → ventilator on the jobs socket (ROUTER
+//!   ↔ DEALER since version 2): how many orders it can hold, how many it
+//!   has received and finished, and now and then which seqs it holds. The
+//!   run field is the run of the last job received (0 before any).
 //!
 //! Many orders share one frame when the stream is busy; a frame never waits
 //! long for company.
@@ -30,7 +34,8 @@ use std::fmt;
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"OG";
 /// The envelope version this build speaks.
-pub const VERSION: u8 = 1;
+/// 2: jobs on ROUTER/DEALER with worker credit ([`Kind::Credit`]).
+pub const VERSION: u8 = 2;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 12;
 /// The largest frame any socket accepts (ZMQ_MAXMSGSIZE).
@@ -84,6 +89,8 @@ pub enum Kind {
     Busy = 8,
     /// Sink → workers (PUB): the run is over, exit.
     RunOver = 9,
+    /// Worker → ventilator: room for more orders, and liveness.
+    Credit = 10,
     /// Worker → sink (results socket): heard the run is over, exiting; the
     /// sink exits as soon as every worker it has heard from said so.
     Bye = 20,
@@ -101,6 +108,7 @@ impl Kind {
             7 => Kind::Complete,
             8 => Kind::Busy,
             9 => Kind::RunOver,
+            10 => Kind::Credit,
             20 => Kind::Bye,
             _ => return None,
         })
@@ -644,6 +652,14 @@ impl<'a> MsgReader<'a> {
 pub struct Hello {
     /// What the input is, for the report (`file:…`, `generate:N:S`, `stdin`).
     pub input: String,
+    /// Counted lines expected, known before the input is read: exact for
+    /// `--generate`, estimated for a file (`expected_is_estimate`: show it
+    /// as `~T`), none for a stream. The run's true total still comes with
+    /// [`Progress::total`].
+    #[serde(default)]
+    pub expected: Option<u64>,
+    #[serde(default)]
+    pub expected_is_estimate: bool,
 }
 
 /// Sink → ventilator: one chunk of the bitmap of orders already tallied
@@ -695,6 +711,24 @@ impl Acks {
             .iter()
             .flat_map(|&(start, len)| start..start.saturating_add(len))
     }
+}
+
+/// Worker → ventilator: the worker's room and liveness. The ventilator
+/// never has more orders at a worker than `capacity`: it counts what it sent
+/// and the worker counts what it `received` and `finished` (its result
+/// written), so orders still on the way are counted too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Credit {
+    /// Orders this worker can hold at once (payments in flight plus a
+    /// prefetch): it grows with the worker's measured pace.
+    pub capacity: u64,
+    /// Orders received since this worker started.
+    pub received: u64,
+    /// Orders whose result this worker has sent to the sink.
+    pub finished: u64,
+    /// Now and then (every heartbeat): the seqs the worker holds, so that
+    /// orders it no longer holds are known to be with the sink.
+    pub holds: Option<Vec<u64>>,
 }
 
 /// An empty body, for signals.

@@ -1,9 +1,12 @@
 //! ZeroMQ socket set-up: every socket the grid opens goes through here so
 //! that each gets a finite linger, a maximum message size, reconnect back-off,
-//! TCP keepalive and the high-water marks its role asks for.
+//! TCP keepalive and the high-water marks its role asks for. And
+//! [`Connection`]: a socket with its wire (plain or sealed), its receive
+//! buffer and the accounting of what it drops, so that a role never seals,
+//! opens, splits or checks a frame by hand.
 
-use crate::protocol::MAX_FRAME_BYTES;
-use crate::seal::{OpenError, Sealer, OVERHEAD};
+use crate::protocol::{self, Header, Kind, RunId, MAX_FRAME_BYTES};
+use crate::seal::{OpenError, RejectLog, Sealer, OVERHEAD};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -215,6 +218,156 @@ pub fn try_send(socket: &zmq::Socket, data: &[u8], flags: i32, what: &str) -> Re
     }
 }
 
+/// A socket that sends and receives whole frames: sealed or plain as its
+/// [`Wire`] says, split and checked on the way in. Frames that fail to
+/// open or to split are dropped, counted in `bad_frames` and logged at most
+/// once every few seconds; [`Connection::recv`] only returns good ones.
+/// For sockets that carry one part per message (DEALER, PUSH, PULL, SUB).
+pub struct Connection {
+    socket: zmq::Socket,
+    wire: Wire,
+    /// Names the socket in errors and logs ("acks").
+    what: &'static str,
+    msg: zmq::Message,
+    frame: Vec<u8>,
+    seal_buf: Vec<u8>,
+    rejected: RejectLog,
+    bad_frames: prometheus_client::metrics::counter::Counter,
+    last_bad_log: Option<std::time::Instant>,
+}
+
+/// How often dropped frames are logged at most.
+const DROP_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Connection {
+    pub fn new(
+        socket: zmq::Socket,
+        wire: Wire,
+        what: &'static str,
+        metrics: &crate::metrics::Metrics,
+    ) -> Connection {
+        Connection {
+            socket,
+            wire,
+            what,
+            msg: zmq::Message::new(),
+            frame: Vec::new(),
+            seal_buf: Vec::new(),
+            rejected: RejectLog::new(DROP_LOG_EVERY),
+            bad_frames: metrics.bad_frames.clone(),
+            last_bad_log: None,
+        }
+    }
+
+    /// The socket, to poll it.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
+    /// Encodes and sends one message without blocking; false when the
+    /// socket cannot take it now.
+    pub fn send<T: serde::Serialize>(&mut self, kind: Kind, run: RunId, body: &T) -> Result<bool> {
+        protocol::begin_frame(&mut self.frame, kind, run);
+        protocol::encode_into(&mut self.frame, body);
+        let bytes = self.wire.outgoing(&self.frame, &mut self.seal_buf);
+        try_send(&self.socket, bytes, 0, self.what)
+    }
+
+    /// Sends a frame already encoded (header included), sealing it if need be.
+    pub fn send_frame(&mut self, frame: &[u8]) -> Result<bool> {
+        send_frame(
+            &self.socket,
+            &self.wire,
+            frame,
+            &mut self.seal_buf,
+            self.what,
+        )
+    }
+
+    /// The next good frame waiting, without blocking: its header and body.
+    pub fn recv(&mut self) -> Result<Option<(Header, &[u8])>> {
+        loop {
+            if !try_recv(&self.socket, &mut self.msg, self.what)? {
+                return Ok(None);
+            }
+            if let Some((header, start, end)) = self.check() {
+                return Ok(Some((header, &self.msg[start..end])));
+            }
+        }
+    }
+
+    /// For a ROUTER: the next good frame and, in `identity`, its sender.
+    /// Messages that are not exactly `[identity, frame]` are dropped and counted.
+    pub fn recv_routed(&mut self, identity: &mut zmq::Message) -> Result<Option<(Header, &[u8])>> {
+        loop {
+            if !try_recv(&self.socket, identity, self.what)? {
+                return Ok(None);
+            }
+            if !identity.get_more() || !try_recv(&self.socket, &mut self.msg, self.what)? {
+                self.bad_frames.inc();
+                continue;
+            }
+            if self.msg.get_more() {
+                let mut rest = zmq::Message::new();
+                while try_recv(&self.socket, &mut rest, self.what)? && rest.get_more() {}
+                self.bad_frames.inc();
+                continue;
+            }
+            if let Some((header, start, end)) = self.check() {
+                return Ok(Some((header, &self.msg[start..end])));
+            }
+        }
+    }
+
+    /// For a ROUTER: sends `frame` (sealed if need be) to the peer named
+    /// `identity`, without blocking. The error is ZeroMQ's own, for the
+    /// caller to tell "gone" (EHOSTUNREACH) from "full" (EAGAIN).
+    pub fn send_routed(
+        &mut self,
+        identity: &[u8],
+        frame: &[u8],
+    ) -> std::result::Result<(), zmq::Error> {
+        let bytes = self.wire.outgoing(frame, &mut self.seal_buf);
+        self.socket
+            .send(identity, zmq::SNDMORE | zmq::DONTWAIT)
+            .and_then(|()| self.socket.send(bytes, zmq::DONTWAIT))
+    }
+
+    /// Opens (in place) and splits the message just received: its header
+    /// and where its body lies in it, or none when it is bad (counted and
+    /// logged).
+    fn check(&mut self) -> Option<(Header, usize, usize)> {
+        let base = self.msg.as_ptr() as usize;
+        let plain = match self.wire.incoming(&mut self.msg) {
+            Ok(plain) => plain,
+            Err(e) => {
+                self.bad_frames.inc();
+                if let Some(summary) = self.rejected.record(e) {
+                    tracing::warn!("{} frames: {summary}", self.what);
+                }
+                return None;
+            }
+        };
+        match protocol::split_frame(plain) {
+            Ok((header, body)) => {
+                let start = body.as_ptr() as usize - base;
+                Some((header, start, start + body.len()))
+            }
+            Err(e) => {
+                self.bad_frames.inc();
+                let due = self
+                    .last_bad_log
+                    .is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY);
+                if due {
+                    self.last_bad_log = Some(std::time::Instant::now());
+                    tracing::warn!(error = %e, "dropped a frame on the {} socket", self.what);
+                }
+                None
+            }
+        }
+    }
+}
+
 /// True when the endpoint names a loopback or in-process address.
 pub fn is_local_endpoint(endpoint: &str) -> bool {
     let Some((scheme, rest)) = endpoint.split_once("://") else {
@@ -255,6 +408,60 @@ mod tests {
         ] {
             assert!(!is_local_endpoint(ep), "{ep}");
         }
+    }
+
+    /// A DEALER and a ROUTER over inproc, each a [`Connection`].
+    fn pair(wire: Wire, name: &str) -> (zmq::Context, Connection, Connection) {
+        let ctx = zmq::Context::new();
+        let ep = format!("inproc://connection-test-{name}");
+        let metrics = crate::metrics::Metrics::default();
+        let router = bind(&ctx, zmq::ROUTER, &ep, SocketTuning::default(), "jobs").unwrap();
+        let dealer = connect(&ctx, zmq::DEALER, &ep, SocketTuning::default(), "credit").unwrap();
+        let router = Connection::new(router, wire.clone(), "jobs", &metrics);
+        let dealer = Connection::new(dealer, wire, "credit", &metrics);
+        (ctx, router, dealer)
+    }
+
+    fn wait(c: &Connection) {
+        let mut items = [c.socket().as_poll_item(zmq::POLLIN)];
+        poll(&mut items, 5000).unwrap();
+    }
+
+    #[test]
+    fn a_connection_drops_and_counts_bad_frames_and_returns_good_ones() {
+        for (name, wire) in [("plain", Wire::plain()), ("sealed", sealed_wire())] {
+            let (_ctx, mut router, mut dealer) = pair(wire, name);
+            // Garbage straight on the socket, then a good frame.
+            dealer.socket().send(&b"garbage"[..], 0).unwrap();
+            let body = protocol::Empty;
+            assert!(dealer.send(Kind::Credit, RunId(7), &body).unwrap());
+            wait(&router);
+            let mut identity = zmq::Message::new();
+            let mut got = None;
+            for _ in 0..100 {
+                if let Some((h, _)) = router.recv_routed(&mut identity).unwrap() {
+                    got = Some(h);
+                    break;
+                }
+                wait(&router);
+            }
+            let h = got.expect("the good frame");
+            assert_eq!((h.kind, h.run), (Kind::Credit, RunId(7)), "{name}");
+            assert_eq!(router.bad_frames.get(), 1, "{name}: the garbage is counted");
+            // And back, routed to the sender.
+            protocol::begin_frame(&mut router.frame, Kind::Jobs, RunId(7));
+            let frame = router.frame.clone();
+            router.send_routed(&identity, &frame).unwrap();
+            wait(&dealer);
+            let (h, body) = dealer.recv().unwrap().expect("routed back");
+            assert_eq!(h.kind, Kind::Jobs, "{name}");
+            assert!(body.is_empty());
+        }
+    }
+
+    fn sealed_wire() -> Wire {
+        let key = crate::seal::Key::generate().unwrap();
+        Wire::sealed(Sealer::new(vec![key]).unwrap())
     }
 
     #[test]

@@ -84,6 +84,8 @@ fn main() {
     frames.push(("results".into(), results));
     let hello = Hello {
         input: "generate:300:7".into(),
+        expected: Some(300),
+        expected_is_estimate: false,
     };
     frames.push(("hello".into(), protocol::frame(Kind::Hello, run, &hello)));
     let welcome = Welcome {

@@ -84,6 +84,8 @@ ROWS = [
     ("grid, gateway 5 ms, 64 in flight/worker", "grid", "grid-gateway", 2),
     ("grid, gateway 5 ms, 1 worker", "grid", "grid-gateway", 1),
     ("grid, gateway 5 ms, 4 workers", "grid", "grid-gateway", 4),
+    ("grid, gateway 200 ms, 3 workers x 64 (bound 960/s)", "grid", "grid-gateway200", 3),
+    ("grid, gateway 5 ms, 40 workers x 8 (bound 64,000/s)", "grid", "grid-many", 40),
     ("grid --generate, 2 workers, peak RSS run", "grid", "grid-rss", 2),
     ("RabbitMQ: durable, confirms, acks", "rabbitmq", "rabbitmq", 2),
 ]
@@ -106,6 +108,7 @@ def summarise(runs):
             rss[k] = max(rss.get(k, 0), v)
     others = [r.get("others_cpu_pct", 0) for r in runs]
     sink_exit = [r["orders_per_s_to_sink_exit"] for r in good if r.get("orders_per_s_to_sink_exit")]
+    dups = [r["report"]["stats"].get("duplicate_results", 0) for r in good if r.get("report")]
     return {
         "runs": len(runs),
         "good": len(good),
@@ -117,6 +120,7 @@ def summarise(runs):
         "others_max": max(others) if others else 0,
         "orders": runs[0]["orders"] if runs else 0,
         "notes": sorted({r["note"] for r in runs if r.get("note")}),
+        "duplicates": statistics.median(dups) if dups else None,
     }
 
 
@@ -140,6 +144,7 @@ def table_lines(rows, naive):
         "peak RSS MiB sink / vent / worker",
         "runs ok",
         "others' CPU",
+        "dup. results (median)",
     ]
     out = []
     for label, system, scenario, workers, s in rows:
@@ -161,6 +166,7 @@ def table_lines(rows, naive):
                 rss_cell,
                 f"{s['good']}/{s['runs']}",
                 f"≤{s['others_max']:.0f}%",
+                fmt(s["duplicates"]),
             ]
         )
     return head, out

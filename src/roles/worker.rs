@@ -1,8 +1,10 @@
-//! The worker: PULLs job batches, applies the rules, takes payments through a
+//! The worker: receives job batches from the ventilator (DEALER; it reports
+//! its credit there, see [`crate::flow`]), applies the rules, takes payments through a
 //! [`PaymentGateway`] with up to `concurrency` in flight, and PUSHes outcomes
 //! to the sink in batches. It holds no durable state: whatever it loses by
 //! dying, the ventilator delivers again.
 
+use crate::flow::CreditReporter;
 use crate::gateway::{GatewayReply, PaymentGateway, PaymentRequest};
 use crate::protocol::{self, FrameError, Kind, RunId};
 use crate::rules::{self, Outcome};
@@ -31,6 +33,9 @@ pub struct WorkerConfig {
     pub retry_backoff: Duration,
     /// Job batches queued towards this worker (ZMQ_RCVHWM).
     pub recv_hwm: i32,
+    /// Orders queued beyond the payments in flight: this long of work at
+    /// the measured pace (see [`crate::flow`]).
+    pub prefetch: Duration,
     /// Results per frame at most.
     pub batch: usize,
     /// Counters and gauges (served with `--metrics`).
@@ -49,6 +54,7 @@ impl Default for WorkerConfig {
             max_attempts: 5,
             retry_backoff: Duration::from_millis(5),
             recv_hwm: 4,
+            prefetch: Duration::from_millis(20),
             batch: 1024,
             metrics: crate::metrics::Metrics::default(),
             wire: Wire::plain(),
@@ -204,6 +210,8 @@ struct Worker<'g> {
     summary: WorkerSummary,
     /// Vectors kept from one job frame to the next.
     spare: protocol::JobVecs,
+    /// What this worker tells the ventilator it can take.
+    credit: CreditReporter,
 }
 
 /// A fresh id for this worker process.
@@ -223,9 +231,10 @@ pub fn run(
     shutdown: &Shutdown,
 ) -> Result<WorkerSummary> {
     let ctx = zmq::Context::new();
+    // DEALER: jobs in, credit out (see crate::flow).
     let jobs = transport::connect(
         &ctx,
-        zmq::PULL,
+        zmq::DEALER,
         &config.jobs,
         SocketTuning {
             send_hwm: 1000,
@@ -279,6 +288,7 @@ pub fn run(
             ..WorkerSummary::default()
         },
         spare: protocol::JobVecs::default(),
+        credit: CreditReporter::new(config.concurrency, config.prefetch, Instant::now()),
     };
     worker.serve(&jobs, &results, &control, shutdown)?;
     tracing::info!(processed = worker.summary.processed, "worker stopped");
@@ -288,6 +298,40 @@ pub fn run(
 impl Worker<'_> {
     fn busy(&self) -> usize {
         self.in_flight.len() + self.waiting.len() + self.retrying.len()
+    }
+
+    /// Tells the ventilator how much room this worker has, when due; says
+    /// so when the ventilator stays silent.
+    fn report_credit(&mut self, jobs: &zmq::Socket) -> Result<()> {
+        let now = Instant::now();
+        let silence = self.credit.silence(now).as_secs();
+        self.config
+            .metrics
+            .peer_silence
+            .set(if silence >= 1 { silence as i64 } else { 0 });
+        if let Some(silent) = self.credit.silence_warning(now) {
+            tracing::warn!(
+                holding = self.busy(),
+                "no answer from the ventilator at {} for {} s",
+                self.config.jobs,
+                silent.as_secs()
+            );
+        }
+        let busy = self.busy();
+        let (gateway, waiting, retrying) = (&self.in_flight, &self.waiting, &self.retrying);
+        // The seqs of every order this worker holds.
+        let holds = || {
+            let tasks = gateway.values().chain(waiting).chain(retrying.values());
+            tasks.map(|t| t.seq).collect()
+        };
+        let Some(credit) = self.credit.due(Instant::now(), busy, holds) else {
+            return Ok(());
+        };
+        let frame = protocol::frame(Kind::Credit, self.credit.run(), &credit);
+        let mut buf = Vec::new();
+        // Not taken (the ventilator is away): the next report says the same.
+        transport::send_frame(jobs, &self.config.wire, &frame, &mut buf, "jobs")?;
+        Ok(())
     }
 
     fn serve(
@@ -309,6 +353,8 @@ impl Worker<'_> {
                     "stop requested: finishing what this worker holds"
                 );
                 draining = Some(Instant::now());
+                self.credit.close();
+                self.report_credit(jobs)?;
             }
             if let Some(since) = draining {
                 if self.busy() == 0 {
@@ -324,9 +370,8 @@ impl Worker<'_> {
                 }
             }
             let draining_now = draining.is_some();
-            // Keep one round of payments waiting, so the gateway never idles
-            // between batches.
-            let take_jobs = !draining_now && self.waiting.len() < self.config.concurrency;
+            // The ventilator sends no more than this worker's credit.
+            let take_jobs = !draining_now;
             let timeout = self.poll_timeout(take_jobs);
             let (jobs_ready, control_ready) = {
                 let mut items = [
@@ -360,10 +405,7 @@ impl Worker<'_> {
                 }
             }
             if jobs_ready {
-                while !draining_now
-                    && self.waiting.len() < self.config.concurrency
-                    && transport::try_recv(jobs, &mut msg, "jobs")?
-                {
+                while !draining_now && transport::try_recv(jobs, &mut msg, "jobs")? {
                     let plain = match wire.incoming(&mut msg) {
                         Ok(plain) => plain,
                         Err(e) => {
@@ -392,6 +434,7 @@ impl Worker<'_> {
             self.config.metrics.in_flight.set(self.busy() as i64);
             // Nothing more to read right now: do not hold results back.
             self.outbox.flush(results, self.id)?;
+            self.report_credit(jobs)?;
         }
     }
 
@@ -447,6 +490,8 @@ impl Worker<'_> {
         if self.outbox.run != Some(header.run) {
             crate::cli::record_run(&header.run);
         }
+        self.credit.received(batch.jobs.len(), header.run);
+        self.credit.heard(Instant::now());
         if batch.isolate {
             // Possibly a poison order: let everything else finish and its
             // results leave first, so a crash takes nothing else with it.

@@ -128,6 +128,32 @@ impl Grid {
     pub fn report(&self) -> Value {
         read_json(&self.dir.join("state").join("report.json"))
     }
+
+    /// A whole run: a sink, `workers` workers with `worker_args`, a
+    /// ventilator with `vent_args`; waits for the ventilator and the sink to
+    /// exit 0 (every log dumped if not) and returns the report and the
+    /// ventilator, whose log tells what it did.
+    pub fn run_to_completion(
+        &mut self,
+        vent_args: &[&str],
+        workers: usize,
+        worker_args: &[&str],
+    ) -> (Value, Proc) {
+        let mut sink = self.sink(&["--progress-ms", "50"]);
+        let mut ws: Vec<Proc> = (0..workers).map(|_| self.worker(worker_args)).collect();
+        let mut vent = self.ventilator(vent_args);
+        vent.success();
+        sink.success();
+        for w in &mut ws {
+            w.success();
+        }
+        (self.report(), vent)
+    }
+}
+
+/// The run id in a report.
+pub fn run_id(report: &Value) -> String {
+    report["run"]["id"].as_str().unwrap_or_default().to_string()
 }
 
 impl Drop for Grid {

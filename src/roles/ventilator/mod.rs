@@ -1,0 +1,657 @@
+//! The ventilator: reads the input, gives each counted line a seq, sends
+//! orders to the workers that have room for them and its own verdicts
+//! (malformed, duplicate, poison) to the sink, and sends an order again only
+//! when the worker holding it is gone.
+//!
+//! - [`reader`]: the reader thread (parse, dedup, encode).
+//! - [`handshake`]: `Hello` until the sink says what is tallied already.
+//! - [`dispatch`]: the sans-IO core: worker credit, lanes, isolation of
+//!   lost orders, poison, liveness. Its module doc states the rules.
+//! - this file: the run loop, which only moves bytes between the sockets,
+//!   the reader and the core.
+//!
+//! Poison: an order is given up (dead-lettered, tallied `failed`) after its
+//! worker was lost with it `max_deliveries` times, a loss being a worker
+//! gone after a jobs connection closed while the sink was answering.
+
+pub mod dispatch;
+pub mod handshake;
+pub mod reader;
+
+use crate::fasthash::SeqMap;
+use crate::input::{InputSpec, LineSource};
+use crate::ledger::SeqSet;
+use crate::protocol::{self, Acks, Credit, Hello, Kind, Progress, RunId};
+use crate::shutdown::Shutdown;
+use crate::transport::{self, Connection, SocketTuning, Wire};
+use crate::{Error, Result};
+use dispatch::{Action, Dispatch, DispatchConfig, Payload, Peer};
+use handshake::Greeting;
+use reader::{DeadLetter, Prepared, ReaderHandle, ReaderSetup};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// What a ventilator needs to run.
+#[derive(Debug, Clone)]
+pub struct VentilatorConfig {
+    pub input: InputSpec,
+    pub jobs: String,
+    pub acks: String,
+    /// The run id; by default the digest of the input.
+    pub run_id: Option<RunId>,
+    pub dead_letter: PathBuf,
+    /// Orders per job frame at most.
+    pub batch: usize,
+    /// Orders read and not yet acknowledged, at most (memory).
+    pub window: usize,
+    /// Job frames queued towards each worker (ZMQ_SNDHWM); credit bounds them.
+    pub send_hwm: i32,
+    /// Times an order's worker may be lost with it before it is given up as poison.
+    pub max_deliveries: u8,
+    /// An answered order or a verdict not acknowledged this long is sent again.
+    pub min_timeout: Duration,
+    /// A worker silent this long while the sink answers is gone.
+    pub liveness: Duration,
+    /// Counters and gauges (served with `--metrics`).
+    pub metrics: crate::metrics::Metrics,
+    /// Plain or sealed frames.
+    pub wire: Wire,
+}
+
+impl Default for VentilatorConfig {
+    fn default() -> Self {
+        VentilatorConfig {
+            input: InputSpec::Stdin,
+            jobs: crate::DEFAULT_JOBS.into(),
+            acks: crate::DEFAULT_ACKS.into(),
+            run_id: None,
+            dead_letter: crate::DEFAULT_DEAD_LETTER.into(),
+            batch: 1024,
+            window: 32_768,
+            send_hwm: 1000,
+            max_deliveries: 3,
+            min_timeout: Duration::from_secs(1),
+            liveness: Duration::from_secs(3),
+            metrics: crate::metrics::Metrics::default(),
+            wire: Wire::plain(),
+        }
+    }
+}
+
+/// How a ventilator's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VentilatorExit {
+    /// The sink reports the run complete.
+    Complete {
+        run: RunId,
+        lines: u64,
+        redelivered: u64,
+        poisoned: u64,
+    },
+    /// Stopped by a signal; start again with the same input to resume.
+    Stopped { run: RunId },
+}
+
+/// The sockets of the run loop.
+struct Sockets {
+    /// ROUTER: job frames out, credit in.
+    jobs: Connection,
+    /// DEALER to the sink.
+    sink: Connection,
+    /// Connection closures on the jobs socket.
+    monitor: zmq::Socket,
+    /// For the doorbell of a reader started again.
+    ctx: zmq::Context,
+}
+
+/// Runs a ventilator until the sink reports the run complete or a stop is requested.
+pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorExit> {
+    let (source, digest) = LineSource::open(&config.input)?;
+    let run = match (config.run_id, digest) {
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => {
+            let id = stream_run_id();
+            tracing::warn!(run = %id, "reading a stream without --run-id: this run cannot be resumed after a ventilator restart");
+            id
+        }
+    };
+    crate::cli::record_run(&run);
+    let ctx = zmq::Context::new();
+    let jobs = bind_jobs(&ctx, config)?;
+    let tuning = SocketTuning {
+        send_hwm: 10_000,
+        recv_hwm: 10_000,
+    };
+    let sink = transport::connect(&ctx, zmq::DEALER, &config.acks, tuning, "acks")?;
+    let mut sink = Connection::new(sink, config.wire.clone(), "acks", &config.metrics);
+    tracing::info!(run = %run, input = %config.input.describe(), jobs = %config.jobs, acks = %config.acks, "ventilator started");
+    let hello = protocol::frame(
+        Kind::Hello,
+        run,
+        &Hello {
+            input: config.input.describe(),
+            expected: reader::expected_total(&config.input),
+            expected_is_estimate: matches!(config.input, InputSpec::File(_)),
+        },
+    );
+    let m = &config.metrics;
+    let done = match handshake::greet(&mut sink, run, &hello, &config.acks, shutdown, m)? {
+        Greeting::Welcomed(done) => done,
+        Greeting::Stopped => return Ok(VentilatorExit::Stopped { run }),
+        Greeting::Complete => {
+            tracing::info!(run = %run, "the sink reports this run complete");
+            return Ok(VentilatorExit::Complete {
+                run,
+                lines: 0,
+                redelivered: 0,
+                poisoned: 0,
+            });
+        }
+    };
+    let already: u64 = done.words().iter().map(|w| u64::from(w.count_ones())).sum();
+    tracing::info!(run = %run, already_tallied = already, "the sink accepted the run");
+    let monitor = monitor_jobs(&ctx, &jobs, run)?;
+    let jobs = Connection::new(jobs, config.wire.clone(), "jobs", &config.metrics);
+    let setup = reader_setup(&ctx, config, run, 0);
+    let reader = ReaderHandle::start(&setup, source, done)?;
+    let mut sockets = Sockets {
+        jobs,
+        sink,
+        monitor,
+        ctx: ctx.clone(),
+    };
+    let mut lp = Loop::new(config, run, hello, reader);
+    let result = lp.serve(&mut sockets, shutdown);
+    lp.reader.stop()?;
+    result
+}
+
+fn reader_setup<'a>(
+    ctx: &'a zmq::Context,
+    config: &'a VentilatorConfig,
+    run: RunId,
+    generation: u32,
+) -> ReaderSetup<'a> {
+    ReaderSetup {
+        ctx,
+        input: &config.input,
+        dead_letter: &config.dead_letter,
+        batch: config.batch,
+        name: format!("{run}-{generation}"),
+    }
+}
+
+/// A fresh run id for a stream given without `--run-id`: this process
+/// and the time, hashed.
+fn stream_run_id() -> RunId {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!("stream:{}:{nanos}", std::process::id());
+    RunId(xxhash_rust::xxh3::xxh3_64(seed.as_bytes()))
+}
+
+/// The jobs ROUTER, bound; sends to a worker that is gone fail at once.
+fn bind_jobs(ctx: &zmq::Context, config: &VentilatorConfig) -> Result<zmq::Socket> {
+    let tuning = SocketTuning {
+        send_hwm: config.send_hwm,
+        recv_hwm: 1000,
+    };
+    let jobs = transport::bind(ctx, zmq::ROUTER, &config.jobs, tuning, "jobs")?;
+    jobs.set_router_mandatory(true)
+        .map_err(|e| Error::zmq("cannot set ZMQ_ROUTER_MANDATORY on the jobs socket", e))?;
+    Ok(jobs)
+}
+
+/// A PAIR that receives the jobs socket's connection closures (a crashed
+/// worker's connection closes at once; a frozen one's does not).
+fn monitor_jobs(ctx: &zmq::Context, jobs: &zmq::Socket, run: RunId) -> Result<zmq::Socket> {
+    let endpoint = format!("inproc://ventilator-jobs-monitor-{run}");
+    jobs.monitor(&endpoint, zmq::SocketEvent::DISCONNECTED as i32)
+        .map_err(|e| Error::zmq("cannot monitor the jobs socket", e))?;
+    let monitor = ctx
+        .socket(zmq::PAIR)
+        .map_err(|e| Error::zmq("cannot create the jobs monitor", e))?;
+    monitor
+        .connect(&endpoint)
+        .map_err(|e| Error::zmq("cannot connect the jobs monitor", e))?;
+    Ok(monitor)
+}
+
+/// ROUTER identities of the workers, as the core's [`Peer`] numbers.
+#[derive(Default)]
+struct Peers {
+    by_identity: std::collections::HashMap<Vec<u8>, Peer>,
+    identities: SeqMap<Peer, Vec<u8>>,
+}
+
+impl Peers {
+    fn peer(&mut self, identity: &[u8]) -> Peer {
+        if let Some(&p) = self.by_identity.get(identity) {
+            return p;
+        }
+        let p = self.identities.len() as Peer + 1;
+        self.by_identity.insert(identity.to_vec(), p);
+        self.identities.insert(p, identity.to_vec());
+        p
+    }
+}
+
+/// The run loop's state: the core and what the bytes need.
+struct Loop {
+    config: VentilatorConfig,
+    run: RunId,
+    hello: Vec<u8>,
+    core: Dispatch,
+    peers: Peers,
+    reader: ReaderHandle,
+    input: InputState,
+    dead_letter: DeadLetter,
+    frame: Vec<u8>,
+    timers: Timers,
+}
+
+/// How far the input has been read, and a sink's bitmap being received.
+#[derive(Default)]
+struct InputState {
+    /// The next seq the reader will hand over, and the total once read.
+    horizon: u64,
+    total: Option<u64>,
+    /// `Welcome` chunks of a sink that came back, until the last.
+    rewelcome: Option<SeqSet>,
+    /// Readers started so far.
+    generation: u32,
+}
+
+/// When the loop last did its periodic chores.
+struct Timers {
+    progress: Instant,
+    hello: Instant,
+    log: Instant,
+    sink_heard: Instant,
+    silence_warned: Instant,
+}
+
+impl Loop {
+    fn new(config: &VentilatorConfig, run: RunId, hello: Vec<u8>, reader: ReaderHandle) -> Loop {
+        let now = Instant::now();
+        let core = Dispatch::new(DispatchConfig {
+            batch: config.batch,
+            max_deliveries: config.max_deliveries,
+            liveness: config.liveness,
+            quick_liveness: crate::flow::HEARTBEAT * 3,
+            ack_timeout: (config.min_timeout * 4).max(Duration::from_millis(200)),
+        });
+        Loop {
+            config: config.clone(),
+            run,
+            hello,
+            core,
+            peers: Peers::default(),
+            reader,
+            input: InputState::default(),
+            dead_letter: DeadLetter::new(config.dead_letter.clone()),
+            frame: Vec::new(),
+            timers: Timers {
+                progress: now - Duration::from_secs(1),
+                hello: now,
+                log: now,
+                sink_heard: now,
+                silence_warned: now,
+            },
+        }
+    }
+
+    fn serve(&mut self, s: &mut Sockets, shutdown: &Shutdown) -> Result<VentilatorExit> {
+        let mut msg = zmq::Message::new();
+        loop {
+            if shutdown.requested() {
+                tracing::info!(run = %self.run, unacknowledged = self.core.len(), "stop requested; start again with the same input to resume");
+                return Ok(VentilatorExit::Stopped { run: self.run });
+            }
+            let took = self.take_prepared()?;
+            self.chores(s, took)?;
+            let actions = self.core.poll(Instant::now());
+            self.carry_out(s, actions)?;
+            let mut items = [
+                s.sink.socket().as_poll_item(zmq::POLLIN),
+                self.reader.bell.as_poll_item(zmq::POLLIN),
+                s.jobs.socket().as_poll_item(zmq::POLLIN),
+                s.monitor.as_poll_item(zmq::POLLIN),
+            ];
+            transport::poll(&mut items, if took { 0 } else { self.poll_timeout() })?;
+            let ready = [1, 3].map(|i| items[i].is_readable());
+            if ready[0] {
+                while transport::try_recv(&self.reader.bell, &mut msg, "doorbell")? {}
+            }
+            if ready[1] {
+                self.on_monitor(s, &mut msg)?;
+            }
+            self.on_credits(s)?;
+            if let Some(exit) = self.on_sink(s)? {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// Takes what the reader prepared while the window has room.
+    fn take_prepared(&mut self) -> Result<bool> {
+        let mut took = false;
+        while self.input.total.is_none() && self.core.len() < self.config.window {
+            match self.reader.rx.try_recv() {
+                Ok(p) => {
+                    self.admit(p);
+                    took = true;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                // The reader stopped early: only on an error, which join reports.
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(Error::Config("the input reader stopped".into()))
+                }
+            }
+        }
+        Ok(took)
+    }
+
+    fn admit(&mut self, p: Prepared) {
+        let m = &self.config.metrics;
+        m.lines_read.inc_by((p.locals.len() + p.jobs.len()) as u64);
+        for &(seq, line, outcome) in &p.locals {
+            self.core.admit_local(p.read_at, seq, line, outcome);
+        }
+        let bytes = Arc::new(p.jobs_bytes);
+        for &(seq, line, start, end) in &p.jobs {
+            let payload = Payload::Job {
+                bytes: bytes.clone(),
+                start,
+                end,
+            };
+            self.core.admit_job(p.read_at, seq, line, payload);
+        }
+        self.input.horizon = self.input.horizon.max(p.next_seq);
+        if let Some(total) = p.total {
+            self.input.total = Some(total);
+            tracing::info!(run = %self.run, total, "input read to the end");
+        }
+    }
+
+    /// Progress to the sink, metrics, the periodic log line, the silence warning.
+    fn chores(&mut self, s: &mut Sockets, took: bool) -> Result<()> {
+        let now = Instant::now();
+        if took || now.duration_since(self.timers.progress) >= Duration::from_millis(100) {
+            // Announce a window ahead, so the sink knows every seq this
+            // ventilator may send before any result for it can arrive.
+            let progress = Progress {
+                horizon: self.input.horizon + self.config.window as u64,
+                total: self.input.total,
+                in_flight: self.core.len() as u64,
+                redelivered: self.core.counts().redelivered,
+            };
+            let frame = protocol::frame(Kind::Progress, self.run, &progress);
+            self.send_to_sink(s, &frame)?;
+            self.timers.progress = now;
+            self.publish_metrics(now);
+        }
+        if now.duration_since(self.timers.log) >= Duration::from_secs(5) {
+            self.timers.log = now;
+            let c = self.core.counts();
+            tracing::info!(run = %self.run, read = self.input.horizon, unacknowledged = self.core.len(), at_workers = self.core.at_workers(), workers = self.core.workers(), credit = self.core.capacity(), redelivered = c.redelivered, "progress");
+        }
+        self.warn_if_silent(now);
+        Ok(())
+    }
+
+    fn publish_metrics(&self, now: Instant) {
+        let m = &self.config.metrics;
+        let c = self.core.counts();
+        m.in_flight.set(self.core.len() as i64);
+        m.in_flight_limit.set(self.core.capacity() as i64);
+        let silent = now.duration_since(self.timers.sink_heard).as_secs();
+        m.peer_silence
+            .set(if silent >= 1 { silent as i64 } else { 0 });
+        let (d, r, p) = (m.dispatched.get(), m.redelivered.get(), m.poisoned.get());
+        m.dispatched.inc_by(c.dispatched.saturating_sub(d));
+        m.redelivered.inc_by(c.redelivered.saturating_sub(r));
+        m.poisoned.inc_by(c.poisoned.saturating_sub(p));
+    }
+
+    /// Says so, after a few seconds and then periodically, when the sink is silent.
+    fn warn_if_silent(&mut self, now: Instant) {
+        let silent = now.duration_since(self.timers.sink_heard);
+        let since_warned = now.duration_since(self.timers.silence_warned);
+        if silent >= handshake::SILENCE_WARNING && since_warned >= handshake::SILENCE_WARNING {
+            self.timers.silence_warned = now;
+            tracing::warn!(run = %self.run, "no answer from the sink at {} for {} s; still holding {} orders", self.config.acks, silent.as_secs(), self.core.len());
+        }
+    }
+
+    fn poll_timeout(&self) -> i64 {
+        let now = Instant::now();
+        match self.core.next_due() {
+            Some(due) if due <= now => 0,
+            Some(due) => ((due - now).as_millis() as i64 + 1).min(100),
+            None => 100,
+        }
+    }
+
+    fn send_to_sink(&mut self, s: &mut Sockets, frame: &[u8]) -> Result<bool> {
+        s.sink.send_frame(frame)
+    }
+
+    fn carry_out(&mut self, s: &mut Sockets, actions: Vec<Action>) -> Result<()> {
+        for action in actions {
+            match action {
+                Action::Jobs { to, isolate, seqs } => self.send_jobs(s, to, isolate, seqs)?,
+                Action::Probe(to) => self.send_jobs(s, to, false, Vec::new())?,
+                Action::Locals(seqs) => self.send_locals(s, &seqs)?,
+                Action::DeadLetter { line, reason } => {
+                    tracing::warn!(run = %self.run, line, "{reason}; giving it up as failed");
+                    if let Err(e) = self.dead_letter.write(line, &reason) {
+                        tracing::error!(error = %e, "cannot write the dead-letter file");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One job frame to one worker (an empty one probes its connection); a
+    /// worker gone or full gives the orders back.
+    fn send_jobs(
+        &mut self,
+        s: &mut Sockets,
+        to: Peer,
+        isolate: bool,
+        seqs: Vec<u64>,
+    ) -> Result<()> {
+        let slices: Vec<&[u8]> = seqs.iter().filter_map(|&seq| self.core.job(seq)).collect();
+        protocol::jobs_frame(&mut self.frame, self.run, isolate, slices.len(), slices);
+        let Some(identity) = self.peers.identities.get(&to) else {
+            self.core.unsend(to, &seqs);
+            return Ok(());
+        };
+        match s.jobs.send_routed(identity, &self.frame) {
+            Ok(()) => Ok(()),
+            Err(zmq::Error::EHOSTUNREACH) => {
+                let actions = self.core.on_unreachable(Instant::now(), to, &seqs);
+                self.carry_out(s, actions)
+            }
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                self.core.unsend(to, &seqs);
+                Ok(())
+            }
+            Err(e) => Err(Error::zmq("cannot send on the jobs socket", e)),
+        }
+    }
+
+    /// The ventilator's own outcomes, to the sink.
+    fn send_locals(&mut self, s: &mut Sockets, seqs: &[u64]) -> Result<()> {
+        for chunk in seqs.chunks(self.config.batch.max(64)) {
+            let mut records = Vec::new();
+            let mut count = 0;
+            for &seq in chunk {
+                if let Some(outcome) = self.core.local(seq) {
+                    let none = std::iter::empty();
+                    protocol::write_result_record(&mut records, seq, outcome.code(), "", 0, none);
+                    count += 1;
+                }
+            }
+            let mut frame = Vec::new();
+            protocol::results_frame(&mut frame, self.run, 0, count, &records);
+            // Not taken now: sent again when its acknowledgement is overdue.
+            self.send_to_sink(s, &frame)?;
+        }
+        Ok(())
+    }
+
+    fn on_monitor(&mut self, s: &mut Sockets, msg: &mut zmq::Message) -> Result<()> {
+        // Each event is two frames: event and address.
+        let mut went = 0;
+        while transport::try_recv(&s.monitor, msg, "jobs monitor")? {
+            if !msg.get_more() {
+                went += 1;
+            }
+        }
+        if went > 0 {
+            self.core.on_disconnect(Instant::now());
+            tracing::info!(run = %self.run, connections = went, unacknowledged = self.core.len(), "a worker connection closed");
+        }
+        Ok(())
+    }
+
+    /// Credit reports from workers: `[identity, frame]`.
+    fn on_credits(&mut self, s: &mut Sockets) -> Result<()> {
+        let mut identity = zmq::Message::new();
+        while let Some((h, body)) = s.jobs.recv_routed(&mut identity)? {
+            let credit = match h.kind {
+                Kind::Credit => protocol::decode::<Credit>(body).ok(),
+                _ => None,
+            };
+            let Some(credit) = credit else {
+                self.config.metrics.bad_frames.inc();
+                continue;
+            };
+            let peer = self.peers.peer(&identity);
+            self.core.on_credit(Instant::now(), peer, &credit);
+            if credit.holds.is_some() {
+                // A heartbeat: an empty frame answers it (the worker knows
+                // the ventilator is there), and probes the connection.
+                self.send_jobs(s, peer, false, Vec::new())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames from the sink: acknowledgements, a re-welcome, busy, complete.
+    fn on_sink(&mut self, s: &mut Sockets) -> Result<Option<VentilatorExit>> {
+        while let Some((h, body)) = s.sink.recv()? {
+            if h.run != self.run {
+                continue;
+            }
+            // The sink answers every progress report: it is alive.
+            let now = Instant::now();
+            self.core.on_sink_heard(now);
+            self.timers.sink_heard = now;
+            let mut came_back = false;
+            match h.kind {
+                Kind::Acks => {
+                    if let Ok(acks) = protocol::decode::<Acks>(body) {
+                        self.acknowledge(now, &acks);
+                    }
+                }
+                Kind::Welcome => {
+                    // After a re-hello: a sink that came back.
+                    let bitmap = self.input.rewelcome.get_or_insert_with(SeqSet::default);
+                    came_back = handshake::merge_welcome(bitmap, body);
+                }
+                Kind::Busy if now.duration_since(self.timers.hello) > Duration::from_secs(1) => {
+                    s.sink.send_frame(&self.hello)?;
+                    self.timers.hello = now;
+                }
+                Kind::Complete => return Ok(Some(self.complete())),
+                _ => {}
+            }
+            if came_back {
+                self.on_sink_restart(s)?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// A sink came back with this bitmap of what it holds. Its earlier
+    /// acknowledgements are not trusted: whatever it lacks is sent again,
+    /// reading the input again if needed.
+    fn on_sink_restart(&mut self, s: &mut Sockets) -> Result<()> {
+        let bitmap = self.input.rewelcome.take().unwrap_or_default();
+        let now = Instant::now();
+        self.acknowledge(now, &bitmap_acks(&bitmap));
+        self.core.on_sink_restart(now);
+        let missing = (0..self.input.horizon)
+            .filter(|&seq| !bitmap.contains(seq) && self.core.place(seq).is_none())
+            .count();
+        tracing::info!(run = %self.run, tallied = bitmap_acks(&bitmap).seqs().count(), missing, "the sink came back");
+        if missing == 0 {
+            return Ok(());
+        }
+        if matches!(self.config.input, InputSpec::Stdin) {
+            return Err(Error::State(format!("the sink came back without {missing} orders it had acknowledged, and a stream (--input -) cannot be read again; run it again with --run-id to resume")));
+        }
+        tracing::warn!(run = %self.run, missing, "the sink came back without orders it had acknowledged; reading the input again to send them");
+        self.restart_reader(s, bitmap)
+    }
+
+    /// Replaces the reader with one that hands over what neither the sink
+    /// nor the core holds.
+    fn restart_reader(&mut self, s: &mut Sockets, bitmap: SeqSet) -> Result<()> {
+        self.input.generation += 1;
+        let setup = reader_setup(&s.ctx, &self.config, self.run, self.input.generation);
+        // Stop the old one first: what it had not handed over is read again.
+        self.reader.stop()?;
+        let mut done = bitmap;
+        for seq in self.core.seqs() {
+            done.insert(seq);
+        }
+        let (source, _) = LineSource::open(&self.config.input)?;
+        self.reader = ReaderHandle::start(&setup, source, done)?;
+        self.input.total = None;
+        Ok(())
+    }
+
+    fn acknowledge(&mut self, now: Instant, acks: &Acks) {
+        let before = self.core.counts().acked;
+        for latency in self.core.on_acks(now, acks) {
+            self.config
+                .metrics
+                .ack_latency_seconds
+                .observe(latency.as_secs_f64());
+        }
+        let acked = self.core.counts().acked - before;
+        self.config.metrics.acked.inc_by(acked);
+    }
+
+    fn complete(&self) -> VentilatorExit {
+        let lines = self.input.total.unwrap_or(self.input.horizon);
+        let c = self.core.counts();
+        tracing::info!(run = %self.run, lines, redelivered = c.redelivered, poisoned = c.poisoned, "the sink reports the run complete");
+        VentilatorExit::Complete {
+            run: self.run,
+            lines,
+            redelivered: c.redelivered,
+            poisoned: c.poisoned,
+        }
+    }
+}
+
+/// The seqs a sink's bitmap says are tallied.
+fn bitmap_acks(bitmap: &SeqSet) -> Acks {
+    let mut acks = Acks::default();
+    for (i, word) in bitmap.words().iter().enumerate() {
+        for bit in 0..64 {
+            if word & (1 << bit) != 0 {
+                acks.push(i as u64 * 64 + bit);
+            }
+        }
+    }
+    acks
+}

@@ -1,0 +1,348 @@
+//! The reader thread: reads lines, gives each counted line its seq, parses
+//! it, detects duplicate order ids and encodes jobs in batches for the
+//! dispatcher; malformed lines go to the dead-letter file at once.
+
+use crate::dedup::{DigestSet, Pending};
+use crate::generator::GeneratedOrder;
+use crate::input::{InputSpec, LineSource, RawLine, SourceItem};
+use crate::ledger::SeqSet;
+use crate::order::{self, Line, Malformed};
+use crate::protocol;
+use crate::rules::Outcome;
+use crate::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+/// Appends `{"line": N, "reason": "…"}` records; opened on first use.
+pub struct DeadLetter {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl DeadLetter {
+    /// A dead-letter file at `path`, created on the first record.
+    pub fn new(path: PathBuf) -> DeadLetter {
+        DeadLetter { path, file: None }
+    }
+
+    pub fn write(&mut self, line: u64, reason: &str) -> Result<()> {
+        if self.file.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| Error::io("cannot open dead-letter file", &self.path, e))?;
+            self.file = Some(f);
+        }
+        let mut rec = serde_json::to_string(&serde_json::json!({ "line": line, "reason": reason }))
+            .expect("json");
+        rec.push('\n');
+        self.file
+            .as_mut()
+            .expect("opened")
+            .write_all(rec.as_bytes())
+            .map_err(|e| Error::io("cannot write dead-letter file", &self.path, e))
+    }
+}
+
+/// What the reader hands the dispatcher.
+pub struct Prepared {
+    /// Encoded jobs back to back.
+    pub jobs_bytes: Vec<u8>,
+    /// `(seq, line, start, end)` of each job in `jobs_bytes`.
+    pub jobs: Vec<(u64, u64, u32, u32)>,
+    /// The reader's own verdicts: `(seq, line, outcome)`.
+    pub locals: Vec<(u64, u64, Outcome)>,
+    /// Seqs up to here have been read (the next seq).
+    pub next_seq: u64,
+    /// Set on the last message: the number of counted lines.
+    pub total: Option<u64>,
+    /// When the batch's first line was read (for the latency histogram).
+    pub read_at: Instant,
+}
+
+pub struct Reader {
+    pub source: LineSource,
+    pub done: SeqSet,
+    pub seen: DigestSet,
+    pub dead_letter: DeadLetter,
+    pub batch: usize,
+    pub tx: mpsc::SyncSender<Prepared>,
+    pub doorbell: zmq::Socket,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// A line as the reader sees it: parsed, or a generated order's fields.
+enum Parsed<'a> {
+    Line(Line<'a>),
+    Generated(&'a GeneratedOrder),
+}
+
+/// About how many distinct orders the input holds, to size the duplicate
+/// set once instead of growing it (each growth copies the whole table).
+pub fn expected_orders(input: &InputSpec) -> usize {
+    match input {
+        InputSpec::Generate { count, .. } => *count as usize,
+        InputSpec::File(path) => estimate_lines(path).unwrap_or(0),
+        InputSpec::Stdin => 0,
+    }
+}
+
+/// The counted lines the sink may expect before the input is read: exact
+/// for `--generate`, a file's estimate, none for a stream.
+pub fn expected_total(input: &InputSpec) -> Option<u64> {
+    match input {
+        InputSpec::Generate { count, .. } => Some(*count),
+        InputSpec::File(path) => estimate_lines(path).map(|n| n as u64),
+        InputSpec::Stdin => None,
+    }
+}
+
+/// A file's size over the average length of the lines in its first MiB.
+pub fn estimate_lines(path: &std::path::Path) -> Option<usize> {
+    use std::io::Read;
+    let mut file = File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut head = Vec::with_capacity(1 << 20);
+    Read::by_ref(&mut file)
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .ok()?;
+    let lines = memchr::memchr_iter(b'\n', &head).count().max(1);
+    Some((size as f64 / (head.len() as f64 / lines as f64)).ceil() as usize)
+}
+
+/// What a duplicate lookup needs to act on its answer: the line's seq and
+/// number, and the index of its encoded job in the batch (none when the
+/// sink has it tallied already).
+type Lookup = (u64, u64, Option<usize>);
+
+/// Marks a job taken back out of a batch (its id turned out a duplicate).
+const WITHDRAWN: u32 = u32::MAX;
+
+impl Reader {
+    pub fn run(mut self) -> Result<()> {
+        let mut seq = 0u64;
+        let mut out = self.empty();
+        // Each line's job is encoded at once and its duplicate lookup done a
+        // few lines later (see crate::dedup); a duplicate's job is withdrawn.
+        let mut pending: Pending<Lookup> = Pending::default();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if (!out.jobs.is_empty() || !out.locals.is_empty()) && self.source.may_block() {
+                // A stream went quiet: do not hold what we have.
+                Self::resolve_all(&mut pending, &mut self.seen, &mut out);
+                out.next_seq = seq;
+                let full = std::mem::replace(&mut out, self.empty());
+                if !self.send(full) {
+                    return Ok(());
+                }
+            }
+            let Some(item) = self.source.next_item()? else {
+                break;
+            };
+            let (number, line) = match item {
+                SourceItem::Generated { number, order } => (number, Parsed::Generated(order)),
+                SourceItem::Raw(RawLine {
+                    number,
+                    bytes,
+                    full_len,
+                }) if full_len > bytes.len() => (
+                    number,
+                    Parsed::Line(Line::Malformed(Malformed::TooLong(full_len))),
+                ),
+                SourceItem::Raw(raw) => (raw.number, Parsed::Line(order::parse_line(raw.bytes))),
+            };
+            let this = seq;
+            let order_id: &str = match &line {
+                Parsed::Line(Line::Blank) => continue,
+                Parsed::Line(Line::Malformed(why)) => {
+                    seq += 1;
+                    if !self.done.contains(this) {
+                        self.dead_letter.write(number, &why.to_string())?;
+                        out.locals.push((this, number, Outcome::Malformed));
+                    }
+                    continue;
+                }
+                Parsed::Line(Line::Order(order)) => &order.order_id,
+                Parsed::Generated(order) => &order.order_id,
+            };
+            seq += 1;
+            let digest = xxhash_rust::xxh3::xxh3_128(order_id.as_bytes());
+            let job = if self.done.contains(this) {
+                None
+            } else {
+                let bytes = &mut out.jobs_bytes;
+                let start = bytes.len() as u32;
+                match &line {
+                    Parsed::Generated(g) => {
+                        let items = g.items.iter().map(|&(s, e, q, p)| (&g.skus[s..e], q, p));
+                        let fields = [&*g.order_id, &*g.customer_id, g.currency, g.payment_token];
+                        protocol::write_job_fields(bytes, this, fields, items);
+                    }
+                    Parsed::Line(Line::Order(order)) => protocol::write_job(bytes, this, order),
+                    Parsed::Line(_) => unreachable!("only orders get here"),
+                }
+                let end = bytes.len() as u32;
+                out.jobs.push((this, number, start, end));
+                Some(out.jobs.len() - 1)
+            };
+            if let Some(answer) = pending.push(&mut self.seen, digest, (this, number, job)) {
+                Self::resolve(answer, &mut out);
+            }
+            if out.jobs.len() >= self.batch
+                || out.jobs_bytes.len() >= 256 << 10
+                || out.locals.len() >= self.batch
+            {
+                Self::resolve_all(&mut pending, &mut self.seen, &mut out);
+                out.next_seq = seq;
+                let full = std::mem::replace(&mut out, self.empty());
+                if !self.send(full) {
+                    return Ok(());
+                }
+            }
+        }
+        Self::resolve_all(&mut pending, &mut self.seen, &mut out);
+        out.next_seq = seq;
+        out.total = Some(seq);
+        self.send(out);
+        Ok(())
+    }
+
+    /// Acts on one duplicate lookup: a repeated id's job is withdrawn from
+    /// the batch and the line counted as a duplicate (unless tallied already).
+    fn resolve((fresh, (seq, number, job)): (bool, Lookup), out: &mut Prepared) {
+        if fresh {
+            return;
+        }
+        if let Some(index) = job {
+            out.jobs[index].2 = WITHDRAWN;
+            out.locals.push((seq, number, Outcome::Duplicate));
+        }
+    }
+
+    /// Finishes every waiting lookup and drops withdrawn jobs: before a batch leaves.
+    fn resolve_all(pending: &mut Pending<Lookup>, seen: &mut DigestSet, out: &mut Prepared) {
+        while let Some(answer) = pending.pop(seen) {
+            Self::resolve(answer, out);
+        }
+        out.jobs.retain(|job| job.2 != WITHDRAWN);
+    }
+
+    fn empty(&self) -> Prepared {
+        Prepared {
+            jobs_bytes: Vec::with_capacity(self.batch * 160),
+            jobs: Vec::with_capacity(self.batch),
+            locals: Vec::new(),
+            next_seq: 0,
+            total: None,
+            read_at: Instant::now(),
+        }
+    }
+
+    /// False when the dispatcher is gone.
+    fn send(&self, prepared: Prepared) -> bool {
+        if self.tx.send(prepared).is_err() {
+            return false;
+        }
+        // One pending ring is enough; a full doorbell is fine.
+        let _ = self.doorbell.send(&b""[..], zmq::DONTWAIT);
+        true
+    }
+}
+
+/// The reader thread as the run loop holds it: its channel, its doorbell
+/// (readable when a batch is ready), and the way to stop it. A sink that
+/// comes back without orders it had acknowledged gets a new reader, which
+/// reads the input again and hands over only what is still missing.
+pub struct ReaderHandle {
+    pub rx: mpsc::Receiver<Prepared>,
+    pub bell: zmq::Socket,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+/// What a reader needs besides its input.
+pub struct ReaderSetup<'a> {
+    pub ctx: &'a zmq::Context,
+    pub input: &'a InputSpec,
+    pub dead_letter: &'a std::path::Path,
+    pub batch: usize,
+    /// Names the doorbell's endpoint: unique per reader of this process.
+    pub name: String,
+}
+
+impl ReaderHandle {
+    /// Opens the input and starts a reader that skips the seqs in `done`.
+    pub fn start(
+        setup: &ReaderSetup<'_>,
+        source: LineSource,
+        done: SeqSet,
+    ) -> Result<ReaderHandle> {
+        let endpoint = format!("inproc://ventilator-doorbell-{}", setup.name);
+        let zerr = |what: &'static str| move |e| Error::zmq(what, e);
+        let bell = setup
+            .ctx
+            .socket(zmq::PAIR)
+            .map_err(zerr("cannot create the doorbell"))?;
+        bell.bind(&endpoint)
+            .map_err(zerr("cannot bind the doorbell"))?;
+        let ring = setup
+            .ctx
+            .socket(zmq::PAIR)
+            .map_err(zerr("cannot create the doorbell"))?;
+        ring.set_sndhwm(1)
+            .map_err(zerr("cannot set the doorbell's HWM"))?;
+        ring.connect(&endpoint)
+            .map_err(zerr("cannot connect the doorbell"))?;
+        let (tx, rx) = mpsc::sync_channel::<Prepared>(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = Reader {
+            source,
+            done,
+            seen: DigestSet::with_capacity(expected_orders(setup.input)),
+            dead_letter: DeadLetter::new(setup.dead_letter.to_path_buf()),
+            batch: setup.batch,
+            tx,
+            doorbell: ring,
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("reader".into())
+            .spawn({
+                let span = tracing::Span::current();
+                move || span.in_scope(|| reader.run())
+            })
+            .map_err(|e| Error::Config(format!("cannot start the reader thread: {e}")))?;
+        Ok(ReaderHandle {
+            rx,
+            bell,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the reader (what it prepared and did not hand over is
+    /// dropped) and reports how it ended.
+    pub fn stop(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        // Unblocks a reader waiting on a full channel, until it ends.
+        while !thread.is_finished() {
+            while self.rx.try_recv().is_ok() {}
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        match thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(Error::Config("the reader thread panicked".into())),
+        }
+    }
+}
