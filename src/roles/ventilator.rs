@@ -6,6 +6,12 @@
 //! Two threads: the *reader* parses lines, detects duplicates and encodes
 //! jobs; the *dispatcher* owns the sockets, the window and the timers.
 //!
+//! With a stock file (`--stock`), the reader also runs the rules and the
+//! allocator (crate::inventory) on each distinct order in line order: an
+//! order that cannot have all its units is its own verdict, `out_of_stock`,
+//! and never reaches a worker. After the last line it sends one `on_hand`
+//! record per SKU, so the sink holds the stock table durably.
+//!
 //! # Redelivery lanes
 //! An order whose result does not come back in time (an adaptive time-out,
 //! RFC 6298 style, from the measured acknowledgement delay) was lost with a
@@ -25,10 +31,11 @@ use crate::dedup::{DigestSet, Pending};
 use crate::fasthash::SeqMap;
 use crate::generator::GeneratedOrder;
 use crate::input::{InputSpec, LineSource, RawLine, SourceItem};
+use crate::inventory::{Allocator, SkuIndex, StockTable};
 use crate::ledger::SeqSet;
 use crate::order::{self, Line, Malformed};
 use crate::protocol::{self, Acks, Hello, Kind, Progress, RunId, Welcome};
-use crate::rules::Outcome;
+use crate::rules::{self, Outcome, Rejection};
 use crate::seal::{OpenError, RejectLog};
 use crate::shutdown::Shutdown;
 use crate::transport::{self, SocketTuning, Wire};
@@ -48,8 +55,10 @@ pub struct VentilatorConfig {
     pub input: InputSpec,
     pub jobs: String,
     pub acks: String,
-    /// The run id; by default the digest of the input.
+    /// The run id; by default the digest of the input (and of the stock file).
     pub run_id: Option<RunId>,
+    /// The stock file (`--stock`): orders are allocated units in line order.
+    pub stock: Option<PathBuf>,
     pub dead_letter: PathBuf,
     /// Orders per job frame at most.
     pub batch: usize,
@@ -75,6 +84,7 @@ impl Default for VentilatorConfig {
             jobs: crate::DEFAULT_JOBS.into(),
             acks: crate::DEFAULT_ACKS.into(),
             run_id: None,
+            stock: None,
             dead_letter: crate::DEFAULT_DEAD_LETTER.into(),
             batch: 1024,
             window: 32_768,
@@ -139,14 +149,64 @@ struct Prepared {
     jobs: Vec<(u64, u64, u32, u32)>,
     /// The reader's own verdicts: `(seq, line, outcome)`.
     locals: Vec<(u64, u64, Outcome)>,
+    /// Result records the reader encoded whole (the stock file's on_hand records).
+    records: Vec<(u64, Box<[u8]>)>,
     /// Seqs up to here have been read (the next seq).
     next_seq: u64,
     /// Set on the last message: the number of counted lines.
     total: Option<u64>,
 }
 
+/// The reader's stock: the table, the allocator, and the demands of the
+/// orders whose duplicate lookup is pending (reused, cleared per batch).
+struct ReaderStock {
+    table: StockTable,
+    allocator: Allocator,
+    demand: Vec<(SkuIndex, i64)>,
+}
+
+impl ReaderStock {
+    /// Checks the rules and records the order's demand: the range it takes
+    /// in `demand`, empty when a rule rejects it (it holds nothing).
+    fn demand_of(&mut self, line: &Parsed<'_>) -> (u32, u32) {
+        let start = self.demand.len() as u32;
+        let passes = match line {
+            Parsed::Generated(g) => {
+                let items = g.items.iter().map(|&(s, e, q, p)| (&g.skus[s..e], q, p));
+                rules::price_items(g.currency, items.clone()).is_ok() && {
+                    let units = items.map(|(sku, qty, _)| (sku, qty));
+                    self.allocator.demand(units, &mut self.demand);
+                    true
+                }
+            }
+            Parsed::Line(Line::Order(order)) => {
+                rules::price(order).is_ok() && {
+                    let units = order.items.iter().map(|i| (&*i.sku, i.qty));
+                    self.allocator.demand(units, &mut self.demand);
+                    true
+                }
+            }
+            Parsed::Line(_) => false,
+        };
+        if passes {
+            (start, self.demand.len() as u32)
+        } else {
+            (start, start)
+        }
+    }
+
+    /// Allocates a distinct order's demand; false when it is out of stock.
+    fn allocate(&mut self, (start, end): (u32, u32)) -> bool {
+        start == end
+            || self
+                .allocator
+                .allocate(&mut self.demand[start as usize..end as usize])
+    }
+}
+
 struct Reader {
     source: LineSource,
+    stock: Option<ReaderStock>,
     done: SeqSet,
     seen: DigestSet,
     dead_letter: DeadLetter,
@@ -195,9 +255,9 @@ fn estimate_lines(path: &std::path::Path) -> Option<usize> {
 }
 
 /// What a duplicate lookup needs to act on its answer: the line's seq and
-/// number, and the index of its encoded job in the batch (none when the
-/// sink has it tallied already).
-type Lookup = (u64, u64, Option<usize>);
+/// number, the index of its encoded job in the batch (none when the
+/// sink has it tallied already), and its range in the stock demand buffer.
+type Lookup = (u64, u64, Option<usize>, (u32, u32));
 
 /// Marks a job taken back out of a batch (its id turned out a duplicate).
 const WITHDRAWN: u32 = u32::MAX;
@@ -215,7 +275,7 @@ impl Reader {
             }
             if (!out.jobs.is_empty() || !out.locals.is_empty()) && self.source.may_block() {
                 // A stream went quiet: do not hold what we have.
-                Self::resolve_all(&mut pending, &mut self.seen, &mut out);
+                self.resolve_all(&mut pending, &mut out);
                 out.next_seq = seq;
                 let full = std::mem::replace(&mut out, self.empty());
                 if !self.send(full) {
@@ -271,14 +331,18 @@ impl Reader {
                 out.jobs.push((this, number, start, end));
                 Some(out.jobs.len() - 1)
             };
-            if let Some(answer) = pending.push(&mut self.seen, digest, (this, number, job)) {
-                Self::resolve(answer, &mut out);
+            let holds = match &mut self.stock {
+                Some(stock) => stock.demand_of(&line),
+                None => (0, 0),
+            };
+            if let Some(answer) = pending.push(&mut self.seen, digest, (this, number, job, holds)) {
+                Self::resolve(answer, &mut out, &mut self.stock);
             }
             if out.jobs.len() >= self.batch
                 || out.jobs_bytes.len() >= 256 << 10
                 || out.locals.len() >= self.batch
             {
-                Self::resolve_all(&mut pending, &mut self.seen, &mut out);
+                self.resolve_all(&mut pending, &mut out);
                 out.next_seq = seq;
                 let full = std::mem::replace(&mut out, self.empty());
                 if !self.send(full) {
@@ -286,7 +350,10 @@ impl Reader {
                 }
             }
         }
-        Self::resolve_all(&mut pending, &mut self.seen, &mut out);
+        self.resolve_all(&mut pending, &mut out);
+        let Some(seq) = self.send_on_hand(seq, &mut out) else {
+            return Ok(());
+        };
         out.next_seq = seq;
         out.total = Some(seq);
         self.send(out);
@@ -294,23 +361,67 @@ impl Reader {
     }
 
     /// Acts on one duplicate lookup: a repeated id's job is withdrawn from
-    /// the batch and the line counted as a duplicate (unless tallied already).
-    fn resolve((fresh, (seq, number, job)): (bool, Lookup), out: &mut Prepared) {
-        if fresh {
+    /// the batch and the line counted as a duplicate (unless tallied
+    /// already); a new order gets its units, or is withdrawn as out of stock.
+    fn resolve(
+        (fresh, (seq, number, job, holds)): (bool, Lookup),
+        out: &mut Prepared,
+        stock: &mut Option<ReaderStock>,
+    ) {
+        let verdict = if !fresh {
+            Outcome::Duplicate
+        } else if stock.as_mut().is_some_and(|s| !s.allocate(holds)) {
+            Outcome::Rejected(Rejection::OutOfStock)
+        } else {
             return;
-        }
+        };
         if let Some(index) = job {
             out.jobs[index].2 = WITHDRAWN;
-            out.locals.push((seq, number, Outcome::Duplicate));
+            out.locals.push((seq, number, verdict));
         }
     }
 
     /// Finishes every waiting lookup and drops withdrawn jobs: before a batch leaves.
-    fn resolve_all(pending: &mut Pending<Lookup>, seen: &mut DigestSet, out: &mut Prepared) {
-        while let Some(answer) = pending.pop(seen) {
-            Self::resolve(answer, out);
+    fn resolve_all(&mut self, pending: &mut Pending<Lookup>, out: &mut Prepared) {
+        while let Some(answer) = pending.pop(&mut self.seen) {
+            Self::resolve(answer, out, &mut self.stock);
+        }
+        if let Some(stock) = &mut self.stock {
+            stock.demand.clear();
         }
         out.jobs.retain(|job| job.2 != WITHDRAWN);
+    }
+
+    /// After the last line: one on_hand record per SKU of the stock file,
+    /// seqs from `seq` on (those the sink has not tallied). Returns the
+    /// next seq, or None when the dispatcher is gone.
+    fn send_on_hand(&mut self, mut seq: u64, out: &mut Prepared) -> Option<u64> {
+        let Some(stock) = &self.stock else {
+            return Some(seq);
+        };
+        for (sku, units) in stock.table.iter() {
+            if !self.done.contains(seq) {
+                let mut record = Vec::with_capacity(sku.len() + 24);
+                let item = std::iter::once((sku, units));
+                protocol::write_result_record(
+                    &mut record,
+                    seq,
+                    Outcome::OnHand.code(),
+                    "",
+                    0,
+                    item,
+                );
+                out.records.push((seq, record.into_boxed_slice()));
+            }
+            seq += 1;
+            if out.records.len() >= self.batch {
+                out.next_seq = seq;
+                if !self.send(std::mem::replace(out, self.empty())) {
+                    return None;
+                }
+            }
+        }
+        Some(seq)
     }
 
     fn empty(&self) -> Prepared {
@@ -318,6 +429,7 @@ impl Reader {
             jobs_bytes: Vec::with_capacity(self.batch * 160),
             jobs: Vec::with_capacity(self.batch),
             locals: Vec::new(),
+            records: Vec::new(),
             next_seq: 0,
             total: None,
         }
@@ -396,6 +508,8 @@ enum Payload {
         end: u32,
     },
     Local(Outcome),
+    /// A result record the reader encoded whole (an on_hand record).
+    Record(Box<[u8]>),
 }
 
 struct Slot {
@@ -472,7 +586,13 @@ struct Dispatcher {
 
 /// Runs a ventilator until the sink reports the run complete or a stop is requested.
 pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorExit> {
+    let stock = match &config.stock {
+        Some(path) => Some(StockTable::load(path).map_err(|e| Error::Config(e.to_string()))?),
+        None => None,
+    };
     let (source, digest) = LineSource::open(&config.input)?;
+    // The stock file is part of the run's identity.
+    let digest = digest.map(|d| stock.as_ref().map_or(d, |t| with_stock(d, t)));
     let run = match (config.run_id, digest) {
         (Some(id), _) | (None, Some(id)) => id,
         (None, None) => {
@@ -608,8 +728,16 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     ring.connect(&doorbell_ep)
         .map_err(|e| Error::zmq("cannot connect the doorbell", e))?;
     let stop = Arc::new(AtomicBool::new(false));
+    if let Some(table) = &stock {
+        tracing::info!(run = %run, skus = table.len(), "allocating stock in line order");
+    }
     let reader = Reader {
         source,
+        stock: stock.map(|table| ReaderStock {
+            allocator: Allocator::new(&table),
+            table,
+            demand: Vec::with_capacity(64 * 1024),
+        }),
         done,
         seen: DigestSet::with_capacity(expected_orders(&config.input)),
         dead_letter: DeadLetter {
@@ -683,6 +811,14 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// The run id of an input run with a stock file: both digests mixed.
+fn with_stock(input: RunId, stock: &StockTable) -> RunId {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&input.0.to_le_bytes());
+    bytes[8..].copy_from_slice(&stock.digest().to_le_bytes());
+    RunId(xxhash_rust::xxh3::xxh3_64(&bytes))
 }
 
 /// The dispatcher's sockets: jobs to workers, the sink, the reader's
@@ -900,6 +1036,18 @@ impl Dispatcher {
             );
             self.locals_out.push(seq);
         }
+        for (seq, record) in p.records {
+            let payload = Payload::Record(record);
+            let slot = Slot {
+                line: 0,
+                payload,
+                losses: 0,
+                tag: 0,
+                sent_at: None,
+            };
+            self.window.insert(seq, slot);
+            self.locals_out.push(seq);
+        }
         if !p.jobs.is_empty() {
             let jobs_bytes = Arc::new(p.jobs_bytes);
             let mut seqs = Vec::with_capacity(p.jobs.len());
@@ -955,7 +1103,7 @@ impl Dispatcher {
     fn job_slice(slot: &Slot) -> Option<&[u8]> {
         match &slot.payload {
             Payload::Job { bytes, start, end } => Some(&bytes[*start as usize..*end as usize]),
-            Payload::Local(_) => None,
+            Payload::Local(_) | Payload::Record(_) => None,
         }
     }
 
@@ -1133,21 +1281,19 @@ impl Dispatcher {
             let mut records = Vec::new();
             let mut count = 0;
             for &seq in &seqs {
-                if let Some(Slot {
-                    payload: Payload::Local(outcome),
-                    ..
-                }) = self.window.get(&seq)
-                {
-                    protocol::write_result_record(
+                match self.window.get(&seq).map(|slot| &slot.payload) {
+                    Some(Payload::Local(outcome)) => protocol::write_result_record(
                         &mut records,
                         seq,
                         outcome.code(),
                         "",
                         0,
                         std::iter::empty(),
-                    );
-                    count += 1;
+                    ),
+                    Some(Payload::Record(record)) => records.extend_from_slice(record),
+                    _ => continue,
                 }
+                count += 1;
             }
             protocol::results_frame(&mut self.frame, self.run, 0, count, &records);
             if !transport::send_frame(
@@ -1212,7 +1358,7 @@ impl Dispatcher {
             }
             self.resolve_isolated(seq);
             let slot = self.window.get_mut(&seq).expect("checked above");
-            if let Payload::Local(_) = slot.payload {
+            if let Payload::Local(_) | Payload::Record(_) = slot.payload {
                 self.locals_out.push(seq);
                 continue;
             }
