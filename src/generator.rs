@@ -1165,7 +1165,7 @@ pub fn write_stock(
     let hot: Vec<&String> = hot.into_iter().take(3).map(|(s, _)| s).collect();
     let mut skus: Vec<(String, i64)> = demand
         .iter()
-        .filter(|(sku, _)| mix64(fnv(sku.as_bytes())) % 100 != 0)
+        .filter(|(sku, _)| !mix64(fnv(sku.as_bytes())).is_multiple_of(100))
         .map(|(sku, &units)| {
             let share = if hot.contains(&sku) {
                 ratio / 10.0

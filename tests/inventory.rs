@@ -288,7 +288,7 @@ fn bad_stock_files_are_refused_with_one_line() {
             "65 bytes",
         ),
         (
-            format!("{{\"sku\": \"A\", \"on_hand\": 1.5}}\n"),
+            "{\"sku\": \"A\", \"on_hand\": 1.5}\n".to_string(),
             "line 1",
             "not an integer",
         ),
