@@ -61,7 +61,7 @@ fn ventilator(g: &mut Grid, input: &Path, stock: &Path, extra: &[&str]) -> Proc 
     g.ventilator(&args)
 }
 
-fn count(report: &Value, section: &str, key: &str) -> u64 {
+fn count_of(report: &Value, section: &str, key: &str) -> u64 {
     report[section][key].as_u64().unwrap()
 }
 
@@ -77,7 +77,7 @@ fn several_workers_allocate_exactly_as_one_thread_reading_the_file() {
     let report = g.report();
     assert_tallies(&report, &oracle_with_stock(&input, &stock));
     assert!(
-        count(&report, "rejected", "out_of_stock") > 1_000,
+        count_of(&report, "rejected", "out_of_stock") > 1_000,
         "{}",
         report["rejected"]
     );
@@ -86,6 +86,28 @@ fn several_workers_allocate_exactly_as_one_thread_reading_the_file() {
     let table = std::fs::read_to_string(&sink.stdout).unwrap();
     assert!(table.contains("out_of_stock"), "{table}");
     assert!(table.contains("short (available 0)"), "{table}");
+}
+
+#[test]
+fn generated_orders_take_a_stock_file_too() {
+    let mut g = Grid::new("inv-generate");
+    let (input, stock) = generate(&g, 10_000, 45, "0.5");
+    let mut sink = g.sink(&[]);
+    let _worker = g.worker(&[]);
+    let (count, seed) = ("10000", "45");
+    let mut vent = g.ventilator(&[
+        "--generate",
+        count,
+        "--seed",
+        seed,
+        "--stock",
+        stock.to_str().unwrap(),
+    ]);
+    vent.success();
+    sink.success();
+    let report = g.report();
+    assert_tallies(&report, &oracle_with_stock(&input, &stock));
+    assert!(count_of(&report, "rejected", "out_of_stock") > 0);
 }
 
 #[test]
@@ -126,8 +148,8 @@ fn every_rule_of_the_contract_on_a_hand_made_input() {
     worker.success();
     let report = g.report();
     assert_tallies(&report, &oracle_with_stock(&input, &stock));
-    assert_eq!(count(&report, "rejected", "out_of_stock"), 5);
-    assert_eq!(count(&report, "orders", "failed"), 0);
+    assert_eq!(count_of(&report, "rejected", "out_of_stock"), 5);
+    assert_eq!(count_of(&report, "orders", "failed"), 0);
     assert_eq!(
         report["inventory"],
         json!({
@@ -256,8 +278,8 @@ fn a_poison_order_holds_its_units_and_they_are_not_sold() {
     vent.success();
     let report = g.report();
     assert_tallies(&report, &oracle_with_stock(&input, &stock));
-    assert_eq!(count(&report, "orders", "failed"), 1);
-    assert_eq!(count(&report, "rejected", "out_of_stock"), 2);
+    assert_eq!(count_of(&report, "orders", "failed"), 1);
+    assert_eq!(count_of(&report, "rejected", "out_of_stock"), 2);
     assert_eq!(
         report["inventory"]["HOT"],
         json!({"on_hand": 5, "sold": 2, "available": 3})
