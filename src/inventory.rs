@@ -30,13 +30,25 @@ use crate::fasthash::FxMap;
 use crate::rules::MAX_SKU_BYTES;
 use serde_json::Value;
 use std::fmt;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
-/// The stock file, parsed: SKUs in file order with their units on hand.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The stock file, parsed: SKUs in file order with their units on hand, and
+/// the map from a SKU to its index.
+///
+/// Built to hold millions of SKUs in little memory: the names back to back
+/// in one string, and the map keyed by each name's 128-bit digest (xxh3).
+/// Two distinct SKUs with one digest are possible in principle (about
+/// 10^-27 for 10^6 SKUs), as for order ids.
+#[derive(Debug, Clone, Default)]
 pub struct StockTable {
-    skus: Vec<Box<str>>,
+    /// Every SKU, back to back, in file order.
+    names: String,
+    /// Where each SKU ends in `names`.
+    ends: Vec<u32>,
     on_hand: Vec<i64>,
+    index: FxMap<u128, SkuIndex>,
     /// xxh3 of the file's bytes: part of the run's identity.
     digest: u64,
 }
@@ -69,18 +81,32 @@ impl fmt::Display for StockError {
 impl std::error::Error for StockError {}
 
 impl StockTable {
-    /// Reads and checks a stock file.
+    /// Reads and checks a stock file, a line at a time.
     pub fn load(path: &Path) -> Result<StockTable, StockError> {
-        let bytes = std::fs::read(path).map_err(|e| StockError {
-            path: path.to_owned(),
-            line: 0,
-            what: format!("cannot read: {e}"),
-        })?;
-        StockTable::parse(&bytes).map_err(|(line, what)| StockError {
+        let error = |line, what| StockError {
             path: path.to_owned(),
             line,
             what,
-        })
+        };
+        let file = std::fs::File::open(path).map_err(|e| error(0, format!("cannot read: {e}")))?;
+        let mut reader = BufReader::with_capacity(1 << 16, file);
+        let mut table = StockTable::default();
+        let mut hasher = Xxh3::new();
+        let mut line = Vec::new();
+        for number in 1u64.. {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| error(0, format!("cannot read: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&line);
+            let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+            table.add_line(raw).map_err(|what| error(number, what))?;
+        }
+        table.digest = hasher.digest();
+        Ok(table)
     }
 
     /// Parses a stock file's bytes; an error is `(line number, what is wrong)`.
@@ -89,37 +115,56 @@ impl StockTable {
             digest: xxhash_rust::xxh3::xxh3_64(bytes),
             ..StockTable::default()
         };
-        let mut seen: FxMap<Box<str>, ()> = FxMap::default();
         for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-            let number = i as u64 + 1;
-            if raw.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
-                continue;
-            }
-            let (sku, on_hand) = parse_entry(raw).map_err(|what| (number, what))?;
-            if seen.insert(sku.clone(), ()).is_some() {
-                return Err((number, format!("SKU {sku:?} is listed twice")));
-            }
-            table.skus.push(sku);
-            table.on_hand.push(on_hand);
+            table.add_line(raw).map_err(|what| (i as u64 + 1, what))?;
         }
         Ok(table)
     }
 
+    /// One line of the file (without its newline): blank, or one more SKU.
+    fn add_line(&mut self, raw: &[u8]) -> Result<(), String> {
+        if raw.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+            return Ok(());
+        }
+        let (sku, on_hand) = parse_entry(raw)?;
+        let index = SkuIndex::try_from(self.ends.len())
+            .ok()
+            .filter(|&i| i != UNKNOWN)
+            .ok_or("more SKUs than a stock file may hold")?;
+        if self.names.len() + sku.len() > u32::MAX as usize {
+            return Err("more SKU bytes than a stock file may hold".into());
+        }
+        if self.index.insert(xxh3_128(sku.as_bytes()), index).is_some() {
+            return Err(format!("SKU {sku:?} is listed twice"));
+        }
+        self.names.push_str(&sku);
+        self.ends.push(self.names.len() as u32);
+        self.on_hand.push(on_hand);
+        Ok(())
+    }
+
     /// How many SKUs the file lists.
     pub fn len(&self) -> usize {
-        self.skus.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.skus.is_empty()
+        self.ends.is_empty()
     }
 
     /// `(sku, on_hand)` in file order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> + '_ {
-        self.skus
-            .iter()
-            .map(|s| &**s)
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.names[start as usize..end as usize])
             .zip(self.on_hand.iter().copied())
+    }
+
+    /// The index of a SKU, [`UNKNOWN`] if the file does not list it.
+    pub fn index_of(&self, sku: &str) -> SkuIndex {
+        let digest = xxh3_128(sku.as_bytes());
+        self.index.get(&digest).copied().unwrap_or(UNKNOWN)
     }
 
     /// The digest of the file's bytes.
@@ -129,13 +174,13 @@ impl StockTable {
 }
 
 /// One non-blank line: `{"sku": "…", "on_hand": N, …}`.
-fn parse_entry(raw: &[u8]) -> Result<(Box<str>, i64), String> {
+fn parse_entry(raw: &[u8]) -> Result<(String, i64), String> {
     let value: Value =
         serde_json::from_slice(raw).map_err(|e| format!("not a JSON object ({e})"))?;
-    let Value::Object(fields) = value else {
+    let Value::Object(mut fields) = value else {
         return Err("not a JSON object".into());
     };
-    let sku = match fields.get("sku") {
+    let sku = match fields.remove("sku") {
         None => return Err("no \"sku\" field".into()),
         Some(Value::String(s)) => s,
         Some(_) => return Err("\"sku\" is not a string".into()),
@@ -161,7 +206,7 @@ fn parse_entry(raw: &[u8]) -> Result<(Box<str>, i64), String> {
     if on_hand < 0 {
         return Err(format!("\"on_hand\" {on_hand} is negative"));
     }
-    Ok((sku.as_str().into(), on_hand))
+    Ok((sku, on_hand))
 }
 
 /// A SKU's index in the table; [`UNKNOWN`] for a SKU not in the file.
@@ -175,22 +220,20 @@ pub const UNKNOWN: SkuIndex = SkuIndex::MAX;
 /// demand is a slice of `(index, qty)` in a buffer the caller reuses.
 #[derive(Debug, Clone)]
 pub struct Allocator {
-    index: FxMap<Box<str>, SkuIndex>,
+    table: StockTable,
     free: Vec<i64>,
 }
 
 impl Allocator {
     /// Every SKU of the table with all its units free.
-    pub fn new(table: &StockTable) -> Allocator {
-        let mut index = FxMap::default();
-        index.reserve(table.len());
-        for (i, sku) in table.skus.iter().enumerate() {
-            index.insert(sku.clone(), i as SkuIndex);
-        }
-        Allocator {
-            index,
-            free: table.on_hand.clone(),
-        }
+    pub fn new(table: StockTable) -> Allocator {
+        let free = table.on_hand.clone();
+        Allocator { table, free }
+    }
+
+    /// The stock file this allocator decides from.
+    pub fn table(&self) -> &StockTable {
+        &self.table
     }
 
     /// Appends an order's items to `demand` as `(index, qty)`.
@@ -200,8 +243,7 @@ impl Allocator {
         demand: &mut Vec<(SkuIndex, i64)>,
     ) {
         for (sku, qty) in items {
-            let i = self.index.get(sku).copied().unwrap_or(UNKNOWN);
-            demand.push((i, qty));
+            demand.push((self.table.index_of(sku), qty));
         }
     }
 
@@ -228,7 +270,7 @@ impl Allocator {
 
     /// The index of a SKU, [`UNKNOWN`] if the file does not list it.
     pub fn index_of(&self, sku: &str) -> SkuIndex {
-        self.index.get(sku).copied().unwrap_or(UNKNOWN)
+        self.table.index_of(sku)
     }
 }
 
@@ -330,8 +372,36 @@ mod tests {
     }
 
     #[test]
+    fn load_reads_a_file_as_parse_reads_its_bytes() {
+        let text = "{\"sku\": \"B\", \"on_hand\": 3}\n\n{\"sku\": \"A\", \"on_hand\": 0}";
+        let path = std::env::temp_dir().join(format!("og-stock-{}.jsonl", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let loaded = StockTable::load(&path);
+        let bad = format!("{text}\n{{\"sku\": \"B\", \"on_hand\": 1}}\n");
+        std::fs::write(&path, bad).unwrap();
+        let refused = StockTable::load(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        let (loaded, parsed) = (loaded.unwrap(), table(text));
+        assert_eq!(
+            loaded.iter().collect::<Vec<_>>(),
+            parsed.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(loaded.digest(), parsed.digest());
+        assert_eq!(
+            (
+                loaded.index_of("A"),
+                loaded.index_of("B"),
+                loaded.index_of("C")
+            ),
+            (1, 0, UNKNOWN)
+        );
+        assert_eq!(refused.line, 4);
+        assert!(refused.what.contains("listed twice"), "{refused}");
+    }
+
+    #[test]
     fn a_sku_twice_in_one_order_needs_both_quantities() {
-        let mut a = Allocator::new(&table("{\"sku\":\"A\",\"on_hand\":5}"));
+        let mut a = Allocator::new(table("{\"sku\":\"A\",\"on_hand\":5}"));
         assert!(!order(&mut a, &[("A", 3), ("A", 3)]));
         assert_eq!(free(&a, "A"), 5);
         assert!(order(&mut a, &[("A", 3), ("A", 2)]));
@@ -340,7 +410,7 @@ mod tests {
 
     #[test]
     fn multi_sku_orders_are_all_or_nothing() {
-        let mut a = Allocator::new(&table(
+        let mut a = Allocator::new(table(
             "{\"sku\":\"A\",\"on_hand\":10}\n{\"sku\":\"B\",\"on_hand\":1}",
         ));
         assert!(!order(&mut a, &[("A", 4), ("B", 2)]));
@@ -355,27 +425,27 @@ mod tests {
     fn units_held_by_an_earlier_order_are_not_offered_again() {
         // The first order's payment may be declined later: its units stay
         // allocated for the rest of the run, so the next order cannot have them.
-        let mut a = Allocator::new(&table("{\"sku\":\"A\",\"on_hand\":2}"));
+        let mut a = Allocator::new(table("{\"sku\":\"A\",\"on_hand\":2}"));
         assert!(order(&mut a, &[("A", 2)]));
         assert!(!order(&mut a, &[("A", 1)]));
     }
 
     #[test]
     fn skus_not_in_the_file_have_no_units() {
-        let mut a = Allocator::new(&table("{\"sku\":\"A\",\"on_hand\":2}"));
+        let mut a = Allocator::new(table("{\"sku\":\"A\",\"on_hand\":2}"));
         assert!(!order(&mut a, &[("A", 1), ("Z", 1)]));
         assert_eq!(free(&a, "A"), 2);
         assert_eq!(a.index_of("Z"), UNKNOWN);
-        let mut empty = Allocator::new(&table(""));
+        let mut empty = Allocator::new(table(""));
         assert!(!order(&mut empty, &[("A", 1)]));
         // A SKU on hand at 0 is listed, and still has nothing.
-        let mut zero = Allocator::new(&table("{\"sku\":\"A\",\"on_hand\":0}"));
+        let mut zero = Allocator::new(table("{\"sku\":\"A\",\"on_hand\":0}"));
         assert!(!order(&mut zero, &[("A", 1)]));
     }
 
     #[test]
     fn i64_limits_neither_overflow_nor_wrap() {
-        let mut a = Allocator::new(&table(
+        let mut a = Allocator::new(table(
             "{\"sku\":\"A\",\"on_hand\":9223372036854775807}\n{\"sku\":\"B\",\"on_hand\":9223372036854775806}",
         ));
         // Demand sums saturate instead of wrapping to a negative need.
@@ -389,7 +459,7 @@ mod tests {
 
     #[test]
     fn the_demand_buffer_is_reused() {
-        let mut a = Allocator::new(&table("{\"sku\":\"A\",\"on_hand\":1000}"));
+        let mut a = Allocator::new(table("{\"sku\":\"A\",\"on_hand\":1000}"));
         let mut demand = Vec::with_capacity(8);
         let cap = demand.capacity();
         for _ in 0..100 {

@@ -160,7 +160,6 @@ struct Prepared {
 /// The reader's stock: the table, the allocator, and the demands of the
 /// orders whose duplicate lookup is pending (reused, cleared per batch).
 struct ReaderStock {
-    table: StockTable,
     allocator: Allocator,
     demand: Vec<(SkuIndex, i64)>,
 }
@@ -399,7 +398,7 @@ impl Reader {
         let Some(stock) = &self.stock else {
             return Some(seq);
         };
-        for (sku, units) in stock.table.iter() {
+        for (sku, units) in stock.allocator.table().iter() {
             if !self.done.contains(seq) {
                 let mut record = Vec::with_capacity(sku.len() + 24);
                 let item = std::iter::once((sku, units));
@@ -734,8 +733,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let reader = Reader {
         source,
         stock: stock.map(|table| ReaderStock {
-            allocator: Allocator::new(&table),
-            table,
+            allocator: Allocator::new(table),
             demand: Vec::with_capacity(64 * 1024),
         }),
         done,
