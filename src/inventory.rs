@@ -48,7 +48,8 @@ pub struct StockTable {
     /// Where each SKU ends in `names`.
     ends: Vec<u32>,
     on_hand: Vec<i64>,
-    index: FxMap<u128, SkuIndex>,
+    /// Keyed by [`key`]: two u64 halves pack into 24-byte entries, not 32.
+    index: FxMap<(u64, u64), SkuIndex>,
     /// xxh3 of the file's bytes: part of the run's identity.
     digest: u64,
 }
@@ -134,7 +135,7 @@ impl StockTable {
         if self.names.len() + sku.len() > u32::MAX as usize {
             return Err("more SKU bytes than a stock file may hold".into());
         }
-        if self.index.insert(xxh3_128(sku.as_bytes()), index).is_some() {
+        if self.index.insert(key(&sku), index).is_some() {
             return Err(format!("SKU {sku:?} is listed twice"));
         }
         self.names.push_str(&sku);
@@ -163,14 +164,19 @@ impl StockTable {
 
     /// The index of a SKU, [`UNKNOWN`] if the file does not list it.
     pub fn index_of(&self, sku: &str) -> SkuIndex {
-        let digest = xxh3_128(sku.as_bytes());
-        self.index.get(&digest).copied().unwrap_or(UNKNOWN)
+        self.index.get(&key(sku)).copied().unwrap_or(UNKNOWN)
     }
 
     /// The digest of the file's bytes.
     pub fn digest(&self) -> u64 {
         self.digest
     }
+}
+
+/// A SKU's key in the index: its 128-bit digest.
+fn key(sku: &str) -> (u64, u64) {
+    let digest = xxh3_128(sku.as_bytes());
+    ((digest >> 64) as u64, digest as u64)
 }
 
 /// One non-blank line: `{"sku": "…", "on_hand": N, …}`.
