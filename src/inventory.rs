@@ -90,8 +90,16 @@ impl StockTable {
             what,
         };
         let file = std::fs::File::open(path).map_err(|e| error(0, format!("cannot read: {e}")))?;
+        let size = file.metadata().map_or(0, |m| m.len());
         let mut reader = BufReader::with_capacity(1 << 16, file);
         let mut table = StockTable::default();
+        // Sized once from the head's line length: growing a map of millions
+        // of SKUs would hold the old table and the new one at once.
+        if let Ok(head) = reader.fill_buf() {
+            let lines = memchr::memchr_iter(b'\n', head).count().max(1);
+            let estimate = size as f64 / (head.len().max(1) as f64 / lines as f64);
+            table.reserve(estimate.ceil() as usize);
+        }
         let mut hasher = Xxh3::new();
         let mut line = Vec::new();
         for number in 1u64.. {
@@ -120,6 +128,14 @@ impl StockTable {
             table.add_line(raw).map_err(|what| (i as u64 + 1, what))?;
         }
         Ok(table)
+    }
+
+    /// Room for about `skus` SKUs (at most 2^26 ahead of time).
+    fn reserve(&mut self, skus: usize) {
+        let skus = skus.min(1 << 26);
+        self.index.reserve(skus);
+        self.ends.reserve(skus);
+        self.on_hand.reserve(skus);
     }
 
     /// One line of the file (without its newline): blank, or one more SKU.
