@@ -25,6 +25,20 @@ struct Args {
     /// to spread over the stream in place of ordinary ones.
     #[arg(long, env = "ORDERGRID_POISON", default_value_t = 0)]
     poison: u64,
+
+    /// Also write a stock file for these orders to FILE (one {"sku", "on_hand"} per line):
+    /// --stock-ratio times each SKU's demand, a few SKUs missing, the 3 most wanted short.
+    #[arg(long, env = "ORDERGRID_STOCK_OUT", value_name = "FILE")]
+    stock_out: Option<std::path::PathBuf>,
+
+    /// Units on hand relative to demand in the --stock-out file.
+    #[arg(
+        long,
+        env = "ORDERGRID_STOCK_RATIO",
+        default_value_t = 0.9,
+        requires = "stock_out"
+    )]
+    stock_ratio: f64,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +54,24 @@ fn main() -> ExitCode {
             )
             .exit();
     }
+    if !(args.stock_ratio >= 0.0 && args.stock_ratio.is_finite()) {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--stock-ratio ({}) must be a number >= 0", args.stock_ratio),
+            )
+            .exit();
+    }
+    if let Some(path) = &args.stock_out {
+        if let Err(e) = write_stock(&args, path) {
+            let _ = writeln!(
+                io::stderr(),
+                "ordergrid-gen: cannot write {}: {e}",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (e.g. `| head`): that is not an error.
@@ -49,6 +81,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn write_stock(args: &Args, path: &std::path::Path) -> io::Result<()> {
+    let mut out = BufWriter::new(std::fs::File::create(path)?);
+    let generator = Generator::new(args.count, args.seed).with_poison(args.poison);
+    ordergrid::generator::write_stock(generator, args.stock_ratio, &mut out)?;
+    out.flush()
 }
 
 fn run(args: &Args) -> io::Result<()> {

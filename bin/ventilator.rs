@@ -51,6 +51,10 @@ struct Args {
     /// Give one with `--input -` so that a restarted ventilator resumes the run.
     #[arg(long, env = "ORDERGRID_RUN_ID")]
     run_id: Option<RunId>,
+    /// Stock file (JSON Lines: {"sku": "…", "on_hand": N}): each distinct order gets all its
+    /// units in line order or is rejected out_of_stock. Part of the run's identity.
+    #[arg(long, env = "ORDERGRID_STOCK", value_name = "FILE")]
+    stock: Option<PathBuf>,
     /// Where malformed lines and poison orders are written (JSON Lines: line, reason).
     #[arg(long, env = "ORDERGRID_DEAD_LETTER", default_value = ordergrid::DEFAULT_DEAD_LETTER)]
     dead_letter: PathBuf,
@@ -114,6 +118,7 @@ fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
         jobs: args.jobs,
         acks: args.acks,
         run_id: args.run_id,
+        stock: args.stock,
         dead_letter: args.dead_letter,
         batch: args.batch as usize,
         window: args.window as usize,

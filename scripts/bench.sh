@@ -293,8 +293,32 @@ if [ ! -s "$FILE" ]; then
     "$BIN/ordergrid-gen" --count "$N" >"$FILE.tmp" && mv "$FILE.tmp" "$FILE"
 fi
 cat "$FILE" >/dev/null # in the page cache, as the generator's output would be
-log "grid --input ($N lines), 2 workers, $RUNS run(s)"
-for r in $(seq "$RUNS"); do grid_run grid-file "$N" 2 "$r" --input "$FILE"; done
+# Inventory (issue 12): the same file with a stock file, run by run in turn
+# with the plain file so both see the same machine; a flash sale (one hot
+# SKU in most orders, far fewer units than demand); and the ventilator's
+# peak RSS with a stock file of 1,000,000 distinct SKUs.
+STOCK=$OUT/stock-$N.jsonl
+FLASH=$OUT/orders-flash-$N.jsonl
+FLASH_STOCK=$OUT/stock-flash-$N.jsonl
+BIG_STOCK=$OUT/stock-1M-skus.jsonl
+if [ ! -s "$STOCK" ] || [ ! -s "$FLASH" ] || [ ! -s "$BIG_STOCK" ]; then
+    log "writing the stock files and the flash-sale input (not timed)"
+    "$BIN/ordergrid-gen" --count "$N" --stock-out "$STOCK" --stock-ratio 0.9 >/dev/null
+    # Every order's first item becomes the hot SKU.
+    sed -E 's/"sku": *"SKU-[0-9]+"/"sku": "SKU-HOT"/' "$FILE" >"$FLASH"
+    { cat "$STOCK"; echo "{\"sku\": \"SKU-HOT\", \"on_hand\": $((N / 10))}"; } >"$FLASH_STOCK"
+    { cat "$STOCK"; seq 1 1000000 | awk '{printf "{\"sku\": \"BULK-%07d\", \"on_hand\": %d}\n", $1, $1 % 100}'; } >"$BIG_STOCK"
+fi
+cat "$FLASH" "$STOCK" "$FLASH_STOCK" "$BIG_STOCK" >/dev/null
+log "grid --input ($N lines), 2 workers, without and with a stock file in turn, $RUNS run(s)"
+for r in $(seq "$RUNS"); do
+    grid_run grid-file "$N" 2 "$r" --input "$FILE"
+    grid_run grid-file-stock "$N" 2 "$r" --input "$FILE" --stock "$STOCK"
+done
+log "grid flash sale ($N lines, 1 hot SKU in every order), 2 workers, $RUNS run(s)"
+for r in $(seq "$RUNS"); do grid_run grid-flash "$N" 2 "$r" --input "$FLASH" --stock "$FLASH_STOCK"; done
+log "grid --input ($N lines) with 1,000,000 SKUs in the stock file, once: peak RSS"
+grid_run grid-stock-rss "$N" 2 1 --input "$FILE" --stock "$BIG_STOCK"
 
 for w in $SCALING; do
     [ "$w" = 2 ] && continue # the grid --generate runs above

@@ -3,12 +3,16 @@
 # streaming N synthetic orders (--generate N), waits for the run to complete
 # and prints the report.
 #
-#   scripts/run-local.sh [N] [WORKERS] [--supervise]
+#   scripts/run-local.sh [N] [WORKERS] [--supervise] [--stock[=FILE]]
 #
 #   N            orders to generate (default 1000000)
 #   WORKERS      worker processes (default 2)
 #   --supervise  restart any worker that dies (non-zero exit or killed by a
 #                signal) until the sink has exited, and log each restart
+#   --stock      allocate stock in line order (a flash sale): a stock file for
+#                the generated orders is written first (ordergrid-gen
+#                --stock-out; ORDERGRID_STOCK_RATIO, default 0.9, is units on
+#                hand relative to demand); --stock=FILE uses FILE instead
 #
 # Environment:
 #   ORDERGRID_WORKDIR   work folder (default: a fresh mktemp -d). It holds the
@@ -32,7 +36,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GRACE_S=3 # SIGTERM -> SIGKILL grace when cleaning up
 
 usage() {
-    echo "usage: $PROG [N] [WORKERS] [--supervise]   (N >= 1, default 1000000; 1 <= WORKERS <= 256, default 2)"
+    echo "usage: $PROG [N] [WORKERS] [--supervise] [--stock[=FILE]]   (N >= 1, default 1000000; 1 <= WORKERS <= 256, default 2)"
 }
 usage_error() {
     echo "$PROG: $1" >&2
@@ -49,10 +53,14 @@ say() { printf '%s %s: %s\n' "$(date +%H:%M:%S)" "$PROG" "$*" >&3; }
 N=1000000
 WORKERS=2
 SUPERVISE=0
+STOCK=
 positional=()
 for arg in "$@"; do
     case $arg in
     --supervise) SUPERVISE=1 ;;
+    --stock) STOCK=generate ;;
+    --stock=?*) STOCK=$(cd "$(dirname "${arg#--stock=}")" && pwd)/$(basename "${arg#--stock=}") ||
+        usage_error "no such folder for ${arg#--stock=}" ;;
     -h | --help)
         usage
         exit 0
@@ -83,7 +91,7 @@ fi
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 BIN=${TARGET_DIR:-$ROOT/target}/release
-for b in sink worker ventilator; do
+for b in sink worker ventilator gen; do
     [[ -x $BIN/ordergrid-$b ]] || {
         echo "$PROG: $BIN/ordergrid-$b not found after the build" >&2
         exit 1
@@ -114,7 +122,19 @@ for ep in "$JOBS" "$RESULTS" "$ACKS" "$CONTROL"; do
     fi
 done
 # The ventilator is given --generate: an input file from the environment would conflict.
-unset ORDERGRID_INPUT ORDERGRID_GENERATE
+unset ORDERGRID_INPUT ORDERGRID_GENERATE ORDERGRID_STOCK
+if [[ $STOCK == generate ]]; then
+    STOCK=$WORK/stock.jsonl
+    # The same orders as --generate N (ORDERGRID_SEED, ORDERGRID_POISON reach gen too).
+    "$BIN/ordergrid-gen" --count "$N" --stock-out "$STOCK" >/dev/null ||
+        { echo "$PROG: cannot write the stock file $STOCK" >&2; exit 1; }
+fi
+if [[ -n $STOCK ]]; then
+    [[ -r $STOCK ]] || usage_error "cannot read the stock file $STOCK"
+    STOCK_ARGS=(--stock "$STOCK")
+else
+    STOCK_ARGS=()
+fi
 
 # ---------------------------------------------------------------- processes
 # start, reap, stop_all, ...: see lib.sh.
@@ -151,7 +171,7 @@ fail() {
 
 # ---------------------------------------------------------------- the grid
 say "work folder $WORK; logs in $LOGS/ (sink.log, worker-K.log, ventilator.log)"
-say "N=$N workers=$WORKERS supervise=$([[ $SUPERVISE == 1 ]] && echo yes || echo no) jobs=$JOBS"
+say "N=$N workers=$WORKERS supervise=$([[ $SUPERVISE == 1 ]] && echo yes || echo no) stock=${STOCK:-none} jobs=$JOBS"
 T0=$SECONDS
 
 : >"$LOGS/sink.out" # the table of this run only
@@ -173,7 +193,7 @@ for ((k = 1; k <= WORKERS; k++)); do start_worker "$k"; done
 
 start ventilator "$LOGS/ventilator.log" "$LOGS/ventilator.log" \
     "$BIN/ordergrid-ventilator" --generate "$N" --jobs "$JOBS" --acks "$ACKS" \
-    --dead-letter "$DEAD_LETTER"
+    --dead-letter "$DEAD_LETTER" "${STOCK_ARGS[@]}"
 VENT=$STARTED
 
 SINK_RC=

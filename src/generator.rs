@@ -1148,6 +1148,82 @@ impl Rng {
     }
 }
 
+/// A stock file for the orders of `generator` (one `{"sku", "on_hand"}` line
+/// per SKU, sorted by SKU): `ratio` times each SKU's demand (the units its
+/// well-formed orders ask for), rounded down, except that about 1 SKU in 100
+/// is missing (orders for it are out of stock), the 3 most wanted SKUs get a
+/// tenth of that (a flash sale: they run out early), and 3 SKUs nobody orders
+/// are listed with 10 units.
+pub fn write_stock(
+    mut generator: Generator,
+    ratio: f64,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let demand = demand_by_sku(&mut generator);
+    let mut hot: Vec<(&String, &i64)> = demand.iter().collect();
+    hot.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let hot: Vec<&String> = hot.into_iter().take(3).map(|(s, _)| s).collect();
+    let mut skus: Vec<(String, i64)> = demand
+        .iter()
+        .filter(|(sku, _)| !mix64(fnv(sku.as_bytes())).is_multiple_of(100))
+        .map(|(sku, &units)| {
+            let share = if hot.contains(&sku) {
+                ratio / 10.0
+            } else {
+                ratio
+            };
+            (
+                sku.clone(),
+                (units as f64 * share).floor().clamp(0.0, i64::MAX as f64) as i64,
+            )
+        })
+        .collect();
+    skus.extend((1..=3).map(|i| (format!("SKU-UNSOLD-{i}"), 10)));
+    skus.sort();
+    for (sku, on_hand) in skus {
+        let sku = serde_json::Value::String(sku);
+        writeln!(out, "{{\"sku\": {sku}, \"on_hand\": {on_hand}}}")?;
+    }
+    Ok(())
+}
+
+/// Units asked per SKU by the well-formed orders of a stream (valid SKUs only).
+fn demand_by_sku(generator: &mut Generator) -> std::collections::BTreeMap<String, i64> {
+    let mut demand = std::collections::BTreeMap::new();
+    let mut line = Vec::new();
+    let mut order = GeneratedOrder::default();
+    loop {
+        line.clear();
+        let items: Vec<(String, i64)> = match generator.next_record(&mut line, &mut order) {
+            None => break,
+            Some(true) => order
+                .items
+                .iter()
+                .map(|&(s, e, q, _)| (order.skus[s..e].to_owned(), q))
+                .collect(),
+            Some(false) => match crate::order::parse_line(&line) {
+                crate::order::Line::Order(o) => {
+                    o.items.iter().map(|i| (i.sku.to_string(), i.qty)).collect()
+                }
+                _ => continue,
+            },
+        };
+        for (sku, qty) in items {
+            if (1..=64).contains(&sku.len()) && (1..=1000).contains(&qty) {
+                *demand.entry(sku).or_insert(0i64) += qty;
+            }
+        }
+    }
+    demand
+}
+
+/// FNV-1a: a SKU's stable hash (which SKUs a stock file leaves out).
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

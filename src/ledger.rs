@@ -1,12 +1,16 @@
 //! The tally: each counted line's outcome applied exactly once, keyed by its
 //! seq. Applying a seq twice is a no-op, which is what makes redelivery,
 //! journal replay and replayed frames harmless.
+//!
+//! With a stock file, the ventilator's `on_hand` records (one per SKU, after
+//! the lines; see crate::inventory) are tallied here too, exactly once like
+//! the rest, but kept apart from the order counts.
 
 use crate::fasthash::FxMap;
 #[cfg(test)]
 use crate::protocol::ResultRecord;
 use crate::protocol::ResultRef;
-use crate::report::{CurrencyTotals, OrderCounts, RejectedCounts};
+use crate::report::{CurrencyTotals, InventoryLine, OrderCounts, RejectedCounts};
 use crate::rules::{Outcome, Rejection, MAX_QTY, MAX_SKU_BYTES, OUTCOME_CODES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -73,6 +77,9 @@ pub struct Ledger {
     counts: Vec<u64>,
     payments: FxMap<[u8; 3], (u64, i128)>,
     stock: FxMap<String, i64>,
+    /// Units on hand per SKU of the stock file (empty without one).
+    #[serde(default)]
+    on_hand: FxMap<String, i64>,
 }
 
 impl Ledger {
@@ -110,8 +117,21 @@ impl Ledger {
             }
             paid_in = Some(currency);
         }
+        let on_hand = if outcome == Outcome::OnHand {
+            match r.items {
+                [(sku, units)] if !sku.is_empty() && sku.len() <= MAX_SKU_BYTES && *units >= 0 => {
+                    Some((*sku, *units))
+                }
+                _ => return Applied::Invalid("on_hand record without one SKU and its units"),
+            }
+        } else {
+            None
+        };
         if self.done.contains(r.seq) {
             return Applied::AlreadyTallied;
+        }
+        if let Some((sku, units)) = on_hand {
+            self.on_hand.insert(sku.to_owned(), units);
         }
         if let Some(currency) = paid_in {
             let entry = self.payments.entry(currency).or_insert((0, 0));
@@ -158,7 +178,7 @@ impl Ledger {
             .map(|&r| self.count(Outcome::Rejected(r)))
             .sum();
         OrderCounts {
-            lines: self.tallied,
+            lines: self.tallied - self.count(Outcome::OnHand),
             paid: self.count(Outcome::Paid),
             declined: self.count(Outcome::Declined),
             rejected,
@@ -178,7 +198,33 @@ impl Ledger {
             bad_quantity: c(Rejection::BadQuantity),
             bad_price: c(Rejection::BadPrice),
             amount_overflow: c(Rejection::AmountOverflow),
+            out_of_stock: self.has_stock().then(|| c(Rejection::OutOfStock)),
         }
+    }
+
+    /// True when the run has a stock file: the ventilator sent on_hand
+    /// records or out_of_stock verdicts (an empty stock file with no order
+    /// looks like no stock file).
+    fn has_stock(&self) -> bool {
+        !self.on_hand.is_empty() || self.count(Outcome::Rejected(Rejection::OutOfStock)) > 0
+    }
+
+    /// The report's `inventory` section: every SKU of the stock file, sold
+    /// being the units of paid orders. None without a stock file.
+    pub fn inventory(&self) -> Option<BTreeMap<String, InventoryLine>> {
+        if !self.has_stock() {
+            return None;
+        }
+        let lines = self.on_hand.iter().map(|(sku, &on_hand)| {
+            let sold = self.stock.get(sku).map_or(0, |&change| -change);
+            let line = InventoryLine {
+                on_hand,
+                sold,
+                available: on_hand - sold,
+            };
+            (sku.clone(), line)
+        });
+        Some(lines.collect())
     }
 
     /// The report's `payments` section.
@@ -282,6 +328,60 @@ mod tests {
             assert!(matches!(l.apply(r.as_ref()), Applied::Invalid(_)), "{r:?}");
         }
         assert_eq!(l, Ledger::new());
+    }
+
+    fn record(seq: u64, outcome: u8, items: Vec<(&'static str, i64)>) -> ResultRecord<'static> {
+        ResultRecord {
+            seq,
+            outcome,
+            currency: "",
+            amount_cents: 0,
+            items,
+        }
+    }
+
+    #[test]
+    fn on_hand_records_make_the_inventory_and_are_not_orders() {
+        let mut l = Ledger::new();
+        assert_eq!(l.inventory(), None);
+        assert_eq!(l.rejected_counts().out_of_stock, None);
+        let on_hand = Outcome::OnHand.code();
+        let out_of_stock = Outcome::Rejected(Rejection::OutOfStock).code();
+        l.apply(paid(0, "USD", 10, vec![("A", 2), ("A", 1)]).as_ref());
+        l.apply(record(1, out_of_stock, vec![]).as_ref());
+        assert_eq!(
+            l.apply(record(2, on_hand, vec![("A", 5)]).as_ref()),
+            Applied::New
+        );
+        l.apply(record(3, on_hand, vec![("B", 0)]).as_ref());
+        assert_eq!(
+            l.apply(record(3, on_hand, vec![("B", 7)]).as_ref()),
+            Applied::AlreadyTallied
+        );
+        let bad = [
+            vec![],
+            vec![("C", 1), ("D", 1)],
+            vec![("C", -1)],
+            vec![("", 1)],
+        ];
+        for items in bad {
+            assert!(matches!(
+                l.apply(record(4, on_hand, items).as_ref()),
+                Applied::Invalid(_)
+            ));
+        }
+        let counts = l.order_counts();
+        assert_eq!((counts.lines, counts.paid, counts.rejected), (2, 1, 1));
+        assert_eq!(l.rejected_counts().out_of_stock, Some(1));
+        let inventory = l.inventory().unwrap();
+        let line = |on_hand, sold, available| InventoryLine {
+            on_hand,
+            sold,
+            available,
+        };
+        assert_eq!(inventory["A"], line(5, 3, 2));
+        assert_eq!(inventory["B"], line(0, 0, 0));
+        assert_eq!(inventory.len(), 2);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! # Layout
 //! - [`order`]: the order model and the JSON Lines parser (no I/O).
 //! - [`rules`]: validation and pricing, pure functions.
+//! - [`inventory`]: the stock file and the in-line-order allocator (`--stock`).
 //! - [`gateway`]: the payment gateway trait and the simulated gateway.
 //! - [`generator`]: deterministic synthetic orders (`ordergrid-gen`, `--generate`).
 //! - [`protocol`]: the versioned wire envelope and every message's encoding.
@@ -44,6 +45,7 @@ pub mod flow;
 pub mod gateway;
 pub mod generator;
 pub mod input;
+pub mod inventory;
 pub mod journal;
 pub mod ledger;
 pub mod metrics;

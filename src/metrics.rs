@@ -318,6 +318,7 @@ pub fn outcome_name(outcome: crate::rules::Outcome) -> &'static str {
         Outcome::Failed => "failed",
         Outcome::Duplicate => "duplicate",
         Outcome::Malformed => "malformed",
+        Outcome::OnHand => "on_hand",
     }
 }
 

@@ -13,6 +13,9 @@ pub struct Report {
     pub rejected: RejectedCounts,
     pub payments: BTreeMap<String, CurrencyTotals>,
     pub stock: BTreeMap<String, i64>,
+    /// With a stock file only: every SKU of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<BTreeMap<String, InventoryLine>>,
     pub run: RunSection,
     pub stats: SinkStats,
 }
@@ -38,6 +41,20 @@ pub struct RejectedCounts {
     pub bad_quantity: u64,
     pub bad_price: u64,
     pub amount_overflow: u64,
+    /// With a stock file only: orders that could not get all their units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_stock: Option<u64>,
+}
+
+/// One SKU of the stock file at the end of the run: `available = on_hand -
+/// sold`, where `sold` are the units of paid orders (a declined or failed
+/// order's units are available again). The `available` column is the next
+/// run's stock file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryLine {
+    pub on_hand: i64,
+    pub sold: i64,
+    pub available: i64,
 }
 
 /// Paid orders and the amount captured in one currency.
@@ -141,6 +158,9 @@ impl Report {
         ] {
             let _ = writeln!(t, "{name:<18} {n:>14}");
         }
+        if let Some(n) = r.out_of_stock {
+            let _ = writeln!(t, "{:<18} {n:>14}", "out_of_stock");
+        }
         let _ = writeln!(t);
         let _ = writeln!(t, "{:<8} {:>12} {:>28}", "currency", "orders", "captured");
         for (currency, p) in &self.payments {
@@ -154,7 +174,39 @@ impl Report {
         for (sku, units) in skus.into_iter().take(top_skus) {
             let _ = writeln!(t, "  {sku:<24} {:>10}", -units);
         }
+        if let Some(inventory) = &self.inventory {
+            self.inventory_table(&mut t, inventory, top_skus);
+        }
         t
+    }
+
+    /// The stock lines of the table: SKUs sold out and the out_of_stock count.
+    fn inventory_table(
+        &self,
+        t: &mut String,
+        inventory: &BTreeMap<String, InventoryLine>,
+        top_skus: usize,
+    ) {
+        let short: Vec<(&String, &InventoryLine)> =
+            inventory.iter().filter(|(_, l)| l.available == 0).collect();
+        let _ = writeln!(t);
+        let _ = writeln!(
+            t,
+            "inventory: {} SKUs, {} short (available 0), {} orders out_of_stock",
+            inventory.len(),
+            short.len(),
+            self.rejected.out_of_stock.unwrap_or(0)
+        );
+        for (sku, line) in short.iter().take(top_skus) {
+            let _ = writeln!(
+                t,
+                "  {sku:<24} on hand {:>10}  sold {:>10}",
+                line.on_hand, line.sold
+            );
+        }
+        if short.len() > top_skus {
+            let _ = writeln!(t, "  … and {} more", short.len() - top_skus);
+        }
     }
 }
 

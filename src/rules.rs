@@ -21,17 +21,21 @@ pub enum Rejection {
     BadPrice,
     /// The sum of `qty × unit_price_cents` exceeds `i64::MAX`.
     AmountOverflow,
+    /// With a stock file: some SKU of the order has fewer units left than it
+    /// needs (decided by the ventilator, in line order; see crate::inventory).
+    OutOfStock,
 }
 
 impl Rejection {
-    /// Every reason, in check order.
-    pub const ALL: [Rejection; 6] = [
+    /// Every reason, in check order (out of stock is decided last, after payment rules pass).
+    pub const ALL: [Rejection; 7] = [
         Rejection::BadCurrency,
         Rejection::NoItems,
         Rejection::BadSku,
         Rejection::BadQuantity,
         Rejection::BadPrice,
         Rejection::AmountOverflow,
+        Rejection::OutOfStock,
     ];
 
     /// The reason's name in the report.
@@ -43,6 +47,7 @@ impl Rejection {
             Rejection::BadQuantity => "bad_quantity",
             Rejection::BadPrice => "bad_price",
             Rejection::AmountOverflow => "amount_overflow",
+            Rejection::OutOfStock => "out_of_stock",
         }
     }
 }
@@ -61,35 +66,47 @@ pub struct Priced {
 
 /// Runs the checks in order; the first that fails rejects the order.
 pub fn price(order: &Order<'_>) -> Result<Priced, Rejection> {
-    let currency: [u8; 3] = order
-        .currency
+    let items = order
+        .items
+        .iter()
+        .map(|i| (&*i.sku, i.qty, i.unit_price_cents));
+    price_items(&order.currency, items)
+}
+
+/// [`price`] over an order's fields: its currency and `(sku, qty,
+/// unit_price_cents)` items (the ventilator checks generated orders too).
+pub fn price_items<'a, I>(currency: &str, items: I) -> Result<Priced, Rejection>
+where
+    I: Iterator<Item = (&'a str, i64, i64)> + Clone,
+{
+    let currency: [u8; 3] = currency
         .as_bytes()
         .try_into()
         .ok()
         .filter(|c: &[u8; 3]| c.iter().all(u8::is_ascii_uppercase))
         .ok_or(Rejection::BadCurrency)?;
-    if order.items.is_empty() {
+    if items.clone().next().is_none() {
         return Err(Rejection::NoItems);
     }
-    if order
-        .items
-        .iter()
-        .any(|i| i.sku.is_empty() || i.sku.len() > MAX_SKU_BYTES)
+    if items
+        .clone()
+        .any(|(sku, _, _)| sku.is_empty() || sku.len() > MAX_SKU_BYTES)
     {
         return Err(Rejection::BadSku);
     }
-    if order.items.iter().any(|i| !(1..=MAX_QTY).contains(&i.qty)) {
+    if items
+        .clone()
+        .any(|(_, qty, _)| !(1..=MAX_QTY).contains(&qty))
+    {
         return Err(Rejection::BadQuantity);
     }
-    if order.items.iter().any(|i| i.unit_price_cents < 0) {
+    if items.clone().any(|(_, _, price)| price < 0) {
         return Err(Rejection::BadPrice);
     }
     // Every term is at most 1000 × i64::MAX and there are at most a few
     // thousand items in a 64 KiB line, so the i128 sum cannot overflow.
-    let amount: i128 = order
-        .items
-        .iter()
-        .map(|i| i128::from(i.qty) * i128::from(i.unit_price_cents))
+    let amount: i128 = items
+        .map(|(_, qty, price)| i128::from(qty) * i128::from(price))
         .sum();
     let amount_cents = i64::try_from(amount).map_err(|_| Rejection::AmountOverflow)?;
     Ok(Priced {
@@ -109,6 +126,9 @@ pub enum Outcome {
     Failed,
     Duplicate,
     Malformed,
+    /// Not an order: one SKU's units on hand from the stock file, which the
+    /// ventilator sends after the input's lines (items: `[[sku, on_hand]]`).
+    OnHand,
 }
 
 impl Outcome {
@@ -117,10 +137,12 @@ impl Outcome {
         match self {
             Outcome::Paid => 0,
             Outcome::Declined => 1,
+            Outcome::Rejected(Rejection::OutOfStock) => 11,
             Outcome::Rejected(r) => 2 + r as u8,
             Outcome::Failed => 8,
             Outcome::Duplicate => 9,
             Outcome::Malformed => 10,
+            Outcome::OnHand => 12,
         }
     }
 
@@ -133,18 +155,26 @@ impl Outcome {
             8 => Outcome::Failed,
             9 => Outcome::Duplicate,
             10 => Outcome::Malformed,
+            11 => Outcome::Rejected(Rejection::OutOfStock),
+            12 => Outcome::OnHand,
             _ => return None,
         })
     }
 
     /// Outcomes only the ventilator decides (workers never send these).
     pub fn is_ventilator_only(self) -> bool {
-        matches!(self, Outcome::Duplicate | Outcome::Malformed)
+        matches!(
+            self,
+            Outcome::Duplicate
+                | Outcome::Malformed
+                | Outcome::OnHand
+                | Outcome::Rejected(Rejection::OutOfStock)
+        )
     }
 }
 
 /// How many distinct outcome codes there are.
-pub const OUTCOME_CODES: usize = 11;
+pub const OUTCOME_CODES: usize = 13;
 
 #[cfg(test)]
 mod tests {

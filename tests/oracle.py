@@ -6,6 +6,12 @@ exact sections (orders, rejected, payments, stock) as JSON, following the
 contract in README.md, written separately from the Rust implementation so
 that the tests compare two readings of the contract. Poison orders
 (tok_crash...) count as failed.
+
+With a stock file (second argument), each distinct order that passes the
+rules, in line order, gets all the units it asks for (a SKU twice in one
+order needs both quantities) or none and is rejected out_of_stock; units of
+declined and failed orders stay allocated for the rest of the run. The
+output then also has rejected.out_of_stock and the inventory section.
 """
 import json
 import sys
@@ -91,9 +97,35 @@ def rejection(o):
     return None
 
 
-def tally(stream):
+def read_stock(path):
+    on_hand = {}
+    with open(path, "rb") as f:
+        for raw in f.read().split(b"\n"):
+            if all(b in b" \t\r" for b in raw):
+                continue
+            entry = json.loads(raw)
+            on_hand[entry["sku"]] = entry["on_hand"]
+    return on_hand
+
+
+def allocate(free, items):
+    need = {}
+    for i in items:
+        need[i["sku"]] = need.get(i["sku"], 0) + i["qty"]
+    if any(free.get(sku, 0) < n for sku, n in need.items()):
+        return False
+    for sku, n in need.items():
+        free[sku] -= n
+    return True
+
+
+def tally(stream, on_hand=None):
     orders = dict(lines=0, paid=0, declined=0, rejected=0, failed=0, duplicate=0, malformed=0)
     rejected = {r: 0 for r in REASONS}
+    free = None
+    if on_hand is not None:
+        rejected["out_of_stock"] = 0
+        free = dict(on_hand)
     payments = {}
     stock = {}
     seen = set()
@@ -121,6 +153,10 @@ def tally(stream):
             orders["rejected"] += 1
             rejected[reason] += 1
             continue
+        if free is not None and not allocate(free, o["items"]):
+            orders["rejected"] += 1
+            rejected["out_of_stock"] += 1
+            continue
         token = o["payment_token"]
         if token.startswith("tok_crash"):
             orders["failed"] += 1
@@ -133,13 +169,20 @@ def tally(stream):
             p["captured_cents"] += sum(i["qty"] * i["unit_price_cents"] for i in o["items"])
             for i in o["items"]:
                 stock[i["sku"]] = stock.get(i["sku"], 0) - i["qty"]
-    return {"orders": orders, "rejected": rejected, "payments": payments, "stock": stock}
+    result = {"orders": orders, "rejected": rejected, "payments": payments, "stock": stock}
+    if on_hand is not None:
+        result["inventory"] = {
+            sku: {"on_hand": n, "sold": -stock.get(sku, 0), "available": n + stock.get(sku, 0)}
+            for sku, n in on_hand.items()
+        }
+    return result
 
 
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else "-"
     stream = sys.stdin.buffer if path == "-" else open(path, "rb")
-    json.dump(tally(stream), sys.stdout, sort_keys=True)
+    on_hand = read_stock(sys.argv[2]) if len(sys.argv) > 2 else None
+    json.dump(tally(stream, on_hand), sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
 
 

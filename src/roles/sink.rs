@@ -873,6 +873,7 @@ impl Sink {
             rejected: run.ledger.rejected_counts(),
             payments: run.ledger.payments(),
             stock: run.ledger.stock(),
+            inventory: run.ledger.inventory(),
             run: RunSection {
                 id: run.id.to_string(),
                 input: run.meta.input.clone(),

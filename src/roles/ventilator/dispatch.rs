@@ -81,6 +81,8 @@ pub enum Payload {
         end: u32,
     },
     Local(Outcome),
+    /// A result record the reader encoded whole (an on_hand record).
+    Record(Box<[u8]>),
 }
 
 /// Where an order is (see the module doc).
@@ -264,6 +266,12 @@ impl Dispatch {
         self.lanes.locals.push(seq);
     }
 
+    /// A result record of the ventilator's own (the stock file's on_hand), to tell the sink.
+    pub fn admit_record(&mut self, now: Instant, seq: u64, record: Box<[u8]>) {
+        self.insert(now, seq, 0, Payload::Record(record));
+        self.lanes.locals.push(seq);
+    }
+
     fn insert(&mut self, now: Instant, seq: u64, line: u64, payload: Payload) {
         let slot = Slot {
             line,
@@ -281,7 +289,7 @@ impl Dispatch {
     pub fn job(&self, seq: u64) -> Option<&[u8]> {
         match &self.orders.get(&seq)?.payload {
             Payload::Job { bytes, start, end } => Some(&bytes[*start as usize..*end as usize]),
-            Payload::Local(_) => None,
+            Payload::Local(_) | Payload::Record(_) => None,
         }
     }
 
@@ -289,7 +297,15 @@ impl Dispatch {
     pub fn local(&self, seq: u64) -> Option<Outcome> {
         match self.orders.get(&seq)?.payload {
             Payload::Local(o) => Some(o),
-            Payload::Job { .. } => None,
+            Payload::Job { .. } | Payload::Record(_) => None,
+        }
+    }
+
+    /// The whole result record of `seq`, while it is not acknowledged.
+    pub fn record(&self, seq: u64) -> Option<&[u8]> {
+        match &self.orders.get(&seq)?.payload {
+            Payload::Record(r) => Some(r),
+            _ => None,
         }
     }
 

@@ -27,6 +27,7 @@ use crate::transport::{self, Connection, SocketTuning, Wire};
 use crate::{Error, Result};
 use dispatch::{Action, Dispatch, DispatchConfig, Payload, Peer};
 use handshake::Greeting;
+use crate::inventory::StockTable;
 use reader::{DeadLetter, Prepared, ReaderHandle, ReaderSetup};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
@@ -38,8 +39,10 @@ pub struct VentilatorConfig {
     pub input: InputSpec,
     pub jobs: String,
     pub acks: String,
-    /// The run id; by default the digest of the input.
+    /// The run id; by default the digest of the input (and of the stock file).
     pub run_id: Option<RunId>,
+    /// The stock file (`--stock`): orders are allocated units in line order.
+    pub stock: Option<PathBuf>,
     pub dead_letter: PathBuf,
     /// Orders per job frame at most.
     pub batch: usize,
@@ -66,6 +69,7 @@ impl Default for VentilatorConfig {
             jobs: crate::DEFAULT_JOBS.into(),
             acks: crate::DEFAULT_ACKS.into(),
             run_id: None,
+            stock: None,
             dead_letter: crate::DEFAULT_DEAD_LETTER.into(),
             batch: 1024,
             window: 32_768,
@@ -107,7 +111,13 @@ struct Sockets {
 
 /// Runs a ventilator until the sink reports the run complete or a stop is requested.
 pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorExit> {
+    let stock = match &config.stock {
+        Some(path) => Some(StockTable::load(path).map_err(|e| Error::Config(e.to_string()))?),
+        None => None,
+    };
     let (source, digest) = LineSource::open(&config.input)?;
+    // The stock file is part of the run's identity.
+    let digest = digest.map(|d| stock.as_ref().map_or(d, |t| with_stock(d, t)));
     let run = match (config.run_id, digest) {
         (Some(id), _) | (None, Some(id)) => id,
         (None, None) => {
@@ -153,7 +163,10 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     tracing::info!(run = %run, already_tallied = already, "the sink accepted the run");
     let monitor = monitor_jobs(&ctx, &jobs, run)?;
     let jobs = Connection::new(jobs, config.wire.clone(), "jobs", &config.metrics);
-    let setup = reader_setup(&ctx, config, run, 0);
+    if let Some(table) = &stock {
+        tracing::info!(run = %run, skus = table.len(), "allocating stock in line order");
+    }
+    let setup = reader_setup(&ctx, config, stock.as_ref(), run, 0);
     let reader = ReaderHandle::start(&setup, source, done)?;
     let mut sockets = Sockets {
         jobs,
@@ -161,15 +174,24 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         monitor,
         ctx: ctx.clone(),
     };
-    let mut lp = Loop::new(config, run, hello, reader);
+    let mut lp = Loop::new(config, run, hello, reader, stock);
     let result = lp.serve(&mut sockets, shutdown);
     lp.reader.stop()?;
     result
 }
 
+/// The run id of an input run with a stock file: both digests mixed.
+fn with_stock(input: RunId, stock: &StockTable) -> RunId {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&input.0.to_le_bytes());
+    bytes[8..].copy_from_slice(&stock.digest().to_le_bytes());
+    RunId(xxhash_rust::xxh3::xxh3_64(&bytes))
+}
+
 fn reader_setup<'a>(
     ctx: &'a zmq::Context,
     config: &'a VentilatorConfig,
+    stock: Option<&'a StockTable>,
     run: RunId,
     generation: u32,
 ) -> ReaderSetup<'a> {
@@ -178,6 +200,7 @@ fn reader_setup<'a>(
         input: &config.input,
         dead_letter: &config.dead_letter,
         batch: config.batch,
+        stock,
         name: format!("{run}-{generation}"),
     }
 }
@@ -246,6 +269,8 @@ struct Loop {
     core: Dispatch,
     peers: Peers,
     reader: ReaderHandle,
+    /// The stock file, for a reader started again.
+    stock: Option<StockTable>,
     input: InputState,
     dead_letter: DeadLetter,
     frame: Vec<u8>,
@@ -274,7 +299,13 @@ struct Timers {
 }
 
 impl Loop {
-    fn new(config: &VentilatorConfig, run: RunId, hello: Vec<u8>, reader: ReaderHandle) -> Loop {
+    fn new(
+        config: &VentilatorConfig,
+        run: RunId,
+        hello: Vec<u8>,
+        reader: ReaderHandle,
+        stock: Option<StockTable>,
+    ) -> Loop {
         let now = Instant::now();
         let core = Dispatch::new(DispatchConfig {
             batch: config.batch,
@@ -290,6 +321,7 @@ impl Loop {
             core,
             peers: Peers::default(),
             reader,
+            stock,
             input: InputState::default(),
             dead_letter: DeadLetter::new(config.dead_letter.clone()),
             frame: Vec::new(),
@@ -359,6 +391,9 @@ impl Loop {
         m.lines_read.inc_by((p.locals.len() + p.jobs.len()) as u64);
         for &(seq, line, outcome) in &p.locals {
             self.core.admit_local(p.read_at, seq, line, outcome);
+        }
+        for (seq, record) in p.records {
+            self.core.admit_record(p.read_at, seq, record);
         }
         let bytes = Arc::new(p.jobs_bytes);
         for &(seq, line, start, end) in &p.jobs {
@@ -495,6 +530,9 @@ impl Loop {
                     let none = std::iter::empty();
                     protocol::write_result_record(&mut records, seq, outcome.code(), "", 0, none);
                     count += 1;
+                } else if let Some(record) = self.core.record(seq) {
+                    records.extend_from_slice(record);
+                    count += 1;
                 }
             }
             let mut frame = Vec::new();
@@ -605,7 +643,13 @@ impl Loop {
     /// nor the core holds.
     fn restart_reader(&mut self, s: &mut Sockets, bitmap: SeqSet) -> Result<()> {
         self.input.generation += 1;
-        let setup = reader_setup(&s.ctx, &self.config, self.run, self.input.generation);
+        let setup = reader_setup(
+            &s.ctx,
+            &self.config,
+            self.stock.as_ref(),
+            self.run,
+            self.input.generation,
+        );
         // Stop the old one first: what it had not handed over is read again.
         self.reader.stop()?;
         let mut done = bitmap;

@@ -1,14 +1,23 @@
 //! The reader thread: reads lines, gives each counted line its seq, parses
 //! it, detects duplicate order ids and encodes jobs in batches for the
 //! dispatcher; malformed lines go to the dead-letter file at once.
+//!
+//! With a stock file (`--stock`), the reader also runs the rules and the
+//! allocator ([`crate::inventory`]) on each distinct order in line order: an
+//! order that cannot have all its units is its own verdict, `out_of_stock`,
+//! and never reaches a worker. After the last line it sends one `on_hand`
+//! record per SKU, so the sink holds the stock table durably. A reader
+//! started again (the sink came back with less) allocates again from the
+//! start, so its decisions are the same.
 
 use crate::dedup::{DigestSet, Pending};
 use crate::generator::GeneratedOrder;
 use crate::input::{InputSpec, LineSource, RawLine, SourceItem};
+use crate::inventory::{Allocator, SkuIndex, StockTable};
 use crate::ledger::SeqSet;
 use crate::order::{self, Line, Malformed};
 use crate::protocol;
-use crate::rules::Outcome;
+use crate::rules::{self, Outcome, Rejection};
 use crate::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -57,6 +66,8 @@ pub struct Prepared {
     pub jobs: Vec<(u64, u64, u32, u32)>,
     /// The reader's own verdicts: `(seq, line, outcome)`.
     pub locals: Vec<(u64, u64, Outcome)>,
+    /// Result records the reader encoded whole (the stock file's on_hand records).
+    pub records: Vec<(u64, Box<[u8]>)>,
     /// Seqs up to here have been read (the next seq).
     pub next_seq: u64,
     /// Set on the last message: the number of counted lines.
@@ -65,8 +76,62 @@ pub struct Prepared {
     pub read_at: Instant,
 }
 
+/// The reader's stock: the allocator, and the demands of the orders whose
+/// duplicate lookup is pending (reused, cleared per batch).
+pub struct ReaderStock {
+    allocator: Allocator,
+    demand: Vec<(SkuIndex, i64)>,
+}
+
+impl ReaderStock {
+    fn new(table: StockTable) -> ReaderStock {
+        ReaderStock {
+            allocator: Allocator::new(table),
+            demand: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Checks the rules and records the order's demand: the range it takes
+    /// in `demand`, empty when a rule rejects it (it holds nothing).
+    fn demand_of(&mut self, line: &Parsed<'_>) -> (u32, u32) {
+        let start = self.demand.len() as u32;
+        let passes = match line {
+            Parsed::Generated(g) => {
+                let items = g.items.iter().map(|&(s, e, q, p)| (&g.skus[s..e], q, p));
+                rules::price_items(g.currency, items.clone()).is_ok() && {
+                    let units = items.map(|(sku, qty, _)| (sku, qty));
+                    self.allocator.demand(units, &mut self.demand);
+                    true
+                }
+            }
+            Parsed::Line(Line::Order(order)) => {
+                rules::price(order).is_ok() && {
+                    let units = order.items.iter().map(|i| (&*i.sku, i.qty));
+                    self.allocator.demand(units, &mut self.demand);
+                    true
+                }
+            }
+            Parsed::Line(_) => false,
+        };
+        if passes {
+            (start, self.demand.len() as u32)
+        } else {
+            (start, start)
+        }
+    }
+
+    /// Allocates a distinct order's demand; false when it is out of stock.
+    fn allocate(&mut self, (start, end): (u32, u32)) -> bool {
+        start == end
+            || self
+                .allocator
+                .allocate(&mut self.demand[start as usize..end as usize])
+    }
+}
+
 pub struct Reader {
     pub source: LineSource,
+    pub stock: Option<ReaderStock>,
     pub done: SeqSet,
     pub seen: DigestSet,
     pub dead_letter: DeadLetter,
@@ -117,9 +182,9 @@ pub fn estimate_lines(path: &std::path::Path) -> Option<usize> {
 }
 
 /// What a duplicate lookup needs to act on its answer: the line's seq and
-/// number, and the index of its encoded job in the batch (none when the
-/// sink has it tallied already).
-type Lookup = (u64, u64, Option<usize>);
+/// number, the index of its encoded job in the batch (none when the sink
+/// has it tallied already), and its range in the stock demand buffer.
+type Lookup = (u64, u64, Option<usize>, (u32, u32));
 
 /// Marks a job taken back out of a batch (its id turned out a duplicate).
 const WITHDRAWN: u32 = u32::MAX;
@@ -137,7 +202,7 @@ impl Reader {
             }
             if (!out.jobs.is_empty() || !out.locals.is_empty()) && self.source.may_block() {
                 // A stream went quiet: do not hold what we have.
-                Self::resolve_all(&mut pending, &mut self.seen, &mut out);
+                self.resolve_all(&mut pending, &mut out);
                 out.next_seq = seq;
                 let full = std::mem::replace(&mut out, self.empty());
                 if !self.send(full) {
@@ -193,14 +258,18 @@ impl Reader {
                 out.jobs.push((this, number, start, end));
                 Some(out.jobs.len() - 1)
             };
-            if let Some(answer) = pending.push(&mut self.seen, digest, (this, number, job)) {
-                Self::resolve(answer, &mut out);
+            let holds = match &mut self.stock {
+                Some(stock) => stock.demand_of(&line),
+                None => (0, 0),
+            };
+            if let Some(answer) = pending.push(&mut self.seen, digest, (this, number, job, holds)) {
+                Self::resolve(answer, &mut out, &mut self.stock);
             }
             if out.jobs.len() >= self.batch
                 || out.jobs_bytes.len() >= 256 << 10
                 || out.locals.len() >= self.batch
             {
-                Self::resolve_all(&mut pending, &mut self.seen, &mut out);
+                self.resolve_all(&mut pending, &mut out);
                 out.next_seq = seq;
                 let full = std::mem::replace(&mut out, self.empty());
                 if !self.send(full) {
@@ -208,7 +277,10 @@ impl Reader {
                 }
             }
         }
-        Self::resolve_all(&mut pending, &mut self.seen, &mut out);
+        self.resolve_all(&mut pending, &mut out);
+        let Some(seq) = self.send_on_hand(seq, &mut out) else {
+            return Ok(());
+        };
         out.next_seq = seq;
         out.total = Some(seq);
         self.send(out);
@@ -216,23 +288,61 @@ impl Reader {
     }
 
     /// Acts on one duplicate lookup: a repeated id's job is withdrawn from
-    /// the batch and the line counted as a duplicate (unless tallied already).
-    fn resolve((fresh, (seq, number, job)): (bool, Lookup), out: &mut Prepared) {
-        if fresh {
+    /// the batch and the line counted as a duplicate (unless tallied
+    /// already); a new order gets its units, or is withdrawn as out of stock.
+    fn resolve(
+        (fresh, (seq, number, job, holds)): (bool, Lookup),
+        out: &mut Prepared,
+        stock: &mut Option<ReaderStock>,
+    ) {
+        let verdict = if !fresh {
+            Outcome::Duplicate
+        } else if stock.as_mut().is_some_and(|s| !s.allocate(holds)) {
+            Outcome::Rejected(Rejection::OutOfStock)
+        } else {
             return;
-        }
+        };
         if let Some(index) = job {
             out.jobs[index].2 = WITHDRAWN;
-            out.locals.push((seq, number, Outcome::Duplicate));
+            out.locals.push((seq, number, verdict));
         }
     }
 
     /// Finishes every waiting lookup and drops withdrawn jobs: before a batch leaves.
-    fn resolve_all(pending: &mut Pending<Lookup>, seen: &mut DigestSet, out: &mut Prepared) {
-        while let Some(answer) = pending.pop(seen) {
-            Self::resolve(answer, out);
+    fn resolve_all(&mut self, pending: &mut Pending<Lookup>, out: &mut Prepared) {
+        while let Some(answer) = pending.pop(&mut self.seen) {
+            Self::resolve(answer, out, &mut self.stock);
+        }
+        if let Some(stock) = &mut self.stock {
+            stock.demand.clear();
         }
         out.jobs.retain(|job| job.2 != WITHDRAWN);
+    }
+
+    /// After the last line: one on_hand record per SKU of the stock file,
+    /// seqs from `seq` on (those the sink has not tallied). Returns the
+    /// next seq, or None when the dispatcher is gone.
+    fn send_on_hand(&mut self, mut seq: u64, out: &mut Prepared) -> Option<u64> {
+        let Some(stock) = &self.stock else {
+            return Some(seq);
+        };
+        for (sku, units) in stock.allocator.table().iter() {
+            if !self.done.contains(seq) {
+                let mut record = Vec::with_capacity(sku.len() + 24);
+                let item = std::iter::once((sku, units));
+                let code = Outcome::OnHand.code();
+                protocol::write_result_record(&mut record, seq, code, "", 0, item);
+                out.records.push((seq, record.into_boxed_slice()));
+            }
+            seq += 1;
+            if out.records.len() >= self.batch {
+                out.next_seq = seq;
+                if !self.send(std::mem::replace(out, self.empty())) {
+                    return None;
+                }
+            }
+        }
+        Some(seq)
     }
 
     fn empty(&self) -> Prepared {
@@ -240,6 +350,7 @@ impl Reader {
             jobs_bytes: Vec::with_capacity(self.batch * 160),
             jobs: Vec::with_capacity(self.batch),
             locals: Vec::new(),
+            records: Vec::new(),
             next_seq: 0,
             total: None,
             read_at: Instant::now(),
@@ -274,6 +385,8 @@ pub struct ReaderSetup<'a> {
     pub input: &'a InputSpec,
     pub dead_letter: &'a std::path::Path,
     pub batch: usize,
+    /// The stock file, when orders are allocated units.
+    pub stock: Option<&'a StockTable>,
     /// Names the doorbell's endpoint: unique per reader of this process.
     pub name: String,
 }
@@ -305,6 +418,7 @@ impl ReaderHandle {
         let stop = Arc::new(AtomicBool::new(false));
         let reader = Reader {
             source,
+            stock: setup.stock.cloned().map(ReaderStock::new),
             done,
             seen: DigestSet::with_capacity(expected_orders(setup.input)),
             dead_letter: DeadLetter::new(setup.dead_letter.to_path_buf()),
