@@ -214,7 +214,7 @@ async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let sim = sim.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&sim, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle(sim, req).await) }
             });
             // A client that hangs up mid-answer is its own business.
             let _ = hyper::server::conn::http1::Builder::new()
@@ -241,7 +241,7 @@ fn error(status: StatusCode, what: &str) -> Response<Full<Bytes>> {
     json(status, body)
 }
 
-async fn handle(sim: &Sim, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/charges") => charge(sim, req).await,
         (&Method::GET, "/v1/ledger") => {
@@ -264,7 +264,7 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn charge(sim: &Sim, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn charge(sim: Arc<Sim>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     lock(&sim.state).ledger.requests += 1;
     let key = req
         .headers()
@@ -353,15 +353,23 @@ async fn charge(sim: &Sim, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let late = state.roll() < sim.config.late_rate;
         (stored, late)
     };
-    if let Some(journal) = &sim.journal {
-        if !journaled(journal, &stored).await {
-            // The answer is not durable: the process cannot promise anything.
-            tracing::error!("the journal failed: stopping");
-            std::process::exit(1);
-        }
-        if let Some(s) = lock(&sim.state).keys.get_mut(&key) {
-            s.durable = true;
-        }
+    if sim.journal.is_some() {
+        // In a task of its own: a client hanging up drops this handler, and
+        // the key must still become durable (or it would answer "in
+        // progress" forever).
+        let (sim, stored) = (sim.clone(), stored.clone());
+        let durable = tokio::spawn(async move {
+            let Some(journal) = &sim.journal else { return };
+            if !journaled(journal, &stored).await {
+                // The answer is not durable: the process cannot promise anything.
+                tracing::error!("the journal failed: stopping");
+                std::process::exit(1);
+            }
+            if let Some(s) = lock(&sim.state).keys.get_mut(&stored.key) {
+                s.durable = true;
+            }
+        });
+        let _ = durable.await;
     }
     if late {
         tokio::time::sleep(sim.config.late_hold).await;

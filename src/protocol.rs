@@ -662,10 +662,16 @@ pub struct Progress {
     pub redelivered: u64,
 }
 
-/// Sink → ventilator: seq ranges `[start, start + len)` now durable.
+/// Sink → ventilator: seq ranges `[start, start + len)` now durable, and
+/// why the payments among them that a worker gave up on failed (for the
+/// ventilator's dead letter, which knows each seq's line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Acks {
     pub ranges: Vec<(u64, u64)>,
+    /// `(seq, reason)` of each newly tallied `failed` worker result that
+    /// carried a reason (in its currency slot). Absent in older frames.
+    #[serde(default)]
+    pub failures: Vec<(u64, String)>,
 }
 
 impl Acks {

@@ -1178,6 +1178,16 @@ impl Dispatcher {
     fn acknowledge(&mut self, acks: &Acks) {
         let now = Instant::now();
         let before = self.window.len();
+        for (seq, reason) in &acks.failures {
+            // Only for an order still held: an order already acknowledged
+            // was dead-lettered (or tallied) before.
+            let Some(line) = self.window.get(seq).map(|slot| slot.line) else {
+                continue;
+            };
+            if let Err(e) = self.dead_letter.write(line, reason) {
+                tracing::error!(error = %e, "cannot write the dead-letter file");
+            }
+        }
         for seq in acks.seqs() {
             let Some(slot) = self.window.remove(&seq) else {
                 continue;
