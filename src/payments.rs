@@ -127,6 +127,12 @@ impl<'g, T: Payable> Payments<'g, T> {
         self.in_flight.len() + self.waiting.len() + self.retrying.len()
     }
 
+    /// The gateway's wake-up descriptor, if it has one (see
+    /// [`PaymentGateway::wake_fd`]).
+    pub fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.gateway.wake_fd()
+    }
+
     /// Payments waiting for a slot at the gateway.
     pub fn waiting(&self) -> usize {
         self.waiting.len()

@@ -27,13 +27,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use std::sync::mpsc;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// The largest response body read, in bytes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
-/// How often the worker collects replies while payments are pending.
-const POLL_EVERY: Duration = Duration::from_millis(1);
 
 /// The HTTP gateway. Dropping it stops its runtime and abandons pending
 /// attempts (their orders are redelivered or retried under the same key).
@@ -44,6 +45,10 @@ pub struct HttpGateway {
     timeout: Duration,
     tx: mpsc::Sender<(u64, GatewayReply)>,
     rx: mpsc::Receiver<(u64, GatewayReply)>,
+    /// A byte is written to `wake_tx` after each reply; the worker polls
+    /// `wake_rx` with its sockets (see [`PaymentGateway::wake_fd`]).
+    wake_tx: Arc<UnixStream>,
+    wake_rx: UnixStream,
     pending: usize,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -79,7 +84,18 @@ impl HttpGateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         let (tx, rx) = mpsc::channel();
+        let (wake_tx, wake_rx) = UnixStream::pair()
+            .and_then(|(a, b)| {
+                a.set_nonblocking(true)
+                    .and(b.set_nonblocking(true))
+                    .map(|()| (a, b))
+            })
+            .map_err(|e| {
+                Error::Config(format!("cannot make the HTTP gateway's wake-up pipe: {e}"))
+            })?;
         Ok(HttpGateway {
+            wake_tx: Arc::new(wake_tx),
+            wake_rx,
             handle,
             client,
             charges,
@@ -135,6 +151,7 @@ impl PaymentGateway for HttpGateway {
         };
         let client = self.client.clone();
         let tx = self.tx.clone();
+        let wake = self.wake_tx.clone();
         let timeout = self.timeout;
         self.pending += 1;
         self.handle.spawn(async move {
@@ -164,25 +181,37 @@ impl PaymentGateway for HttpGateway {
                     retry_after: None,
                 },
             };
-            // The worker may be gone (stopping): nothing to tell then.
-            let _ = tx.send((ticket, reply));
+            // The worker may be gone (stopping): nothing to tell then. A
+            // full wake-up buffer already holds a wake-up: nothing lost.
+            if tx.send((ticket, reply)).is_ok() {
+                let _ = (&*wake).write(&[1]);
+            }
         });
         None
     }
 
     fn poll(&mut self, _now: Instant, ready: &mut Vec<(u64, GatewayReply)>) {
+        // Drain the wake-ups first: a reply sent after this is seen now or
+        // wakes the next poll.
+        let mut sink = [0u8; 256];
+        while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
         while let Ok(reply) = self.rx.try_recv() {
             self.pending = self.pending.saturating_sub(1);
             ready.push(reply);
         }
     }
 
+    /// Never: replies wake the worker through [`wake_fd`](Self::wake_fd).
     fn next_due(&self) -> Option<Instant> {
-        (self.pending > 0).then(|| Instant::now() + POLL_EVERY)
+        None
     }
 
     fn pending(&self) -> usize {
         self.pending
+    }
+
+    fn wake_fd(&self) -> Option<RawFd> {
+        Some(self.wake_rx.as_raw_fd())
     }
 }
 
@@ -325,8 +354,10 @@ mod tests {
         assert_eq!(g.begin(9, &request), None);
         let mut ready = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
+        let fd = g.wake_fd().unwrap();
         while ready.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+            let mut items = [zmq::PollItem::from_fd(fd, zmq::POLLIN)];
+            zmq::poll(&mut items, 100).unwrap();
             g.poll(Instant::now(), &mut ready);
         }
         assert_eq!(ready.len(), 1);

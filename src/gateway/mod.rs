@@ -60,6 +60,12 @@ pub trait PaymentGateway {
     fn next_due(&self) -> Option<Instant>;
     /// How many payments are pending.
     fn pending(&self) -> usize;
+    /// A descriptor that becomes readable when a reply arrives, for a
+    /// gateway whose replies come from another thread: the worker polls it
+    /// with its sockets instead of waking up on a timer.
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Which gateway `--gateway` names.

@@ -370,8 +370,14 @@ impl Worker<'_> {
                         zmq::PollEvents::empty()
                     }),
                     control.as_poll_item(zmq::POLLIN),
+                    self.gateway_wake(),
                 ];
-                transport::poll(&mut items, timeout)?;
+                let polled = if self.payments.wake_fd().is_some() {
+                    3
+                } else {
+                    2
+                };
+                transport::poll(&mut items[..polled], timeout)?;
                 (items[0].is_readable(), items[1].is_readable())
             };
             if control_ready {
@@ -533,12 +539,26 @@ impl Worker<'_> {
         }
     }
 
+    /// The poll item of the gateway's wake-up descriptor (an inert item
+    /// when it has none: leave it out of the poll).
+    fn gateway_wake(&self) -> zmq::PollItem<'static> {
+        match self.payments.wake_fd() {
+            Some(fd) => zmq::PollItem::from_fd(fd, zmq::POLLIN),
+            None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
+        }
+    }
+
     /// Runs everything held to completion and sends the results.
     fn finish_all(&mut self, results: &zmq::Socket) -> Result<()> {
         while self.busy() > 0 {
             let timeout = self.poll_timeout(false);
             if timeout > 0 {
-                std::thread::sleep(Duration::from_millis(timeout as u64));
+                match self.payments.wake_fd() {
+                    Some(_) => {
+                        transport::poll(&mut [self.gateway_wake()], timeout)?;
+                    }
+                    None => std::thread::sleep(Duration::from_millis(timeout as u64)),
+                }
             }
             self.advance(results)?;
         }
