@@ -855,6 +855,21 @@ mod tests {
     }
 
     #[test]
+    fn acks_carry_failure_reasons_and_read_frames_without_them() {
+        let mut acks = Acks::default();
+        acks.push(4);
+        acks.push(5);
+        acks.failures.push((5, "HTTP 400 Bad Request".into()));
+        let body = rmp_serde::to_vec(&acks).unwrap();
+        assert_eq!(decode::<Acks>(&body).unwrap(), acks);
+        // An Acks body from before the failures field: `[ranges]`.
+        let old = rmp_serde::to_vec(&(vec![(7u64, 2u64)],)).unwrap();
+        let read = decode::<Acks>(&old).unwrap();
+        assert_eq!(read.seqs().collect::<Vec<_>>(), vec![7, 8]);
+        assert!(read.failures.is_empty());
+    }
+
+    #[test]
     fn hand_written_results_match_serde() {
         let records = [
             ResultRecord {

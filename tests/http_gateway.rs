@@ -42,6 +42,12 @@ fn paysim(g: &Grid, name: &str, listen: &str, args: &[&str]) -> (Proc, String) {
 
 /// `GET /v1/ledger` (the test's own one-shot HTTP/1.1 request).
 fn ledger(addr: &str) -> Value {
+    let body = ledger_text(addr);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("ledger is not JSON: {e}: {body}"))
+}
+
+/// The ledger's JSON text as paysim wrote it (exact integers past u64 too).
+fn ledger_text(addr: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("paysim answers");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -52,8 +58,7 @@ fn ledger(addr: &str) -> Value {
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("ledger is not JSON: {e}: {text}"))
+    text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
 }
 
 /// paysim's ledger equals the report: charges and amounts per currency,
@@ -297,6 +302,102 @@ fn a_200_that_is_not_json_is_retried_then_failed_with_the_reason() {
     let with_reason = dead.lines().filter(|l| l.contains(reason)).count() as u64;
     assert_eq!(with_reason, failed, "{dead}");
     assert!(requests.load(Ordering::SeqCst) >= 3 * failed);
+}
+
+/// One request on its own connection: (status, body).
+fn request(addr: &str, head: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("paysim answers");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{head}\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
+    (
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    )
+}
+
+fn charge(addr: &str, key: &str, order: &str, amount: i64, token: &str) -> (u16, String) {
+    let body = format!(
+        r#"{{"order_id": "{order}", "amount_cents": {amount}, "currency": "JPY", "payment_token": "{token}"}}"#
+    );
+    request(
+        addr,
+        &format!(
+            "POST /v1/charges HTTP/1.1\r\nContent-Type: application/json\r\nIdempotency-Key: {key}"
+        ),
+        &body,
+    )
+}
+
+#[test]
+fn paysim_is_idempotent_and_its_ledger_exact_and_durable() {
+    let g = Grid::new("paysim-api");
+    let journal = g.path("paysim.jsonl");
+    let args = ["--journal", journal.to_str().unwrap()];
+    let (mut psp, addr) = paysim(&g, "paysim-1", "127.0.0.1:0", &args);
+    let max = i64::MAX;
+    assert_eq!(charge(&addr, "a", "a", max, "tok_visa").0, 201);
+    let (status, body) = charge(&addr, "a", "a", max, "tok_visa");
+    assert_eq!(status, 201, "a replay gets the stored answer");
+    assert!(body.contains("captured"), "{body}");
+    assert_eq!(
+        charge(&addr, "a", "a", 1, "tok_visa").0,
+        409,
+        "same key, other body"
+    );
+    assert_eq!(charge(&addr, "b", "b", max, "tok_visa").0, 201);
+    assert_eq!(charge(&addr, "d", "d", 5, "tok_decline_x").0, 402);
+    assert_eq!(charge(&addr, "d", "d", 5, "tok_decline_x").0, 402);
+    assert_eq!(charge(&addr, "f", "f", 7, "tok_flaky").0, 503);
+    assert_eq!(charge(&addr, "f", "f", 7, "tok_flaky").0, 503);
+    assert_eq!(charge(&addr, "f", "f", 7, "tok_flaky").0, 201);
+    let no_key = request(&addr, "POST /v1/charges HTTP/1.1", r#"{"order_id": "x"}"#);
+    assert_eq!(no_key.0, 400);
+    assert_eq!(charge(&addr, "bad", "bad", -1, "tok_visa").0, 400);
+    assert_eq!(request(&addr, "GET /nowhere HTTP/1.1", "").0, 404);
+    let expected = serde_json::json!({
+        "charges": 3, "replays": 2, "conflicts": 1, "declines": 1,
+    });
+    // 2 × i64::MAX + 7: past u64 even, and exact.
+    let jpy = r#""JPY":{"charges":3,"amount_cents":18446744073709551621}"#;
+    let check = |ledger: &Value, requests: Option<u64>| {
+        for key in ["charges", "replays", "conflicts", "declines"] {
+            if key == "replays" || key == "conflicts" {
+                if requests.is_none() {
+                    continue; // counters of the process, not of the journal
+                }
+            }
+            assert_eq!(ledger[key], expected[key], "{key}: {ledger}");
+        }
+        if let Some(n) = requests {
+            assert_eq!(ledger["requests"].as_u64(), Some(n), "{ledger}");
+        }
+    };
+    check(&ledger(&addr), Some(11));
+    assert!(ledger_text(&addr).contains(jpy), "{}", ledger_text(&addr));
+    // Killed and started again: the charges and amounts come back from the journal.
+    psp.kill9();
+    let (_psp, addr) = paysim(&g, "paysim-2", "127.0.0.1:0", &args);
+    check(&ledger(&addr), None);
+    assert!(ledger_text(&addr).contains(jpy), "{}", ledger_text(&addr));
+    assert_eq!(charge(&addr, "a", "a", max, "tok_visa").0, 201);
+    assert_eq!(
+        ledger(&addr)["replays"].as_u64(),
+        Some(1),
+        "no second charge"
+    );
+    check(&ledger(&addr), None);
 }
 
 #[test]
