@@ -400,12 +400,30 @@ fn paysim_is_idempotent_and_its_ledger_exact_and_durable() {
 }
 
 #[test]
-fn https_is_refused_in_one_line() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ordergrid-worker"))
-        .args(["--gateway", "https://psp.invalid"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no TLS stack"), "{err}");
+fn https_to_a_psp_without_tls_fails_the_handshake_as_a_transient_error() {
+    let mut g = Grid::new("http-tls");
+    let input = g.generate(60, 35, 0);
+    let expected = oracle(&input);
+    let (addr, _) = fake_psp("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    let mut sink = g.sink(&SINK);
+    let url = format!("https://{addr}");
+    let _w = g.worker(&[
+        "--gateway",
+        &url,
+        "--gateway-attempts",
+        "2",
+        "--gateway-backoff-ms",
+        "10",
+    ]);
+    let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
+    vent.success();
+    sink.success();
+    let failed = reaching_the_gateway(&expected);
+    assert_eq!(g.report()["orders"]["failed"].as_u64(), Some(failed));
+    let dead = std::fs::read_to_string(g.path("ordergrid-dead-letter.jsonl")).unwrap();
+    let tls = dead
+        .lines()
+        .filter(|l| l.contains("gave up after 2 attempts: connection"))
+        .count() as u64;
+    assert_eq!(tls, failed, "{dead}");
 }

@@ -1,7 +1,9 @@
-//! A PSP over HTTP (`--gateway http://HOST:PORT`): each attempt is one
-//! `POST {URL}/v1/charges` on hyper's pooled keep-alive client, run on a
-//! current-thread tokio runtime of its own thread, so the worker's thread
-//! keeps hundreds of payments in flight and only collects replies.
+//! A PSP over HTTP or HTTPS (`--gateway http[s]://HOST:PORT`): each attempt
+//! is one `POST {URL}/v1/charges` on hyper's pooled keep-alive client, run on
+//! a current-thread tokio runtime of its own thread, so the worker's thread
+//! keeps hundreds of payments in flight and only collects replies. https
+//! goes through rustls (ring), the server checked against Mozilla's roots
+//! (webpki-roots); a failed handshake is a connection error: transient.
 //!
 //! # The request
 //! `Content-Type: application/json`, `Idempotency-Key:` the order id
@@ -25,6 +27,7 @@ use crate::{Error, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::io::{Read, Write};
@@ -40,7 +43,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// attempts (their orders are redelivered or retried under the same key).
 pub struct HttpGateway {
     handle: tokio::runtime::Handle,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     charges: hyper::Uri,
     timeout: Duration,
     tx: mpsc::Sender<(u64, GatewayReply)>,
@@ -77,9 +80,15 @@ impl HttpGateway {
                 });
             })
             .map_err(|e| Error::Config(format!("cannot start the HTTP gateway's thread: {e}")))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -336,6 +345,52 @@ mod tests {
         assert_eq!(v["payment_token"], "tok_visa");
     }
 
+    /// Waits (bounded) for the one reply of ticket 9.
+    fn one_reply(g: &mut HttpGateway) -> GatewayReply {
+        let mut ready = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let fd = g.wake_fd().unwrap();
+        while ready.is_empty() && Instant::now() < deadline {
+            let mut items = [zmq::PollItem::from_fd(fd, zmq::POLLIN)];
+            zmq::poll(&mut items, 100).unwrap();
+            g.poll(Instant::now(), &mut ready);
+        }
+        assert_eq!(ready.len(), 1, "{ready:?}");
+        assert_eq!(g.pending(), 0);
+        let (ticket, reply) = ready.remove(0);
+        assert_eq!(ticket, 9);
+        reply
+    }
+
+    const REQUEST: PaymentRequest<'static> = PaymentRequest {
+        idempotency_key: "o-1",
+        payment_token: "tok_visa",
+        currency: *b"USD",
+        amount_cents: 1,
+    };
+
+    #[test]
+    fn https_to_a_server_that_does_not_speak_tls_is_transient() {
+        // A server that answers plain HTTP to whatever it is sent.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let url = format!("https://localhost:{port}");
+        let mut g = HttpGateway::new(&url, Duration::from_secs(5)).unwrap();
+        assert_eq!(g.begin(9, &REQUEST), None);
+        match one_reply(&mut g) {
+            GatewayReply::Transient { reason, .. } => {
+                assert!(reason.starts_with("connection"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn a_refused_connection_is_transient() {
         // Bind then drop a listener: nothing answers on that port now.
@@ -345,26 +400,12 @@ mod tests {
             .unwrap();
         let mut g =
             HttpGateway::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)).unwrap();
-        let request = PaymentRequest {
-            idempotency_key: "o-1",
-            payment_token: "tok_visa",
-            currency: *b"USD",
-            amount_cents: 1,
-        };
-        assert_eq!(g.begin(9, &request), None);
-        let mut ready = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let fd = g.wake_fd().unwrap();
-        while ready.is_empty() && Instant::now() < deadline {
-            let mut items = [zmq::PollItem::from_fd(fd, zmq::POLLIN)];
-            zmq::poll(&mut items, 100).unwrap();
-            g.poll(Instant::now(), &mut ready);
+        assert_eq!(g.begin(9, &REQUEST), None);
+        match one_reply(&mut g) {
+            GatewayReply::Transient { reason, .. } => {
+                assert!(reason.starts_with("connection"), "{reason}")
+            }
+            other => panic!("{other:?}"),
         }
-        assert_eq!(ready.len(), 1);
-        assert!(
-            matches!(&ready[0], (9, GatewayReply::Transient { reason, .. }) if reason.starts_with("connection")),
-            "{ready:?}"
-        );
-        assert_eq!(g.pending(), 0);
     }
 }

@@ -9,8 +9,9 @@
 //! gateway only says what one attempt did.
 //!
 //! - [`sim`]: the built-in simulated gateway (`--gateway sim`, the default).
-//! - [`http`]: a PSP over HTTP (`--gateway http://HOST:PORT`): hyper's pooled
-//!   keep-alive client on a tokio runtime of its own thread.
+//! - [`http`]: a PSP over HTTP or HTTPS (`--gateway http[s]://HOST:PORT`):
+//!   hyper's pooled keep-alive client on a tokio runtime of its own thread,
+//!   TLS by rustls.
 //!
 //! Every attempt carries the order id as its idempotency key, the same on
 //! every retry, redelivery and worker, so a PSP charges an order once.
@@ -73,27 +74,25 @@ pub trait PaymentGateway {
 pub enum GatewayChoice {
     /// The built-in simulated gateway.
     Simulated,
-    /// A PSP over plain HTTP at this base URL (no trailing slash).
+    /// A PSP over HTTP or HTTPS at this base URL (no trailing slash).
     Http(String),
 }
 
 impl std::str::FromStr for GatewayChoice {
     type Err = String;
 
-    /// `sim`, or an `http://HOST:PORT[/PATH]` base URL. `https://` is refused
-    /// with the reason: this build carries no TLS stack.
+    /// `sim`, or an `http[s]://HOST:PORT[/PATH]` base URL.
     fn from_str(s: &str) -> Result<GatewayChoice, String> {
         if s == "sim" {
             return Ok(GatewayChoice::Simulated);
         }
-        if s.starts_with("https://") {
+        let Some(rest) = s
+            .strip_prefix("http://")
+            .or_else(|| s.strip_prefix("https://"))
+        else {
             return Err(format!(
-                "{s}: https:// is not supported by this build (no TLS stack compiled in); \
-                 reach the PSP through a local TLS-terminating proxy at http://127.0.0.1:PORT"
+                "{s}: expected `sim` or an http[s]://HOST[:PORT] URL"
             ));
-        }
-        let Some(rest) = s.strip_prefix("http://") else {
-            return Err(format!("{s}: expected `sim` or an http://HOST:PORT URL"));
         };
         let authority = rest.split('/').next().unwrap_or("");
         if authority.is_empty() {
@@ -143,8 +142,10 @@ mod tests {
             "http://127.0.0.1:8099/".parse(),
             Ok(GatewayChoice::Http("http://127.0.0.1:8099".into()))
         );
-        let https = "https://psp.example".parse::<GatewayChoice>().unwrap_err();
-        assert!(https.contains("no TLS stack"), "{https}");
+        assert_eq!(
+            "https://psp.example/api".parse(),
+            Ok(GatewayChoice::Http("https://psp.example/api".into()))
+        );
         assert!("ftp://x".parse::<GatewayChoice>().is_err());
         assert!("http://".parse::<GatewayChoice>().is_err());
     }
