@@ -2,7 +2,7 @@
 # The throughput benchmark of issue 4: the grid side by side with the naive
 # ZeroMQ Guide pipeline (examples/naive_pipeline.rs) and a RabbitMQ work queue.
 #
-#   scripts/bench.sh [--quick] [--runs R] [--no-rabbitmq]
+#   scripts/bench.sh [--quick] [--runs R] [--no-rabbitmq] [--only-http]
 #
 # Builds in release, runs every scenario R times (default 3; --quick: fewer
 # orders and 1 run), prints the table (median orders/s with min and max, the
@@ -26,6 +26,15 @@
 # BENCH_NICE=-10 (as root) runs every benchmarked process, the broker too, at
 # that niceness so that other work on a shared machine disturbs it less.
 #
+# The HTTP gateway (issue 13): workers pay through ordergrid-paysim (a fresh
+# one per run, on a free loopback port): 1 worker x 64 in flight at 0 ms
+# (payments/s), 2 workers x 64 at 5 ms (vs the 2 x 64 / 5 ms = 25,600/s
+# bound), and the peer, a Python asyncio + aiohttp client with the same
+# concurrency against the same kind of paysim (aiohttp installed with pip
+# into bench-out/venv if missing). Workers retry with --gateway-backoff-ms 5,
+# the simulated gateway's back-off, so the flaky tokens' scripted 503s cost
+# what they cost there. --only-http runs only these rows.
+#
 # Needs: cargo, python3 (with venv), GNU time (installed with apt-get if
 # missing), rabbitmq-server (installed with apt-get if missing; --no-rabbitmq
 # skips the broker).
@@ -35,22 +44,24 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=0
 RUNS=""
 RABBIT=1
+ONLY_HTTP=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --runs) RUNS=$2; shift ;;
         --no-rabbitmq) RABBIT=0 ;;
-        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --only-http) ONLY_HTTP=1; RABBIT=0 ;;
+        -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
 
 if [ "$QUICK" = 1 ]; then
-    N=200000; N_RSS=1000000; N_GATEWAY=20000; N_RABBIT=20000; RUNS=${RUNS:-1}
+    N=200000; N_RSS=1000000; N_GATEWAY=20000; N_RABBIT=20000; N_HTTP=30000; RUNS=${RUNS:-1}
     N_SLOW=4000; N_MANY=30000
 else
-    N=2000000; N_RSS=10000000; N_GATEWAY=100000; N_RABBIT=200000; RUNS=${RUNS:-3}
+    N=2000000; N_RSS=10000000; N_GATEWAY=100000; N_RABBIT=200000; N_HTTP=200000; RUNS=${RUNS:-3}
     N_SLOW=20000; N_MANY=100000
 fi
 SCALING="1 2 4"
@@ -278,8 +289,93 @@ rabbit_run() { # scenario orders workers run input
     [ "$ok" = 1 ] || log "FAILED: $scenario run $run: $note(logs in $dir)"
 }
 
+# A fresh paysim (a run's order ids must not be replays of the last run's):
+# sets PAYSIM (pid) and PAYSIM_ADDR.
+start_paysim() { # dir latency_ms
+    local dir=$1 latency=$2
+    : >"$dir/paysim.out"
+    nice -n "$NICE" "$BIN/ordergrid-paysim" --listen 127.0.0.1:0 --latency-ms "$latency" \
+        >"$dir/paysim.out" 2>"$dir/paysim.err" &
+    PAYSIM=$!
+    PIDS+=("$PAYSIM")
+    PAYSIM_ADDR=
+    for _ in $(seq 100); do
+        PAYSIM_ADDR=$(sed -n 's/^listening on //p' "$dir/paysim.out")
+        [ -n "$PAYSIM_ADDR" ] && return
+        sleep 0.05
+    done
+    log "paysim did not start (see $dir/paysim.err)"
+    return 1
+}
+
+stop_paysim() {
+    kill -TERM "$PAYSIM" 2>/dev/null || true
+    wait "$PAYSIM" 2>/dev/null || true
+}
+
+# The grid paying through a fresh paysim at latency_ms.
+http_run() { # scenario orders workers run latency_ms
+    local scenario=$1 orders=$2 workers=$3 run=$4 latency=$5
+    local pdir=$OUT/runs/$scenario/paysim-w$workers-r$run
+    rm -rf "$pdir"; mkdir -p "$pdir"
+    start_paysim "$pdir" "$latency"
+    grid_run "$scenario" "$orders" "$workers" "$run" --generate "$orders" -- \
+        --gateway "http://$PAYSIM_ADDR" --concurrency 64 --gateway-backoff-ms 5
+    stop_paysim
+}
+
+# The peer: a Python asyncio + aiohttp client paying the same orders.
+aiohttp_run() { # scenario orders concurrency run latency_ms input
+    local scenario=$1 orders=$2 conc=$3 run=$4 latency=$5 input=$6
+    local dir=$OUT/runs/$scenario/c$conc-r$run
+    rm -rf "$dir"; mkdir -p "$dir"
+    start_paysim "$dir" "$latency"
+    wait_quiet
+    local snap0; snap0=$(snap)
+    local rc=0
+    nice -n "$NICE" /usr/bin/time -f '%M %e %U %S' -o "$dir/peer.time" \
+        timeout -k 5 "$TMO" "$OUT/venv/bin/python" "$ROOT/scripts/bench/aiohttp_peer.py" \
+        --url "http://$PAYSIM_ADDR" --input "$input" --count "$orders" --concurrency "$conc" \
+        >"$dir/peer.out" 2>"$dir/peer.err" || rc=$?
+    local snap1; snap1=$(snap)
+    stop_paysim
+    local payments secs ok=1 note=""
+    payments=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["payments"])' "$dir/peer.out" 2>/dev/null || echo 0)
+    secs=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["seconds"] * 1e9))' "$dir/peer.out" 2>/dev/null || echo 0)
+    [ "$rc" = 0 ] || { ok=0; note+="peer exit $rc; "; }
+    # orders/s here is payments/s: the peer times its payments only.
+    record --scenario "$scenario" --system aiohttp --orders "$payments" --workers "$((conc / 64))" \
+        --run "$run" --dir "$dir" --start-ns 0 --end-ns "$secs" --end2-ns "$secs" \
+        --ok "$ok" --note "$note" --busy-before "$BUSY_BEFORE" --snap0 "$snap0" --snap1 "$snap1"
+    [ "$ok" = 1 ] || log "FAILED: $scenario run $run: $note(logs in $dir)"
+}
+
+http_scenarios() {
+    log "grid over HTTP: 1 worker x 64 in flight, paysim 0 ms, $N_HTTP orders, $RUNS run(s)"
+    for r in $(seq "$RUNS"); do http_run grid-http-0ms "$N_HTTP" 1 "$r" 0; done
+    log "grid over HTTP: 2 workers x 64 in flight, paysim 5 ms, $N_GATEWAY orders, $RUNS run(s)"
+    for r in $(seq "$RUNS"); do http_run grid-http-5ms "$N_GATEWAY" 2 "$r" 5; done
+    if [ ! -x "$OUT/venv/bin/python" ] || ! "$OUT/venv/bin/python" -c 'import aiohttp' 2>/dev/null; then
+        log "installing aiohttp into $OUT/venv"
+        [ -x "$OUT/venv/bin/python" ] || python3 -m venv "$OUT/venv"
+        "$OUT/venv/bin/pip" install -q aiohttp
+    fi
+    local hfile=$OUT/orders-http-$N_HTTP.jsonl
+    [ -s "$hfile" ] || "$BIN/ordergrid-gen" --count "$N_HTTP" >"$hfile"
+    log "Python asyncio + aiohttp peer: 64 in flight at 0 ms, 128 at 5 ms, $RUNS run(s)"
+    for r in $(seq "$RUNS"); do aiohttp_run aiohttp-0ms "$N_HTTP" 64 "$r" 0 "$hfile"; done
+    for r in $(seq "$RUNS"); do aiohttp_run aiohttp-5ms "$N_GATEWAY" 128 "$r" 5 "$hfile"; done
+}
+
 # --- the scenarios --------------------------------------------------------------
 TMO=600 # seconds any one process may take before it is stopped (a hang)
+
+if [ "$ONLY_HTTP" = 1 ]; then
+    http_scenarios
+    python3 "$ROOT/scripts/bench/report.py" --results "$RESULTS" --docs "$DOCS" \
+        --runs "$RUNS" --nice "$NICE" $([ "$QUICK" = 1 ] && echo --quick)
+    exit 0
+fi
 
 log "naive Guide pipeline: $N orders, 2 workers, $RUNS run(s)"
 for r in $(seq "$RUNS"); do naive_run naive "$N" 2 "$r"; done

@@ -3,7 +3,7 @@
 # streaming N synthetic orders (--generate N), waits for the run to complete
 # and prints the report.
 #
-#   scripts/run-local.sh [N] [WORKERS] [--supervise] [--stock[=FILE]]
+#   scripts/run-local.sh [N] [WORKERS] [--supervise] [--stock[=FILE]] [--gateway sim|http]
 #
 #   N            orders to generate (default 1000000)
 #   WORKERS      worker processes (default 2)
@@ -13,6 +13,11 @@
 #                the generated orders is written first (ordergrid-gen
 #                --stock-out; ORDERGRID_STOCK_RATIO, default 0.9, is units on
 #                hand relative to demand); --stock=FILE uses FILE instead
+#   --gateway http
+#                start ordergrid-paysim (a PSP simulator on a free loopback
+#                port, its journal in the work folder) and have the workers
+#                pay through it over HTTP; the ledger it kept is printed with
+#                the report. Default: sim (the built-in simulated gateway).
 #
 # Environment:
 #   ORDERGRID_WORKDIR   work folder (default: a fresh mktemp -d). It holds the
@@ -23,6 +28,8 @@
 #                       endpoints (default: ipc sockets in the work folder, so
 #                       that several runs can coexist on one host)
 #   ORDERGRID_REPORT    where the sink writes report.json (default: STATE/report.json)
+#   ORDERGRID_PAYSIM_LATENCY_MS, ORDERGRID_PAYSIM_FAIL_RATE, ORDERGRID_PAYSIM_LATE_RATE
+#                       paysim's faults with --gateway http (default: none)
 #   Any other ORDERGRID_* variable (ORDERGRID_GATEWAY_LATENCY_MS, ORDERGRID_SEED,
 #   ORDERGRID_POISON, ORDERGRID_CONCURRENCY, ...) reaches the binaries as is.
 #
@@ -36,7 +43,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GRACE_S=3 # SIGTERM -> SIGKILL grace when cleaning up
 
 usage() {
-    echo "usage: $PROG [N] [WORKERS] [--supervise] [--stock[=FILE]]   (N >= 1, default 1000000; 1 <= WORKERS <= 256, default 2)"
+    echo "usage: $PROG [N] [WORKERS] [--supervise] [--stock[=FILE]] [--gateway sim|http]   (N >= 1, default 1000000; 1 <= WORKERS <= 256, default 2)"
 }
 usage_error() {
     echo "$PROG: $1" >&2
@@ -54,13 +61,26 @@ N=1000000
 WORKERS=2
 SUPERVISE=0
 STOCK=
+GATEWAY=sim
 positional=()
-for arg in "$@"; do
+while (($#)); do
+    arg=$1
+    shift
     case $arg in
     --supervise) SUPERVISE=1 ;;
     --stock) STOCK=generate ;;
     --stock=?*) STOCK=$(cd "$(dirname "${arg#--stock=}")" && pwd)/$(basename "${arg#--stock=}") ||
         usage_error "no such folder for ${arg#--stock=}" ;;
+    --gateway)
+        (($#)) || usage_error "--gateway needs sim or http"
+        GATEWAY=$1
+        shift
+        [[ $GATEWAY == sim || $GATEWAY == http ]] || usage_error "--gateway must be sim or http, not '$GATEWAY'"
+        ;;
+    --gateway=*)
+        GATEWAY=${arg#--gateway=}
+        [[ $GATEWAY == sim || $GATEWAY == http ]] || usage_error "--gateway must be sim or http, not '$GATEWAY'"
+        ;;
     -h | --help)
         usage
         exit 0
@@ -91,7 +111,7 @@ fi
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 BIN=${TARGET_DIR:-$ROOT/target}/release
-for b in sink worker ventilator gen; do
+for b in sink worker ventilator gen paysim; do
     [[ -x $BIN/ordergrid-$b ]] || {
         echo "$PROG: $BIN/ordergrid-$b not found after the build" >&2
         exit 1
@@ -122,6 +142,8 @@ for ep in "$JOBS" "$RESULTS" "$ACKS" "$CONTROL"; do
     fi
 done
 # The ventilator is given --generate: an input file from the environment would conflict.
+# The gateway is this script's --gateway.
+unset ORDERGRID_GATEWAY
 unset ORDERGRID_INPUT ORDERGRID_GENERATE ORDERGRID_STOCK
 if [[ $STOCK == generate ]]; then
     STOCK=$WORK/stock.jsonl
@@ -174,6 +196,24 @@ say "work folder $WORK; logs in $LOGS/ (sink.log, worker-K.log, ventilator.log)"
 say "N=$N workers=$WORKERS supervise=$([[ $SUPERVISE == 1 ]] && echo yes || echo no) stock=${STOCK:-none} jobs=$JOBS"
 T0=$SECONDS
 
+GATEWAY_ARGS=()
+if [[ $GATEWAY == http ]]; then
+    : >"$LOGS/paysim.out"
+    start paysim "$LOGS/paysim.out" "$LOGS/paysim.log" \
+        "$BIN/ordergrid-paysim" --listen 127.0.0.1:0 --journal "$WORK/paysim-journal.jsonl"
+    PAYSIM=$STARTED
+    PAYSIM_ADDR=
+    for _ in {1..100}; do
+        PAYSIM_ADDR=$(sed -n 's/^listening on //p' "$LOGS/paysim.out")
+        [[ -n $PAYSIM_ADDR ]] && break
+        running "$PAYSIM" || break
+        sleep 0.1
+    done
+    [[ -n $PAYSIM_ADDR ]] || fail "ordergrid-paysim did not start (see $LOGS/paysim.log)"
+    GATEWAY_ARGS=(--gateway "http://$PAYSIM_ADDR")
+    say "paysim listening on $PAYSIM_ADDR; workers pay through it over HTTP"
+fi
+
 : >"$LOGS/sink.out" # the table of this run only
 start sink "$LOGS/sink.out" "$LOGS/sink.log" \
     "$BIN/ordergrid-sink" --results "$RESULTS" --acks "$ACKS" --control "$CONTROL" \
@@ -184,7 +224,8 @@ declare -a WPID=() WBORN=() WNEXT=()
 start_worker() {
     local k=$1
     start "worker-$k" "$LOGS/worker-$k.log" "$LOGS/worker-$k.log" \
-        "$BIN/ordergrid-worker" --jobs "$JOBS" --results "$RESULTS" --control "$CONTROL"
+        "$BIN/ordergrid-worker" --jobs "$JOBS" --results "$RESULTS" --control "$CONTROL" \
+        "${GATEWAY_ARGS[@]}"
     WPID[k]=$STARTED
     WBORN[k]=$SECONDS
     WNEXT[k]=
@@ -272,5 +313,12 @@ echo
 echo "report:      $REPORT"
 if [[ -s $DEAD_LETTER ]]; then
     echo "dead letter: $DEAD_LETTER ($(wc -l <"$DEAD_LETTER") lines)"
+fi
+if [[ $GATEWAY == http ]]; then
+    # The PSP's own account: charges per currency equal the report's payments.
+    ledger=$(exec 3<>"/dev/tcp/${PAYSIM_ADDR%:*}/${PAYSIM_ADDR##*:}" &&
+        printf 'GET /v1/ledger HTTP/1.1\r\nHost: paysim\r\nConnection: close\r\n\r\n' >&3 &&
+        sed '1,/^\r$/d' <&3) || ledger="(unavailable)"
+    echo "paysim ledger: $ledger"
 fi
 echo "logs:        $LOGS"

@@ -18,7 +18,9 @@
 //! - [`order`]: the order model and the JSON Lines parser (no I/O).
 //! - [`rules`]: validation and pricing, pure functions.
 //! - [`inventory`]: the stock file and the in-line-order allocator (`--stock`).
-//! - [`gateway`]: the payment gateway trait and the simulated gateway.
+//! - [`gateway`]: the payment gateway trait, the simulated gateway and the HTTP client.
+//! - [`payments`]: the worker's payment state machine: concurrency, retries, back-off, verdicts.
+//! - [`paysim`]: `ordergrid-paysim`, a PSP simulator over HTTP with an idempotent, journaled ledger.
 //! - [`generator`]: deterministic synthetic orders (`ordergrid-gen`, `--generate`).
 //! - [`protocol`]: the versioned wire envelope and every message's encoding.
 //! - [`transport`]: ZeroMQ socket setup with the options every socket needs.
@@ -50,6 +52,8 @@ pub mod journal;
 pub mod ledger;
 pub mod metrics;
 pub mod order;
+pub mod payments;
+pub mod paysim;
 pub mod protocol;
 pub mod report;
 pub mod roles;

@@ -683,10 +683,16 @@ pub struct Progress {
     pub redelivered: u64,
 }
 
-/// Sink → ventilator: seq ranges `[start, start + len)` now durable.
+/// Sink → ventilator: seq ranges `[start, start + len)` now durable, and
+/// why the payments among them that a worker gave up on failed (for the
+/// ventilator's dead letter, which knows each seq's line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Acks {
     pub ranges: Vec<(u64, u64)>,
+    /// `(seq, reason)` of each newly tallied `failed` worker result that
+    /// carried a reason (in its currency slot). Absent in older frames.
+    #[serde(default)]
+    pub failures: Vec<(u64, String)>,
 }
 
 impl Acks {
@@ -891,6 +897,21 @@ mod tests {
             assert_eq!(decode::<Job>(&hand).unwrap(), Job { seq, order });
             assert_eq!(hand, serde, "the same bytes as serde's encoding");
         }
+    }
+
+    #[test]
+    fn acks_carry_failure_reasons_and_read_frames_without_them() {
+        let mut acks = Acks::default();
+        acks.push(4);
+        acks.push(5);
+        acks.failures.push((5, "HTTP 400 Bad Request".into()));
+        let body = rmp_serde::to_vec(&acks).unwrap();
+        assert_eq!(decode::<Acks>(&body).unwrap(), acks);
+        // An Acks body from before the failures field: `[ranges]`.
+        let old = rmp_serde::to_vec(&(vec![(7u64, 2u64)],)).unwrap();
+        let read = decode::<Acks>(&old).unwrap();
+        assert_eq!(read.seqs().collect::<Vec<_>>(), vec![7, 8]);
+        assert!(read.failures.is_empty());
     }
 
     #[test]

@@ -566,6 +566,12 @@ impl Sink {
                     new = true;
                     tallied[usize::from(r.outcome)] += 1;
                     run.pending_acks.push(r.seq);
+                    // A worker's failed payment carries its reason in the
+                    // currency slot: the ventilator dead-letters it.
+                    if r.outcome == Outcome::Failed.code() && !r.currency.is_empty() {
+                        let reason = (r.seq, r.currency.to_string());
+                        run.pending_acks.failures.push(reason);
+                    }
                 }
                 Applied::AlreadyTallied => {
                     duplicates += 1;
@@ -848,6 +854,7 @@ impl Sink {
         {
             let (_, acks) = run.waiting_acks.pop_front().expect("front");
             merged.ranges.extend(acks.ranges);
+            merged.failures.extend(acks.failures);
         }
         if !merged.is_empty() {
             if let Some(v) = run.ventilator.clone() {

@@ -2,18 +2,20 @@
 //! its credit there, see [`crate::flow`]), applies the rules, takes payments through a
 //! [`PaymentGateway`] with up to `concurrency` in flight, and PUSHes outcomes
 //! to the sink in batches. It holds no durable state: whatever it loses by
-//! dying, the ventilator delivers again.
+//! dying, the ventilator delivers again. Retries, back-off and giving up are
+//! [`crate::payments`]' business; a payment that failed for good goes to the
+//! sink as `failed` with its reason, which reaches the ventilator's dead
+//! letter with the sink's acknowledgement.
 
 use crate::flow::CreditReporter;
-use crate::gateway::{GatewayReply, PaymentGateway, PaymentRequest};
+use crate::gateway::{PaymentGateway, PaymentRequest};
+use crate::payments::{Payable, Payments, RetryPolicy, Verdict};
 use crate::protocol::{self, FrameError, Kind, RunId};
 use crate::rules::{self, Outcome};
 use crate::seal::RejectLog;
 use crate::shutdown::Shutdown;
 use crate::transport::{self, SocketTuning, Wire};
 use crate::Result;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How long a stop request waits for what the worker holds.
@@ -27,10 +29,9 @@ pub struct WorkerConfig {
     pub control: String,
     /// Payments in flight at the gateway at once.
     pub concurrency: usize,
-    /// Attempts of a payment that fails transiently before it counts as failed.
-    pub max_attempts: u32,
-    /// Backoff before the first retry; doubled at each further attempt.
-    pub retry_backoff: Duration,
+    /// Attempts of a payment that fails transiently before it counts as
+    /// failed; the back-off between them (see [`RetryPolicy`]).
+    pub retry: RetryPolicy,
     /// Job batches queued towards this worker (ZMQ_RCVHWM).
     pub recv_hwm: i32,
     /// Orders queued beyond the payments in flight: this long of work at
@@ -51,8 +52,11 @@ impl Default for WorkerConfig {
             results: crate::DEFAULT_RESULTS.into(),
             control: crate::DEFAULT_CONTROL.into(),
             concurrency: 64,
-            max_attempts: 5,
-            retry_backoff: Duration::from_millis(5),
+            retry: RetryPolicy {
+                max_attempts: 8,
+                base: Duration::from_millis(5),
+                cap: Duration::from_millis(320),
+            },
             recv_hwm: 4,
             prefetch: Duration::from_millis(20),
             batch: 1024,
@@ -84,8 +88,21 @@ struct Task {
     currency: [u8; 3],
     amount_cents: i64,
     items: Vec<(String, i64)>,
-    attempts: u32,
 }
+
+impl Payable for Task {
+    fn request(&self) -> PaymentRequest<'_> {
+        PaymentRequest {
+            idempotency_key: &self.order_id,
+            payment_token: &self.token,
+            currency: self.currency,
+            amount_cents: self.amount_cents,
+        }
+    }
+}
+
+/// The longest failure reason sent to the sink, in bytes.
+const MAX_REASON_BYTES: usize = 512;
 
 /// Outcome records waiting to be sent, for one run.
 struct Outbox {
@@ -130,6 +147,32 @@ impl Outbox {
             currency,
             amount_cents,
             items,
+        );
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Adds a failed payment's outcome; its reason travels in the record's
+    /// currency slot (empty for every other outcome), bounded in length.
+    fn failed(
+        &mut self,
+        results: &zmq::Socket,
+        worker_id: u64,
+        (run, seq): (RunId, u64),
+        reason: &str,
+    ) -> Result<()> {
+        self.switch_run(results, worker_id, run)?;
+        let mut end = reason.len().min(MAX_REASON_BYTES);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        protocol::write_result_record(
+            &mut self.records,
+            seq,
+            Outcome::Failed.code(),
+            &reason[..end],
+            0,
+            std::iter::empty(),
         );
         self.count += 1;
         Ok(())
@@ -199,13 +242,9 @@ impl Outbox {
 struct Worker<'g> {
     id: u64,
     config: WorkerConfig,
-    gateway: &'g mut dyn PaymentGateway,
-    next_ticket: u64,
-    in_flight: HashMap<u64, Task>,
-    waiting: VecDeque<Task>,
-    retries: BinaryHeap<Reverse<(Instant, u64)>>,
-    retrying: HashMap<u64, Task>,
-    ready: Vec<(u64, GatewayReply)>,
+    payments: Payments<'g, Task>,
+    /// Payments settled by the last [`Payments::advance`].
+    settled: Vec<(Task, Verdict)>,
     outbox: Outbox,
     summary: WorkerSummary,
     /// Vectors kept from one job frame to the next.
@@ -265,13 +304,8 @@ pub fn run(
     let mut worker = Worker {
         id,
         config: config.clone(),
-        gateway,
-        next_ticket: 0,
-        in_flight: HashMap::new(),
-        waiting: VecDeque::new(),
-        retries: BinaryHeap::new(),
-        retrying: HashMap::new(),
-        ready: Vec::new(),
+        payments: Payments::new(gateway, config.retry, config.concurrency, id),
+        settled: Vec::new(),
         outbox: Outbox {
             shutdown: shutdown.clone(),
             wire: config.wire.clone(),
@@ -297,7 +331,7 @@ pub fn run(
 
 impl Worker<'_> {
     fn busy(&self) -> usize {
-        self.in_flight.len() + self.waiting.len() + self.retrying.len()
+        self.payments.busy()
     }
 
     /// Tells the ventilator how much room this worker has, when due; says
@@ -318,12 +352,9 @@ impl Worker<'_> {
             );
         }
         let busy = self.busy();
-        let (gateway, waiting, retrying) = (&self.in_flight, &self.waiting, &self.retrying);
+        let payments = &self.payments;
         // The seqs of every order this worker holds.
-        let holds = || {
-            let tasks = gateway.values().chain(waiting).chain(retrying.values());
-            tasks.map(|t| t.seq).collect()
-        };
+        let holds = || payments.tasks().map(|t| t.seq).collect();
         let Some(credit) = self.credit.due(Instant::now(), busy, holds) else {
             return Ok(());
         };
@@ -381,8 +412,14 @@ impl Worker<'_> {
                         zmq::PollEvents::empty()
                     }),
                     control.as_poll_item(zmq::POLLIN),
+                    self.gateway_wake(),
                 ];
-                transport::poll(&mut items, timeout)?;
+                let polled = if self.payments.wake_fd().is_some() {
+                    3
+                } else {
+                    2
+                };
+                transport::poll(&mut items[..polled], timeout)?;
                 (items[0].is_readable(), items[1].is_readable())
             };
             if control_ready {
@@ -449,10 +486,7 @@ impl Worker<'_> {
 
     fn poll_timeout(&self, take_jobs: bool) -> i64 {
         let now = Instant::now();
-        let next = [self.gateway.next_due(), self.retries.peek().map(|r| r.0 .0)]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = self.payments.next_due();
         // Short enough to notice a stop request or new work promptly.
         let cap = if take_jobs { 100 } else { 20 };
         match next {
@@ -522,22 +556,19 @@ impl Worker<'_> {
                 );
             }
         };
-        if self.in_flight.len() >= self.config.concurrency {
-            self.waiting
-                .push_back(owned_task(run, job, priced.currency, priced.amount_cents));
-            return Ok(());
-        }
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
         let request = PaymentRequest {
             idempotency_key: &order.order_id,
             payment_token: &order.payment_token,
             currency: priced.currency,
             amount_cents: priced.amount_cents,
         };
-        match self.gateway.begin(ticket, &request) {
+        let verdict = self.payments.start(Instant::now(), &request, || {
+            owned_task(run, job, priced.currency, priced.amount_cents)
+        });
+        match verdict {
+            None => Ok(()),
             // The common fast path: answered at once, nothing copied.
-            Some(GatewayReply::Approved) => {
+            Some(Verdict::Paid) => {
                 self.summary.paid += 1;
                 let items = order.items.iter().map(|i| (&*i.sku, i.qty));
                 self.outbox.paid(
@@ -549,22 +580,23 @@ impl Worker<'_> {
                     items,
                 )
             }
-            Some(GatewayReply::Declined) => {
+            Some(Verdict::Declined) => {
                 self.outbox
                     .other(results, self.id, (run, job.seq), Outcome::Declined)
             }
-            Some(GatewayReply::TransientFailure) => {
-                let mut task = owned_task(run, job, priced.currency, priced.amount_cents);
-                task.attempts = 1;
-                self.schedule_retry(task);
-                Ok(())
+            Some(Verdict::Failed(reason)) => {
+                self.outbox
+                    .failed(results, self.id, (run, job.seq), &reason)
             }
-            None => {
-                let mut task = owned_task(run, job, priced.currency, priced.amount_cents);
-                task.attempts = 1;
-                self.in_flight.insert(ticket, task);
-                Ok(())
-            }
+        }
+    }
+
+    /// The poll item of the gateway's wake-up descriptor (an inert item
+    /// when it has none: leave it out of the poll).
+    fn gateway_wake(&self) -> zmq::PollItem<'static> {
+        match self.payments.wake_fd() {
+            Some(fd) => zmq::PollItem::from_fd(fd, zmq::POLLIN),
+            None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
         }
     }
 
@@ -573,99 +605,58 @@ impl Worker<'_> {
         while self.busy() > 0 {
             let timeout = self.poll_timeout(false);
             if timeout > 0 {
-                std::thread::sleep(Duration::from_millis(timeout as u64));
+                match self.payments.wake_fd() {
+                    Some(_) => {
+                        transport::poll(&mut [self.gateway_wake()], timeout)?;
+                    }
+                    None => std::thread::sleep(Duration::from_millis(timeout as u64)),
+                }
             }
             self.advance(results)?;
         }
         self.outbox.flush(results, self.id)
     }
 
-    fn schedule_retry(&mut self, task: Task) {
-        self.summary.retries += 1;
-        self.config.metrics.retries.inc();
-        let backoff = self.config.retry_backoff
-            * 2u32.saturating_pow(task.attempts.saturating_sub(1)).min(64);
-        let key = self.next_ticket;
-        self.next_ticket += 1;
-        self.retries.push(Reverse((Instant::now() + backoff, key)));
-        self.retrying.insert(key, task);
-    }
-
-    /// Collects gateway replies, starts retries and waiting orders.
+    /// Collects gateway replies, starts retries and waiting orders, and
+    /// sends what settled.
     fn advance(&mut self, results: &zmq::Socket) -> Result<()> {
-        let now = Instant::now();
-        while let Some(&Reverse((due, key))) = self.retries.peek() {
-            if due > now {
-                break;
-            }
-            self.retries.pop();
-            if let Some(task) = self.retrying.remove(&key) {
-                self.waiting.push_front(task);
+        let mut settled = std::mem::take(&mut self.settled);
+        self.payments.advance(Instant::now(), &mut settled);
+        let retries = self.payments.take_retries();
+        if retries > 0 {
+            self.summary.retries += retries;
+            self.config.metrics.retries.inc_by(retries);
+        }
+        let mut outcome = Ok(());
+        for (task, verdict) in settled.drain(..) {
+            if outcome.is_ok() {
+                outcome = self.complete(task, verdict, results);
             }
         }
-        loop {
-            self.ready.clear();
-            self.gateway.poll(Instant::now(), &mut self.ready);
-            let replies = std::mem::take(&mut self.ready);
-            let had = !replies.is_empty();
-            for &(ticket, reply) in &replies {
-                if let Some(task) = self.in_flight.remove(&ticket) {
-                    self.complete(task, reply, results)?;
-                }
-            }
-            self.ready = replies;
-            let mut started = false;
-            while self.in_flight.len() < self.config.concurrency {
-                let Some(mut task) = self.waiting.pop_front() else {
-                    break;
-                };
-                let ticket = self.next_ticket;
-                self.next_ticket += 1;
-                task.attempts += 1;
-                let request = PaymentRequest {
-                    idempotency_key: &task.order_id,
-                    payment_token: &task.token,
-                    currency: task.currency,
-                    amount_cents: task.amount_cents,
-                };
-                match self.gateway.begin(ticket, &request) {
-                    Some(reply) => self.complete(task, reply, results)?,
-                    None => {
-                        self.in_flight.insert(ticket, task);
-                    }
-                }
-                started = true;
-            }
-            if !had && !started {
-                return Ok(());
-            }
-        }
+        self.settled = settled;
+        outcome
     }
 
-    fn complete(&mut self, task: Task, reply: GatewayReply, results: &zmq::Socket) -> Result<()> {
-        let outcome = match reply {
-            GatewayReply::Approved => Outcome::Paid,
-            GatewayReply::Declined => Outcome::Declined,
-            GatewayReply::TransientFailure if task.attempts < self.config.max_attempts => {
-                self.schedule_retry(task);
-                return Ok(());
+    fn complete(&mut self, task: Task, verdict: Verdict, results: &zmq::Socket) -> Result<()> {
+        let at = (task.run, task.seq);
+        match verdict {
+            Verdict::Paid => {
+                self.summary.paid += 1;
+                let items = task.items.iter().map(|(s, q)| (s.as_str(), *q));
+                self.outbox.paid(
+                    results,
+                    self.id,
+                    at,
+                    &task.currency,
+                    task.amount_cents,
+                    items,
+                )
             }
-            GatewayReply::TransientFailure => Outcome::Failed,
-        };
-        if outcome == Outcome::Paid {
-            self.summary.paid += 1;
-            let items = task.items.iter().map(|(s, q)| (s.as_str(), *q));
-            self.outbox.paid(
-                results,
-                self.id,
-                (task.run, task.seq),
-                &task.currency,
-                task.amount_cents,
-                items,
-            )
-        } else {
-            self.outbox
-                .other(results, self.id, (task.run, task.seq), outcome)
+            Verdict::Declined => self.outbox.other(results, self.id, at, Outcome::Declined),
+            Verdict::Failed(reason) => {
+                tracing::warn!(order = %task.order_id, %reason, "payment failed");
+                self.outbox.failed(results, self.id, at, &reason)
+            }
         }
     }
 }
@@ -684,6 +675,5 @@ fn owned_task(run: RunId, job: &protocol::Job<'_>, currency: [u8; 3], amount_cen
             .iter()
             .map(|i| (i.sku.to_string(), i.qty))
             .collect(),
-        attempts: 0,
     }
 }

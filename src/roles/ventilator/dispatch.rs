@@ -301,6 +301,11 @@ impl Dispatch {
         }
     }
 
+    /// The input line of `seq`, while it is not acknowledged.
+    pub fn line(&self, seq: u64) -> Option<u64> {
+        self.orders.get(&seq).map(|slot| slot.line)
+    }
+
     /// The whole result record of `seq`, while it is not acknowledged.
     pub fn record(&self, seq: u64) -> Option<&[u8]> {
         match &self.orders.get(&seq)?.payload {

@@ -20,6 +20,7 @@ pub mod reader;
 
 use crate::fasthash::SeqMap;
 use crate::input::{InputSpec, LineSource};
+use crate::inventory::StockTable;
 use crate::ledger::SeqSet;
 use crate::protocol::{self, Acks, Credit, Hello, Kind, Progress, RunId};
 use crate::shutdown::Shutdown;
@@ -27,7 +28,6 @@ use crate::transport::{self, Connection, SocketTuning, Wire};
 use crate::{Error, Result};
 use dispatch::{Action, Dispatch, DispatchConfig, Payload, Peer};
 use handshake::Greeting;
-use crate::inventory::StockTable;
 use reader::{DeadLetter, Prepared, ReaderHandle, ReaderSetup};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
@@ -663,6 +663,16 @@ impl Loop {
     }
 
     fn acknowledge(&mut self, now: Instant, acks: &Acks) {
+        for (seq, reason) in &acks.failures {
+            // Only for an order still held: one acknowledged already was
+            // dead-lettered (or tallied) before.
+            let Some(line) = self.core.line(*seq) else {
+                continue;
+            };
+            if let Err(e) = self.dead_letter.write(line, reason) {
+                tracing::error!(error = %e, "cannot write the dead-letter file");
+            }
+        }
         let before = self.core.counts().acked;
         for latency in self.core.on_acks(now, acks) {
             self.config

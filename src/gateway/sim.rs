@@ -1,47 +1,11 @@
-//! The payment gateway seen by a worker: the [`PaymentGateway`] trait and the
-//! default [`SimulatedGateway`].
-//!
-//! The trait is asynchronous in the plainest way: `begin` starts a payment and
-//! either answers at once or later through `poll`, so one worker thread keeps
-//! many payments in flight while a slow gateway thinks, with no runtime.
-//! A network gateway would implement it over a connection pool; its calls
-//! carry the order id as idempotency key, so a redelivered order is not
-//! charged twice.
+//! The built-in simulated gateway (`--gateway sim`, the default): a fixed
+//! latency per attempt, declines, transient failures and poison tokens decided
+//! by the token's prefix. No network: the worker's benchmarks and contract
+//! tests run on it.
 
+use super::{GatewayReply, PaymentGateway, PaymentRequest};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
-
-/// What a worker asks the gateway to do.
-#[derive(Debug, Clone, Copy)]
-pub struct PaymentRequest<'a> {
-    /// The order id: the same order is never charged twice under one key.
-    pub idempotency_key: &'a str,
-    pub payment_token: &'a str,
-    pub currency: [u8; 3],
-    pub amount_cents: i64,
-}
-
-/// The gateway's answer to one attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayReply {
-    Approved,
-    Declined,
-    /// Try again later (the worker retries with backoff).
-    TransientFailure,
-}
-
-/// A payment gateway that can hold many payments in flight.
-pub trait PaymentGateway {
-    /// Starts one payment attempt. Returns the reply if the gateway answers at
-    /// once; otherwise the reply arrives later from [`poll`](Self::poll) under `ticket`.
-    fn begin(&mut self, ticket: u64, request: &PaymentRequest<'_>) -> Option<GatewayReply>;
-    /// Appends the replies that have arrived by `now`.
-    fn poll(&mut self, now: Instant, ready: &mut Vec<(u64, GatewayReply)>);
-    /// When the next pending reply is due, if any payment is pending.
-    fn next_due(&self) -> Option<Instant>;
-    /// How many payments are pending.
-    fn pending(&self) -> usize;
-}
 
 /// Token prefix the simulated gateway declines.
 pub const DECLINE_PREFIX: &str = "tok_decline";
@@ -87,7 +51,10 @@ impl SimulatedGateway {
                 .or_insert(0);
             *attempts += 1;
             if *attempts <= FLAKY_FAILURES {
-                return GatewayReply::TransientFailure;
+                return GatewayReply::Transient {
+                    reason: "simulated transient failure".into(),
+                    retry_after: None,
+                };
             }
             self.flaky_attempts.remove(request.idempotency_key);
         }
@@ -108,12 +75,14 @@ impl PaymentGateway for SimulatedGateway {
     }
 
     fn poll(&mut self, now: Instant, ready: &mut Vec<(u64, GatewayReply)>) {
-        while let Some(&(due, ticket, reply)) = self.in_flight.front() {
-            if due > now {
-                break;
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|&(due, _, _)| due <= now)
+        {
+            if let Some((_, ticket, reply)) = self.in_flight.pop_front() {
+                ready.push((ticket, reply));
             }
-            self.in_flight.pop_front();
-            ready.push((ticket, reply));
         }
     }
 
@@ -153,7 +122,10 @@ mod tests {
         for _ in 0..FLAKY_FAILURES {
             assert_eq!(
                 g.begin(3, &request("c", "tok_flaky")),
-                Some(GatewayReply::TransientFailure)
+                Some(GatewayReply::Transient {
+                    reason: "simulated transient failure".into(),
+                    retry_after: None
+                })
             );
         }
         assert_eq!(
