@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(SinkExit::Complete(_)) => ExitCode::SUCCESS,
         Ok(SinkExit::Stopped) => {
-            eprintln!("ordergrid-sink: stopped before the run was complete; start it again with the same --state to resume");
+            cli::last_words("ordergrid-sink", "stopped before the run was complete; start it again with the same --state to resume", false);
             ExitCode::from(130)
         }
         Err(e) => cli::exit_code("ordergrid-sink", Err(e)),

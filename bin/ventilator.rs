@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(VentilatorExit::Complete { .. }) => ExitCode::SUCCESS,
         Ok(VentilatorExit::Stopped { run }) => {
-            eprintln!("ordergrid-ventilator: stopped before run {run} was complete; start it again with the same input to resume");
+            cli::last_words("ordergrid-ventilator", &format!("stopped before run {run} was complete; start it again with the same input to resume"), false);
             ExitCode::from(130)
         }
         Err(e) => cli::exit_code("ordergrid-ventilator", Err(e)),

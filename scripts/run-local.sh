@@ -104,7 +104,7 @@ fi
 
 # ---------------------------------------------------------------- build
 say "building (cargo build --release) in $ROOT"
-if ! (cd "$ROOT" && cargo build --release --quiet); then
+if ! (cd "$ROOT" && cargo build --release); then
     echo "$PROG: the release build failed" >&2
     exit 1
 fi

@@ -67,8 +67,12 @@ impl CommonArgs {
     }
 }
 
+/// The log format chosen at start-up, for the last words of a role.
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
 /// Sets up tracing to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
+    let _ = FORMAT.set(format);
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -102,10 +106,35 @@ pub fn exit_code(binary: &str, result: Result<(), Error>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{binary}: {e}");
+            last_words(binary, &e.to_string(), true);
             ExitCode::from(1)
         }
     }
+}
+
+/// A role's last line on stderr (a failure, or "stopped before…"): plain
+/// `binary: message` in text logs, one JSON object like every other line
+/// with `--log-format json`.
+pub fn last_words(binary: &str, message: &str, failure: bool) {
+    if FORMAT.get() == Some(&LogFormat::Json) {
+        let line = serde_json::json!({
+            "timestamp": unix_timestamp(),
+            "level": if failure { "ERROR" } else { "WARN" },
+            "fields": { "message": format!("{binary}: {message}") },
+            "target": binary,
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("{binary}: {message}");
+    }
+}
+
+/// Seconds since the Unix epoch with microseconds, as logs stamp them.
+fn unix_timestamp() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:06}", now.as_secs(), now.subsec_micros())
 }
 
 /// Checks, before anything is bound, that the file `flag` names can be

@@ -164,7 +164,7 @@ impl Metrics {
                 );
                 r.register(
                     "payments_in_flight",
-                    "Payments waiting for the gateway",
+                    "Payment attempts at the gateway now (at most --concurrency)",
                     self.in_flight.clone(),
                 );
                 r.register(

@@ -143,6 +143,11 @@ impl<'g, T: Payable> Payments<'g, T> {
         self.gateway.wake_fd()
     }
 
+    /// Payment attempts at the gateway now (at most the concurrency).
+    pub fn at_gateway(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Payments waiting for a slot at the gateway.
     pub fn waiting(&self) -> usize {
         self.waiting.len()

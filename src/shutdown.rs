@@ -5,6 +5,9 @@ use crate::{Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Stop signals this close to the first count as the same request.
+const SAME_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Cloneable handle on "a stop was requested".
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown(Arc<AtomicUsize>);
@@ -15,12 +18,17 @@ impl Shutdown {
         Shutdown::default()
     }
 
-    /// A handle set by SIGINT and SIGTERM; the second signal exits the process with 130.
+    /// A handle set by SIGINT and SIGTERM; a second signal, a second or
+    /// more after the first, exits the process with 130. Signals closer
+    /// together are one request: GNU `timeout` signals the child and then
+    /// its whole process group, which would otherwise skip the drain.
     pub fn install() -> Result<Shutdown> {
         let shutdown = Shutdown::new();
         let counter = shutdown.0.clone();
+        let first = std::sync::OnceLock::<std::time::Instant>::new();
         ctrlc::set_handler(move || {
-            if counter.fetch_add(1, Ordering::SeqCst) >= 1 {
+            let since = first.get_or_init(std::time::Instant::now).elapsed();
+            if counter.fetch_add(1, Ordering::SeqCst) >= 1 && since >= SAME_REQUEST {
                 eprintln!("second stop signal: exiting now");
                 std::process::exit(130);
             }

@@ -236,10 +236,8 @@ fn bad_command_lines_exit_2_and_run_time_failures_exit_1() {
         err.contains(&format!("cannot bind the results socket to {busy}")),
         "{err}"
     );
+    // A malformed endpoint is a bad command line, said when it is read.
     let (code, err) = run("worker", &["--jobs", "nonsense", "--insecure"]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("cannot connect the jobs socket to nonsense"),
-        "{err}"
-    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("'nonsense' is not an endpoint"), "{err}");
 }

@@ -100,6 +100,9 @@ struct ActiveRun {
     /// False after a restart until the ventilator's first progress report.
     horizon_known: bool,
     total: Option<u64>,
+    /// What the ventilator expected before reading (`true`: an estimate),
+    /// shown until `total` is known.
+    expected: Option<(u64, bool)>,
     /// The ventilator's last word on orders in flight and redeliveries.
     in_flight: u64,
     redelivered: u64,
@@ -338,6 +341,7 @@ impl Sink {
             // it got: they may be in flight from before the restart.
             horizon_known: !resumed,
             total: None,
+            expected: None,
             in_flight: 0,
             redelivered: 0,
             ventilator: None,
@@ -485,13 +489,22 @@ impl Sink {
         }
         let done = run.ledger.tallied();
         let rate = view.rate(done);
-        let eta = match (run.total, rate) {
-            (Some(t), r) if r > 0.0 => format!("{:.0}s", t.saturating_sub(done) as f64 / r),
+        // The true total once the input is read; until then what the
+        // ventilator expected (`~` marks an estimate).
+        let shown = run.total.map(|t| (t, false)).or(run.expected);
+        let eta = match (shown, rate) {
+            (Some((t, _)), r) if r > 0.0 => {
+                format!("{:.0}s", t.saturating_sub(done) as f64 / r)
+            }
             _ => "?".into(),
         };
-        let total = run.total.map_or("?".to_string(), |t| t.to_string());
+        let total = match shown {
+            Some((t, true)) => format!("~{t}"),
+            Some((t, false)) => t.to_string(),
+            None => "?".into(),
+        };
         if view.terminal {
-            let pct = run.total.map_or(String::new(), |t| {
+            let pct = shown.map_or(String::new(), |(t, _)| {
                 format!(" ({:.1}%)", 100.0 * done as f64 / t.max(1) as f64)
             });
             eprint!(
@@ -764,6 +777,7 @@ impl Sink {
         let run = self.active.as_mut().expect("active");
         run.ventilator = Some(identity.to_vec());
         run.greeted = true;
+        run.expected = hello.expected.map(|n| (n, hello.expected_is_estimate));
         let words = run.ledger.done().words();
         let chunks: Vec<&[u64]> = if words.is_empty() {
             vec![&[][..]]

@@ -149,6 +149,7 @@ impl Outbox {
             items,
         );
         self.count += 1;
+        self.outcomes[usize::from(Outcome::Paid.code())] += 1;
         Ok(())
     }
 
@@ -175,6 +176,7 @@ impl Outbox {
             std::iter::empty(),
         );
         self.count += 1;
+        self.outcomes[usize::from(Outcome::Failed.code())] += 1;
         Ok(())
     }
 
@@ -196,6 +198,7 @@ impl Outbox {
             std::iter::empty(),
         );
         self.count += 1;
+        self.outcomes[usize::from(outcome.code())] += 1;
         Ok(())
     }
 
@@ -468,7 +471,10 @@ impl Worker<'_> {
                 }
             }
             self.advance(results)?;
-            self.config.metrics.in_flight.set(self.busy() as i64);
+            self.config
+                .metrics
+                .in_flight
+                .set(self.payments.at_gateway() as i64);
             // Nothing more to read right now: do not hold results back.
             self.outbox.flush(results, self.id)?;
             self.report_credit(jobs)?;
