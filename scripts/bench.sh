@@ -189,6 +189,8 @@ grid_run() { # scenario orders workers run input-args... -- worker-args...
     export RUST_LOG=${RUST_LOG:-info}
     wait_quiet
     local snap0; snap0=$(snap)
+    # Whole-run wall time: the first process started to the last one exited.
+    local wall0; wall0=$(now_ns)
     start_role sink "$dir" "$BIN/ordergrid-sink" --results "$ep-res" --acks "$ep-acks" \
         --control "$ep-ctl" --state "$dir/state" --progress-ms 1000
     local sink=$STARTED ws=() i
@@ -205,6 +207,7 @@ grid_run() { # scenario orders workers run input-args... -- worker-args...
     wait_rc "$STARTED"; vrc=$RC; t1=$(now_ns)
     wait_rc "$sink"; src=$RC; t2=$(now_ns)
     for i in "${ws[@]}"; do wait_rc "$i"; [ "$RC" = 0 ] || wrc=$RC; done
+    local wall1; wall1=$(now_ns)
     local snap1; snap1=$(snap)
     local ok=1 note=""
     [ "$vrc" = 0 ] || { ok=0; note+="ventilator exit $vrc; "; }
@@ -212,6 +215,7 @@ grid_run() { # scenario orders workers run input-args... -- worker-args...
     [ "$wrc" = 0 ] || { ok=0; note+="a worker exited $wrc; "; }
     record --scenario "$scenario" --system grid --orders "$orders" --workers "$workers" \
         --run "$run" --dir "$dir" --start-ns "$t0" --end-ns "$t1" --end2-ns "$t2" \
+        --wall-start-ns "$wall0" --wall-end-ns "$wall1" \
         --ok "$ok" --note "$note" --busy-before "$BUSY_BEFORE" --snap0 "$snap0" --snap1 "$snap1" \
         --report "$dir/state/report.json"
     [ "$ok" = 1 ] || log "FAILED: $scenario w=$workers run $run: $note(logs in $dir)"

@@ -516,6 +516,14 @@ preflight() {
             [[ -n $port ]] || continue
             script+="og_listening $port && echo \"ERR TCP port $port is already in use\""$'\n'
         done < <(bound_ports "$host")
+        if [[ $host == "$VENT_HOST" ]]; then
+            local input
+            input=$(effective "$VENT" input ORDERGRID_INPUT '')
+            if [[ -n $input && $input != - ]]; then
+                [[ $input == /* ]] || input=$RUN_DIR/${input#./}
+                script+="[ -r $(q "$input") ] || echo \"ERR the ventilator's --input $input is not a readable file\""$'\n'
+            fi
+        fi
         script+="echo og-done"$'\n'
         if ! out=$(remote "$host" 60 "$script" 2>&1) || [[ $out != *og-done* ]]; then
             echo "$PROG: $host: the checks did not run: $(tail -n 1 <<<"$out")" >&2
@@ -843,7 +851,11 @@ cmd_logs() {
             fi
         done
     done
-    echo "logs gathered in $LOGS_DIR/HOST/"
+    if ((status == 0)); then
+        echo "logs gathered in $LOGS_DIR/HOST/"
+    else
+        echo "$PROG: logs not gathered from every host (was the cluster started? $PROG up $HOSTFILE)" >&2
+    fi
     return "$status"
 }
 

@@ -192,9 +192,12 @@ fn a_worker_killed_mid_run_allocates_nothing_twice() {
     let _late = g.worker(&SLOW);
     vent.success();
     sink.success();
+    // Exact against the oracle: whatever the killed worker held was
+    // allocated once, by the reader, and tallied once. (That a killed
+    // worker's orders are sent again is tests/faults.rs's business: here the
+    // kill may land while it holds nothing, as out-of-stock verdicts make
+    // `done` grow without any worker.)
     assert_tallies(&g.report(), &oracle_with_stock(&input, &stock));
-    let line = vent.wait_for_log(&["run complete"]);
-    assert!(!line.contains("redelivered=0"), "{line}");
 }
 
 #[test]

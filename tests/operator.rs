@@ -258,7 +258,7 @@ fn the_total_is_known_from_the_start_and_the_run_ends_on_goodbyes() {
     let mut w1 = g.worker(&SLOW);
     let mut w2 = g.worker(&SLOW);
     let mut vent = g.ventilator(&["--generate", "8000"]);
-    let early = sink.wait_for_log(&["progress", "total=8000"]);
+    let early = sink.wait_for_log(&["progress", "total=\"8000\""]);
     let done: u64 = early
         .split("done=")
         .nth(1)

@@ -180,7 +180,7 @@ fn off_loopback_without_a_key_is_refused() {
             "sink",
             vec![
                 "--results",
-                "tcp://0.0.0.0:0",
+                "tcp://0.0.0.0:*",
                 "--state",
                 state.to_str().unwrap(),
             ],
@@ -188,7 +188,7 @@ fn off_loopback_without_a_key_is_refused() {
         ("worker", vec!["--jobs", "tcp://10.1.2.3:5557"]),
         (
             "ventilator",
-            vec!["--jobs", "tcp://0.0.0.0:0", "--generate", "5"],
+            vec!["--jobs", "tcp://0.0.0.0:*", "--generate", "5"],
         ),
     ] {
         let out = Command::new(util::bin(bin))

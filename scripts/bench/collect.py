@@ -30,7 +30,7 @@ def main():
     ap = argparse.ArgumentParser()
     for a in ("scenario", "system", "dir", "note", "report", "broker-pid", "snap0", "snap1"):
         ap.add_argument("--" + a, default="")
-    for a in ("orders", "workers", "run", "start-ns", "end-ns", "end2-ns", "ok", "busy-before"):
+    for a in ("orders", "workers", "run", "start-ns", "end-ns", "end2-ns", "wall-start-ns", "wall-end-ns", "ok", "busy-before"):
         ap.add_argument("--" + a, type=int, default=0)
     a = ap.parse_args()
     tick = os.sysconf("SC_CLK_TCK")
@@ -52,6 +52,9 @@ def main():
     secs2 = (a.end2_ns - a.start_ns) / 1e9
     rec["seconds_to_sink_exit"] = round(secs2, 4)
     rec["orders_per_s_to_sink_exit"] = round(a.orders / secs2, 1) if secs2 > 0 else None
+    if a.wall_start_ns and a.wall_end_ns:
+        # What a user waits for: the first process started to the last exited.
+        rec["wall_seconds"] = round((a.wall_end_ns - a.wall_start_ns) / 1e9, 4)
 
     rss = {}
     cpu = 0.0

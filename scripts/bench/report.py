@@ -116,6 +116,7 @@ def summarise(runs):
     others = [r.get("others_cpu_pct", 0) for r in runs]
     sink_exit = [r["orders_per_s_to_sink_exit"] for r in good if r.get("orders_per_s_to_sink_exit")]
     dups = [r["report"]["stats"].get("duplicate_results", 0) for r in good if r.get("report")]
+    walls = [r["wall_seconds"] for r in good if r.get("wall_seconds")]
     return {
         "runs": len(runs),
         "good": len(good),
@@ -128,6 +129,7 @@ def summarise(runs):
         "orders": runs[0]["orders"] if runs else 0,
         "notes": sorted({r["note"] for r in runs if r.get("note")}),
         "duplicates": statistics.median(dups) if dups else None,
+        "wall": statistics.median(walls) if walls else None,
     }
 
 
@@ -152,6 +154,7 @@ def table_lines(rows, naive):
         "runs ok",
         "others' CPU",
         "dup. results (median)",
+        "whole run s (median)",
     ]
     out = []
     for label, system, scenario, workers, s in rows:
@@ -174,6 +177,7 @@ def table_lines(rows, naive):
                 f"{s['good']}/{s['runs']}",
                 f"≤{s['others_max']:.0f}%",
                 fmt(s["duplicates"]),
+                f"{s['wall']:.2f}" if s.get("wall") else "–",
             ]
         )
     return head, out
