@@ -708,6 +708,18 @@ fn writer_loop(
 mod tests {
     use super::*;
 
+    /// A state folder of its own and a created run in it.
+    fn fresh_run(name: &str, id: &str) -> (PathBuf, RunDir) {
+        let state = temp_dir(name);
+        let run = RunDir::new(&state, id);
+        run.create(&RunMeta {
+            input: "x".into(),
+            started_unix: 1.0,
+        })
+        .unwrap();
+        (state, run)
+    }
+
     fn temp_dir(name: &str) -> PathBuf {
         let d =
             std::env::temp_dir().join(format!("ordergrid-journal-{name}-{}", std::process::id()));
@@ -741,13 +753,7 @@ mod tests {
 
     #[test]
     fn records_survive_and_torn_tail_is_cut() {
-        let state = temp_dir("torn");
-        let run = RunDir::new(&state, "r1");
-        run.create(&RunMeta {
-            input: "x".into(),
-            started_unix: 1.0,
-        })
-        .unwrap();
+        let (state, run) = fresh_run("torn", "r1");
         let (mut w, notify, _synced, _ctx) = writer(&run, 0);
         let mut buf = Vec::new();
         push_record(&mut buf, b"one");
@@ -776,13 +782,7 @@ mod tests {
 
     #[test]
     fn compaction_starts_a_new_generation() {
-        let state = temp_dir("compact");
-        let run = RunDir::new(&state, "r2");
-        run.create(&RunMeta {
-            input: "x".into(),
-            started_unix: 1.0,
-        })
-        .unwrap();
+        let (state, run) = fresh_run("compact", "r2");
         let (mut w, notify, _synced, _ctx) = writer(&run, 0);
         let mut buf = Vec::new();
         push_record(&mut buf, b"before");
@@ -865,13 +865,7 @@ mod tests {
 
     #[test]
     fn a_damaged_journal_is_kept_and_its_intact_records_recovered() {
-        let state = temp_dir("damaged");
-        let run = RunDir::new(&state, "r3");
-        run.create(&RunMeta {
-            input: "x".into(),
-            started_unix: 1.0,
-        })
-        .unwrap();
+        let (state, run) = fresh_run("damaged", "r3");
         let path = run.journal_path(0);
         let mut bytes = framed(&[b"one", b"two", b"three", b"four"]);
         let damaged_at = 8 + 3 + 8 + 1; // inside "two"
@@ -902,13 +896,7 @@ mod tests {
 
     #[test]
     fn a_damaged_snapshot_refuses_with_the_way_out() {
-        let state = temp_dir("badsnap");
-        let run = RunDir::new(&state, "r4");
-        run.create(&RunMeta {
-            input: "x".into(),
-            started_unix: 1.0,
-        })
-        .unwrap();
+        let (state, run) = fresh_run("badsnap", "r4");
         fs::write(run.snapshot_path(), b"OGSN\0\0\0\0garbage-garbage").unwrap();
         let err = run.replay(|_| Ok(()), |_| {}).unwrap_err().to_string();
         assert!(
@@ -920,13 +908,7 @@ mod tests {
 
     #[test]
     fn a_failing_write_is_retried_until_it_succeeds() {
-        let state = temp_dir("retry");
-        let run = RunDir::new(&state, "r5");
-        run.create(&RunMeta {
-            input: "x".into(),
-            started_unix: 1.0,
-        })
-        .unwrap();
+        let (state, run) = fresh_run("retry", "r5");
         let path = run.journal_path(0);
         let mut files = JournalFiles {
             run: run.clone(),

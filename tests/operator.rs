@@ -277,3 +277,24 @@ fn the_total_is_known_from_the_start_and_the_run_ends_on_goodbyes() {
         sink.logs()
     );
 }
+
+#[test]
+fn a_worker_that_cannot_reach_the_sink_says_so_and_the_run_still_ends_exact() {
+    let mut g = Grid::new("worker-no-sink");
+    let input = g.generate(20_000, 44, 0);
+    let mut sink = g.sink(&SINK);
+    // A typo in one worker's --results: it gets jobs but cannot hand over
+    // their results, so it stops reporting credit and its orders go elsewhere.
+    let nowhere = format!("ipc://{}/nowhere.ipc", g.dir.display());
+    let saved = std::mem::replace(&mut g.results, nowhere.clone());
+    let mut lost = g.worker(&SLOW);
+    g.results = saved;
+    let mut good = g.worker(&SLOW);
+    let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
+    let line = lost.wait_for_log(&["no answer from the sink at"]);
+    assert!(line.contains(&nowhere), "{line}");
+    vent.success();
+    sink.success();
+    good.success();
+    assert_tallies(&g.report(), &oracle(&input));
+}

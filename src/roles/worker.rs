@@ -105,6 +105,9 @@ impl Payable for Task {
 const MAX_REASON_BYTES: usize = 512;
 
 /// Outcome records waiting to be sent, for one run.
+/// How long results may wait for the sink before the worker says so.
+const SILENT_SINK_WARNING: Duration = Duration::from_secs(5);
+
 struct Outbox {
     shutdown: Shutdown,
     wire: Wire,
@@ -116,6 +119,8 @@ struct Outbox {
     records: Vec<u8>,
     count: usize,
     frame: Vec<u8>,
+    /// The sink's results endpoint, for the warning when it does not answer.
+    sink: String,
 }
 
 impl Outbox {
@@ -202,6 +207,26 @@ impl Outbox {
         Ok(())
     }
 
+    /// Says so when the sink has not taken results for a while: after
+    /// [`SILENT_SINK_WARNING`], then every 30 s.
+    fn warn_if_blocked(&self, since: Instant, warned_at: &mut Option<Instant>) {
+        let waited = since.elapsed();
+        let due = match warned_at {
+            None => waited >= SILENT_SINK_WARNING,
+            Some(t) => t.elapsed() >= Duration::from_secs(30),
+        };
+        if due {
+            *warned_at = Some(Instant::now());
+            tracing::warn!(
+                results = self.count,
+                "no answer from the sink at {} for {} s; holding {} results until it takes them",
+                self.sink,
+                waited.as_secs(),
+                self.count
+            );
+        }
+    }
+
     fn flush(&mut self, results: &zmq::Socket, worker_id: u64) -> Result<()> {
         let Some(run) = self.run else { return Ok(()) };
         if self.count == 0 {
@@ -212,6 +237,8 @@ impl Outbox {
         // lost. A stop request gives up after a grace period; the orders of
         // results never sent are redelivered.
         let mut stopping_since: Option<Instant> = None;
+        let blocked_since = Instant::now();
+        let mut warned_at: Option<Instant> = None;
         loop {
             let bytes = self.wire.outgoing(&self.frame, &mut self.seal_buf);
             match results.send(bytes, zmq::DONTWAIT) {
@@ -224,6 +251,7 @@ impl Outbox {
                             break;
                         }
                     }
+                    self.warn_if_blocked(blocked_since, &mut warned_at);
                     let mut items = [results.as_poll_item(zmq::POLLOUT)];
                     transport::poll(&mut items, 100)?;
                 }
@@ -319,6 +347,7 @@ pub fn run(
             records: Vec::new(),
             count: 0,
             frame: Vec::new(),
+            sink: config.results.clone(),
         },
         summary: WorkerSummary {
             worker_id: id,
