@@ -110,7 +110,9 @@ fn configure(socket: &zmq::Socket, tuning: SocketTuning, what: &str) -> Result<(
     )?;
     set(socket.set_sndhwm(tuning.send_hwm), "ZMQ_SNDHWM")?;
     set(socket.set_rcvhwm(tuning.recv_hwm), "ZMQ_RCVHWM")?;
-    set(socket.set_reconnect_ivl(100), "ZMQ_RECONNECT_IVL")?;
+    // Quick to find a peer that starts a moment later (roles start in any
+    // order), backing off to 2 s for one that stays away.
+    set(socket.set_reconnect_ivl(10), "ZMQ_RECONNECT_IVL")?;
     set(socket.set_reconnect_ivl_max(2000), "ZMQ_RECONNECT_IVL_MAX")?;
     // TCP keepalive closes connections to a host that went silent. Not ZMTP
     // heartbeats: with libzmq 4.3.4 they trip assertions in the stream
