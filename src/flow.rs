@@ -41,6 +41,9 @@ pub struct CreditReporter {
     warned: Option<Instant>,
     /// Stopping: asks for nothing more.
     closed: bool,
+    /// Orders held but parked: backing off before a retry. They keep no
+    /// gateway slot busy, so they do not take room from new work.
+    parked: u64,
 }
 
 impl CreditReporter {
@@ -56,6 +59,7 @@ impl CreditReporter {
             run: RunId(0),
             heard: now,
             warned: None,
+            parked: 0,
             closed: false,
         }
     }
@@ -102,13 +106,22 @@ impl CreditReporter {
         self.run
     }
 
-    /// Orders this worker can hold now.
+    /// How many held orders are backing off before a retry (they are held,
+    /// so never sent elsewhere, but use no gateway slot).
+    pub fn set_parked(&mut self, parked: usize) {
+        self.parked = parked as u64;
+    }
+
+    /// Orders this worker can hold now: its payments in flight, the
+    /// prefetch, and the orders parked in back-off on top (a slow PSP's
+    /// retries must not starve the gateway slots of new work).
     pub fn capacity(&self) -> u64 {
         if self.closed {
             return 0;
         }
         let ahead = (self.pace * self.prefetch.as_secs_f64()) as u64;
-        self.concurrency + ahead.clamp(self.concurrency, MAX_PREFETCH.max(self.concurrency))
+        let ahead = ahead.clamp(self.concurrency, MAX_PREFETCH.max(self.concurrency));
+        self.concurrency + ahead + self.parked
     }
 
     /// The report to send now, if one is due: when a quarter of the
@@ -218,5 +231,16 @@ mod tests {
         c.received(1_000_000, RunId(1));
         c.due(t0 + Duration::from_millis(1100), 0, Vec::new);
         assert_eq!(c.capacity(), 64 + MAX_PREFETCH);
+    }
+
+    #[test]
+    fn orders_parked_in_back_off_do_not_take_room_from_new_work() {
+        let t0 = Instant::now();
+        let mut c = CreditReporter::new(16, Duration::from_millis(20), t0);
+        let base = c.capacity();
+        c.set_parked(40);
+        assert_eq!(c.capacity(), base + 40);
+        c.close();
+        assert_eq!(c.capacity(), 0, "a closing worker asks for nothing");
     }
 }

@@ -148,6 +148,11 @@ impl<'g, T: Payable> Payments<'g, T> {
         self.in_flight.len()
     }
 
+    /// Payments backing off before their next attempt.
+    pub fn backing_off(&self) -> usize {
+        self.retrying.len()
+    }
+
     /// Payments waiting for a slot at the gateway.
     pub fn waiting(&self) -> usize {
         self.waiting.len()

@@ -387,6 +387,7 @@ impl Worker<'_> {
         let payments = &self.payments;
         // The seqs of every order this worker holds.
         let holds = || payments.tasks().map(|t| t.seq).collect();
+        self.credit.set_parked(payments.backing_off());
         let Some(credit) = self.credit.due(Instant::now(), busy, holds) else {
             return Ok(());
         };
