@@ -464,7 +464,8 @@ impl Sink {
     fn watch_journal(&mut self) {
         let failing = self.active.as_ref().and_then(|run| run.journal.failing());
         let metrics = &self.config.metrics;
-        if failing.is_some() != (metrics.journal_failing.get() != 0) || failing.is_some() {
+        // Only while failing, and once when it stops.
+        if failing.is_some() || metrics.journal_failing.get() != 0 {
             metrics.journal_failing.set(i64::from(failing.is_some()));
             metrics.set_problem(failing.map(|why| format!("journal unwritable: {why}")));
         }

@@ -145,16 +145,7 @@ impl Outbox {
     ) -> Result<()> {
         self.switch_run(results, worker_id, run)?;
         let currency = std::str::from_utf8(currency).unwrap_or("");
-        protocol::write_result_record(
-            &mut self.records,
-            seq,
-            Outcome::Paid.code(),
-            currency,
-            amount_cents,
-            items,
-        );
-        self.count += 1;
-        self.outcomes[usize::from(Outcome::Paid.code())] += 1;
+        self.push(seq, Outcome::Paid, currency, amount_cents, items);
         Ok(())
     }
 
@@ -172,16 +163,7 @@ impl Outbox {
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        protocol::write_result_record(
-            &mut self.records,
-            seq,
-            Outcome::Failed.code(),
-            &reason[..end],
-            0,
-            std::iter::empty(),
-        );
-        self.count += 1;
-        self.outcomes[usize::from(Outcome::Failed.code())] += 1;
+        self.push(seq, Outcome::Failed, &reason[..end], 0, std::iter::empty());
         Ok(())
     }
 
@@ -194,17 +176,24 @@ impl Outbox {
         outcome: Outcome,
     ) -> Result<()> {
         self.switch_run(results, worker_id, run)?;
-        protocol::write_result_record(
-            &mut self.records,
-            seq,
-            outcome.code(),
-            "",
-            0,
-            std::iter::empty(),
-        );
-        self.count += 1;
-        self.outcomes[usize::from(outcome.code())] += 1;
+        self.push(seq, outcome, "", 0, std::iter::empty());
         Ok(())
+    }
+
+    /// Appends one record to the frame being built, counting its outcome
+    /// for the metrics (counted when the frame is sent).
+    fn push<'i>(
+        &mut self,
+        seq: u64,
+        outcome: Outcome,
+        currency: &str,
+        amount_cents: i64,
+        items: impl ExactSizeIterator<Item = (&'i str, i64)>,
+    ) {
+        let code = outcome.code();
+        protocol::write_result_record(&mut self.records, seq, code, currency, amount_cents, items);
+        self.count += 1;
+        self.outcomes[usize::from(code)] += 1;
     }
 
     /// Says so when the sink has not taken results for a while: after
