@@ -33,6 +33,7 @@
 //! - [`dedup`]: the ventilator's duplicate detector (order-id digests, looked up with prefetch).
 //! - [`seal`]: the pre-shared key: key files, sealing and opening frames (XChaCha20-Poly1305).
 //! - [`roles`]: `ventilator`, `worker` and `sink`: each a `run(config, shutdown)`.
+//! - [`dashboard`]: the sink's live status board (`/api/status`, the web page).
 //! - [`metrics`]: Prometheus counters and gauges, served with `--metrics ADDR`.
 //! - [`shutdown`]: the signal-driven stop request every loop polls.
 //! - [`fasthash`]: hashers for the hot maps.
@@ -40,6 +41,7 @@
 //! - [`cli`]: what the thin binaries share: logging set-up and exit codes.
 
 pub mod cli;
+pub mod dashboard;
 pub mod dedup;
 pub mod error;
 pub mod fasthash;

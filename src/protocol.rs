@@ -94,6 +94,9 @@ pub enum Kind {
     /// Worker → sink (results socket): heard the run is over, exiting; the
     /// sink exits as soon as every worker it has heard from said so.
     Bye = 20,
+    /// Worker → sink (results socket), every second: who and where it is,
+    /// what it has done, for the dashboard's workers table.
+    WorkerStatus = 21,
 }
 
 impl Kind {
@@ -110,6 +113,7 @@ impl Kind {
             9 => Kind::RunOver,
             10 => Kind::Credit,
             20 => Kind::Bye,
+            21 => Kind::WorkerStatus,
             _ => return None,
         })
     }
@@ -188,6 +192,11 @@ pub fn split_frame(frame: &[u8]) -> Result<(Header, &[u8]), FrameError> {
         frame[4..12].try_into().expect("8 bytes"),
     ));
     Ok((Header { kind, run }, &frame[HEADER_LEN..]))
+}
+
+/// The kind of a well-formed frame, without decoding its body.
+pub fn frame_kind(frame: &[u8]) -> Option<Kind> {
+    split_frame(frame).ok().map(|(h, _)| h.kind)
 }
 
 /// Decodes a body, borrowing strings from it where it can.
@@ -745,6 +754,18 @@ pub struct Empty;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bye {
     pub worker_id: u64,
+}
+
+/// Worker → sink: this worker's line on the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub worker_id: u64,
+    /// The host name the worker runs on.
+    pub host: String,
+    /// Orders this worker process has finished, every run counted.
+    pub processed: u64,
+    /// Payments at the gateway right now.
+    pub payments_in_flight: u64,
 }
 
 #[cfg(test)]

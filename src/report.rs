@@ -229,7 +229,7 @@ pub fn minor_digits(currency: &str) -> u32 {
 
 /// An amount in minor units written in major units: `1999` with 2 digits is
 /// `19.99`, with 0 digits `1999`. Exact for every i128.
-fn major_units(minor: i128, digits: u32) -> String {
+pub fn major_units(minor: i128, digits: u32) -> String {
     if digits == 0 {
         return minor.to_string();
     }

@@ -8,6 +8,7 @@
 //! was serving (`active` names it) and a completed run's report is reprinted
 //! when its input is run again.
 
+use crate::dashboard::{Board, WorkerInfo};
 use crate::journal::{self, JournalHealth, JournalWriter, RunDir, RunMeta, Synced};
 use crate::ledger::{Applied, Ledger};
 use crate::protocol::{self, Acks, FrameError, Hello, Kind, Progress, ResultsView, RunId, Welcome};
@@ -47,6 +48,8 @@ pub struct SinkConfig {
     pub metrics: crate::metrics::Metrics,
     /// Plain or sealed frames.
     pub wire: Wire,
+    /// The live status the dashboard and `/api/status` show.
+    pub board: Arc<Board>,
 }
 
 impl Default for SinkConfig {
@@ -63,6 +66,7 @@ impl Default for SinkConfig {
             print_table: true,
             metrics: crate::metrics::Metrics::default(),
             wire: Wire::plain(),
+            board: Board::new(false),
         }
     }
 }
@@ -134,6 +138,8 @@ struct Sink {
     stats: SinkStats,
     last_bad_log: Option<Instant>,
     notify_seq: u64,
+    /// When the board was last refreshed with the active run's counts, and its rate.
+    board_view: ProgressView,
 }
 
 /// When progress was last shown, and the rate since.
@@ -215,6 +221,7 @@ pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
         stats: SinkStats::default(),
         last_bad_log: None,
         notify_seq: 0,
+        board_view: ProgressView::new(),
     };
     let notify_ep = sink.next_notify_endpoint();
     sockets
@@ -323,6 +330,9 @@ impl Sink {
         let writer = JournalWriter::start(&dir, generation, notifier, tx)?;
         let journal = writer.health();
         let journal_bytes = dir.journal_len(generation);
+        self.config
+            .board
+            .run_started(&id.to_string(), &meta.input, meta.started_unix);
         self.active = Some(ActiveRun {
             id,
             dir,
@@ -442,6 +452,9 @@ impl Sink {
                         break;
                     }
                     match s.wire.incoming(&mut msg) {
+                        Ok(plain) if protocol::frame_kind(plain) == Some(Kind::WorkerStatus) => {
+                            self.on_worker_status(plain)
+                        }
                         Ok(plain) => self.on_results_frame(plain, false),
                         Err(e) => self.unauthenticated("results", e),
                     }
@@ -450,6 +463,7 @@ impl Sink {
             self.hand_over(s)?;
             self.watch_journal();
             self.show_progress(&mut view, false);
+            self.refresh_board();
             if self.is_complete() {
                 if view.terminal {
                     self.show_progress(&mut view, true);
@@ -467,8 +481,40 @@ impl Sink {
         // Only while failing, and once when it stops.
         if failing.is_some() || metrics.journal_failing.get() != 0 {
             metrics.journal_failing.set(i64::from(failing.is_some()));
-            metrics.set_problem(failing.map(|why| format!("journal unwritable: {why}")));
+            let problem = failing.map(|why| format!("journal unwritable: {why}"));
+            self.config.board.set_problem(problem.clone());
+            metrics.set_problem(problem);
         }
+    }
+
+    /// Copies the active run's counts to the board, twice a second.
+    fn refresh_board(&mut self) {
+        let Some(run) = &self.active else {
+            return;
+        };
+        if !self.board_view.due(Duration::from_millis(500)) {
+            return;
+        }
+        let done = run.ledger.tallied();
+        let rate = self.board_view.rate(done);
+        let dead_letters = run.ledger.order_counts().failed;
+        self.config.board.progress(|view| {
+            let (total, estimate) = match (run.total, run.expected) {
+                (Some(t), _) => (Some(t), false),
+                (None, Some((t, e))) => (Some(t), e),
+                (None, None) => (None, false),
+            };
+            view.done = done;
+            view.total = total;
+            view.total_is_estimate = estimate;
+            view.orders_per_second = rate;
+            view.eta_seconds = total
+                .filter(|_| rate > 0.0)
+                .map(|t| t.saturating_sub(done) as f64 / rate);
+            view.in_flight = run.in_flight;
+            view.redelivered = run.redelivered;
+            view.dead_letters = dead_letters;
+        });
     }
 
     /// Reports progress: a line redrawn in place on a terminal, a log
@@ -594,6 +640,19 @@ impl Sink {
                 Applied::Invalid(_) => invalid += 1,
             }
         }
+        if batch.worker_id != 0 && !from_ventilator {
+            self.config.board.update(|status| {
+                let id = format!("{:016x}", batch.worker_id);
+                match status.workers.iter_mut().find(|w| w.id == id) {
+                    Some(w) => w.last_heard_unix = now_unix(),
+                    None => status.workers.push(WorkerInfo {
+                        id,
+                        last_heard_unix: now_unix(),
+                        ..WorkerInfo::default()
+                    }),
+                }
+            });
+        }
         if new {
             if batch.worker_id != 0 {
                 run.workers.insert(batch.worker_id);
@@ -620,6 +679,22 @@ impl Sink {
         }
         if invalid > 0 {
             self.log_dropped("results", "result breaking the rules of a result");
+        }
+    }
+
+    /// A worker's line on the dashboard.
+    fn on_worker_status(&mut self, frame: &[u8]) {
+        let status = protocol::split_frame(frame)
+            .and_then(|(_, body)| protocol::decode::<protocol::WorkerStatus>(body));
+        match status {
+            Ok(w) => self.config.board.worker_heard(WorkerInfo {
+                id: format!("{:016x}", w.worker_id),
+                host: w.host,
+                last_heard_unix: now_unix(),
+                orders_processed: w.processed,
+                payments_in_flight: w.payments_in_flight,
+            }),
+            Err(e) => self.bad_frame("results", &e),
         }
     }
 
@@ -928,6 +1003,7 @@ impl Sink {
         journal::write_atomic(&run.dir.report_path(), report.to_json().as_bytes())?;
         let _ = fs::remove_file(self.active_file());
         run.writer.close()?;
+        self.config.board.run_finished(&report);
         self.publish_report(&report)?;
         tracing::info!(run = %run.id, lines = report.orders.lines, seconds = format!("{:.2}", report.run.elapsed_seconds), "run complete");
         self.announce_run_over(run.id, s, run.ventilator.as_deref(), &run.workers)?;

@@ -271,6 +271,25 @@ struct Worker<'g> {
     spare: protocol::JobVecs,
     /// What this worker tells the ventilator it can take.
     credit: CreditReporter,
+    /// When this worker last told the sink its status (for the dashboard).
+    status_sent: Option<Instant>,
+    host: String,
+}
+
+/// How often a worker tells the sink its status.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// This machine's host name (empty if it cannot be read).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// A fresh id for this worker process.
@@ -344,6 +363,8 @@ pub fn run(
         },
         spare: protocol::JobVecs::default(),
         credit: CreditReporter::new(config.concurrency, config.prefetch, Instant::now()),
+        status_sent: None,
+        host: host_name(),
     };
     worker.serve(&jobs, &results, &control, shutdown)?;
     tracing::info!(processed = worker.summary.processed, "worker stopped");
@@ -497,7 +518,27 @@ impl Worker<'_> {
             // Nothing more to read right now: do not hold results back.
             self.outbox.flush(results, self.id)?;
             self.report_credit(jobs)?;
+            self.report_status(results);
         }
+    }
+
+    /// Tells the sink, once a second, this worker's line on the dashboard.
+    /// Best effort: a sink that does not take it hears the next one.
+    fn report_status(&mut self, results: &zmq::Socket) {
+        if self.status_sent.is_some_and(|t| t.elapsed() < STATUS_EVERY) {
+            return;
+        }
+        self.status_sent = Some(Instant::now());
+        let status = protocol::WorkerStatus {
+            worker_id: self.id,
+            host: self.host.clone(),
+            processed: self.summary.processed,
+            payments_in_flight: self.payments.at_gateway() as u64,
+        };
+        let run = self.outbox.run.unwrap_or(RunId(0));
+        let frame = protocol::frame(Kind::WorkerStatus, run, &status);
+        let mut sealed = Vec::new();
+        let _ = results.send(self.config.wire.outgoing(&frame, &mut sealed), zmq::DONTWAIT);
     }
 
     /// Tells the sink this worker heard the run is over, so it can exit
