@@ -4,7 +4,8 @@
 # over several hosts, each role started on its host through ssh (or any
 # command set by ORDERGRID_LAUNCH).
 #
-#   scripts/cluster.sh up|status|down|logs HOSTFILE
+#   scripts/cluster.sh up|serve|status|down|logs HOSTFILE
+#   scripts/cluster.sh submit HOSTFILE INPUT [VENTILATOR FLAGS...]
 #
 #   up      pre-flight checks on every host (reachable, binaries present and
 #           runnable, bound TCP ports free, nothing of this cluster running),
@@ -12,6 +13,17 @@
 #           order; waits until the sink has written its report, then prints
 #           the sink's summary table and where the report (JSON) is.
 #           If anything fails to start, stops what it started and exits 1.
+#   serve   a standing grid: the same pre-flight checks, then starts the sink
+#           and the workers with --serve (they stay up run after run) and
+#           returns; no ventilator is started (a ventilator line is optional)
+#   submit  runs one ventilator for INPUT (a path on the ventilator line's
+#           host, relative to the run directory there; - is not allowed) on
+#           that host, or on this machine when the host file has no
+#           ventilator line, with the line's flags and VENTILATOR FLAGS;
+#           waits while the sink queues it behind other runs, then prints
+#           the run's summary table; the run's report (JSON) is kept in
+#           RUN_DIR/reports/ on the ventilator's host. Exits with the
+#           ventilator's status. Any number of submits may run at once.
 #   status  what runs where: each role's host, pid and state, the sink's last
 #           progress line
 #   down    stops every process this cluster started (SIGTERM, then SIGKILL
@@ -29,7 +41,7 @@
 #                             (the rest of the line is the value), e.g.
 #                             set ORDERGRID_RESULTS=tcp://10.77.0.1:5558
 #   sink HOST [FLAGS...]      exactly one
-#   ventilator HOST [FLAGS...]  exactly one
+#   ventilator HOST [FLAGS...]  exactly one for up; at most one otherwise
 #   worker HOST [COUNT] [FLAGS...]  COUNT workers on HOST (default 1); any
 #                             number of worker lines
 #
@@ -87,7 +99,8 @@ die() {
 }
 bad_usage() {
     echo "$PROG: $*" >&2
-    echo "usage: $PROG up|status|down|logs HOSTFILE   ($PROG --help for more)" >&2
+    echo "usage: $PROG up|serve|status|down|logs HOSTFILE" >&2
+    echo "       $PROG submit HOSTFILE INPUT [VENTILATOR FLAGS...]   ($PROG --help for more)" >&2
     exit 2
 }
 say() { printf '%s %s: %s\n' "$(date +%H:%M:%S)" "$PROG" "$*" >&2; }
@@ -101,13 +114,23 @@ case ${1:-} in
     usage
     exit 0
     ;;
-up | status | down | logs) ;;
+up | serve | status | down | logs) (($# == 2)) || bad_usage "expected a command and a host file" ;;
+submit) (($# >= 3)) || bad_usage "expected: submit HOSTFILE INPUT [VENTILATOR FLAGS...]" ;;
 '') bad_usage "missing command" ;;
 *) bad_usage "unknown command: $1" ;;
 esac
-(($# == 2)) || bad_usage "expected a command and a host file"
 CMD=$1
 HOSTFILE=$2
+shift 2
+SUBMIT_INPUT=
+SUBMIT_FLAGS=()
+if [[ $CMD == submit ]]; then
+    SUBMIT_INPUT=$1
+    shift
+    SUBMIT_FLAGS=("$@")
+    [[ -n $SUBMIT_INPUT && $SUBMIT_INPUT != - && $SUBMIT_INPUT != -* ]] ||
+        bad_usage "submit needs an input file before the flags (a stream cannot be submitted)"
+fi
 [[ -f $HOSTFILE && -r $HOSTFILE ]] || bad_usage "cannot read the host file $HOSTFILE"
 
 # ---------------------------------------------------------------- host file
@@ -190,7 +213,11 @@ hostfile_error() {
     exit 2
 }
 ((ROLE_COUNT[sink] == 1)) || hostfile_error "expected exactly one sink line, found ${ROLE_COUNT[sink]}"
-((ROLE_COUNT[ventilator] == 1)) || hostfile_error "expected exactly one ventilator, found ${ROLE_COUNT[ventilator]}"
+if [[ $CMD == up ]]; then
+    ((ROLE_COUNT[ventilator] == 1)) || hostfile_error "expected exactly one ventilator, found ${ROLE_COUNT[ventilator]}"
+else
+    ((ROLE_COUNT[ventilator] <= 1)) || hostfile_error "expected at most one ventilator, found ${ROLE_COUNT[ventilator]}"
+fi
 ((ROLE_COUNT[worker] >= 1)) || hostfile_error "expected at least one worker"
 
 # The last `set NAME=` of the host file, or nothing (status 1).
@@ -248,6 +275,14 @@ effective() { # instance flag env default
     done
     set_value "$3" || printf '%s' "$4"
 }
+# effective() for the ventilator line; without one, `set` or the default.
+vent_effective() { # flag env default
+    if [[ -n $VENT ]]; then
+        effective "$VENT" "$@"
+    else
+        set_value "$2" || printf '%s' "$3"
+    fi
+}
 instance_of() { # role -> index of its first instance
     local k
     for k in "${!I_ROLE[@]}"; do [[ ${I_ROLE[k]} == "$1" ]] && echo "$k" && return; done
@@ -255,7 +290,11 @@ instance_of() { # role -> index of its first instance
 SINK=$(instance_of sink)
 VENT=$(instance_of ventilator)
 SINK_HOST=${I_HOST[SINK]}
-VENT_HOST=${I_HOST[VENT]}
+VENT_HOST=
+[[ -z $VENT ]] || VENT_HOST=${I_HOST[VENT]}
+# serve: the sink and the workers stay up run after run.
+SERVE=0
+[[ $CMD == serve ]] && SERVE=1
 
 # Endpoints' defaults as in each binary's --help.
 endpoint_host() { # tcp://HOST:PORT -> HOST ('' when not tcp)
@@ -369,6 +408,7 @@ start_line() {
     IFS=$'\x1f' read -ra flags <<<"${I_FLAGS[k]}"
     printf 'og_start %s %s' "${I_NAME[k]}" "ordergrid-${I_ROLE[k]}"
     for f in "${flags[@]}"; do printf ' %s' "$(q "$f")"; done
+    ((SERVE)) && [[ ${I_ROLE[k]} != ventilator ]] && printf ' --serve'
     printf '\n'
 }
 starter() {
@@ -425,7 +465,7 @@ check_endpoints() {
     sink_results=$(effective "$SINK" results ORDERGRID_RESULTS tcp://127.0.0.1:5558)
     sink_acks=$(effective "$SINK" acks ORDERGRID_ACKS tcp://127.0.0.1:5559)
     sink_control=$(effective "$SINK" control ORDERGRID_CONTROL tcp://127.0.0.1:5560)
-    vent_jobs=$(effective "$VENT" jobs ORDERGRID_JOBS tcp://127.0.0.1:5557)
+    vent_jobs=$(vent_effective jobs ORDERGRID_JOBS tcp://127.0.0.1:5557)
     complain() {
         echo "$PROG: $*" >&2
         errors=$((errors + 1))
@@ -450,7 +490,8 @@ check_endpoints() {
         worker)
             cross "${I_NAME[k]}" "$host" "$(effective "$k" results ORDERGRID_RESULTS tcp://127.0.0.1:5558)" "the sink's results" "$SINK_HOST" "$sink_results"
             cross "${I_NAME[k]}" "$host" "$(effective "$k" control ORDERGRID_CONTROL tcp://127.0.0.1:5560)" "the sink's control" "$SINK_HOST" "$sink_control"
-            cross "${I_NAME[k]}" "$host" "$(effective "$k" jobs ORDERGRID_JOBS tcp://127.0.0.1:5557)" "the ventilator's jobs" "$VENT_HOST" "$vent_jobs"
+            # A standing worker learns each run's jobs endpoint from the sink.
+            ((SERVE)) || cross "${I_NAME[k]}" "$host" "$(effective "$k" jobs ORDERGRID_JOBS tcp://127.0.0.1:5557)" "the ventilator's jobs" "$VENT_HOST" "$vent_jobs"
             ;;
         ventilator)
             cross "${I_NAME[k]}" "$host" "$(effective "$k" acks ORDERGRID_ACKS tcp://127.0.0.1:5559)" "the sink's acks" "$SINK_HOST" "$sink_acks"
@@ -478,14 +519,14 @@ sink_ports() {
     done
     echo "${ports[*]}"
 }
-vent_ports() { endpoint_port "$(effective "$VENT" jobs ORDERGRID_JOBS tcp://127.0.0.1:5557)"; }
+vent_ports() { endpoint_port "$(vent_effective jobs ORDERGRID_JOBS tcp://127.0.0.1:5557)"; }
 # The TCP ports that the roles of host $1 bind, one a line.
 bound_ports() {
     local p
     if [[ $1 == "$SINK_HOST" ]]; then
         for p in $(sink_ports); do echo "$p"; done
     fi
-    if [[ $1 == "$VENT_HOST" ]]; then
+    if [[ $1 == "$VENT_HOST" ]] && ((!SERVE)); then
         p=$(vent_ports)
         [[ -z $p ]] || echo "$p"
     fi
@@ -506,6 +547,7 @@ preflight() {
         script+="mkdir -p \"\$og_dir\" 2>/dev/null && [ -w \"\$og_dir\" ] || echo \"ERR cannot create or write the run directory \$og_dir\""$'\n'
         for k in "${!I_NAME[@]}"; do
             [[ ${I_HOST[k]} == "$host" ]] || continue
+            ((SERVE)) && [[ ${I_ROLE[k]} == ventilator ]] && continue
             if [[ " ${seen[*]} " != *" ${I_ROLE[k]} "* ]]; then
                 seen+=("${I_ROLE[k]}")
                 script+="og_check_binary ordergrid-${I_ROLE[k]}"$'\n'
@@ -516,7 +558,7 @@ preflight() {
             [[ -n $port ]] || continue
             script+="og_listening $port && echo \"ERR TCP port $port is already in use\""$'\n'
         done < <(bound_ports "$host")
-        if [[ $host == "$VENT_HOST" ]]; then
+        if [[ $host == "$VENT_HOST" ]] && ((!SERVE)); then
             local input
             input=$(effective "$VENT" input ORDERGRID_INPUT '')
             if [[ -n $input && $input != - ]]; then
@@ -697,6 +739,79 @@ wait_report() {
     say "the run is complete; report: $SINK_HOST:$report"
 }
 
+# ---------------------------------------------------------------- serve
+cmd_serve() {
+    local host k
+    check_endpoints
+    preflight
+    start_failed() {
+        say "stopping what was started"
+        cmd_down >&2 || true
+        die "serve failed: see the lines above (logs stay in $RUN_DIR on each host)"
+    }
+    trap 'echo; say "interrupted: what was started keeps running ($PROG status|down $HOSTFILE)"; exit 130' INT
+    start_on "$SINK_HOST" sink || start_failed
+    for host in "${HOSTS[@]}"; do
+        for k in "${!I_NAME[@]}"; do
+            if [[ ${I_HOST[k]} == "$host" && ${I_ROLE[k]} == worker ]]; then
+                start_on "$host" worker || start_failed
+                break
+            fi
+        done
+    done
+    trap - INT
+    say "the standing grid is up: the sink on $SINK_HOST, ${ROLE_COUNT[worker]} worker(s); submit runs with: $PROG submit $HOSTFILE INPUT"
+}
+
+# ---------------------------------------------------------------- submit
+# The ventilator line's flags without any --input (the submit names it).
+submit_line_flags() {
+    local -a f
+    local k skip=0
+    [[ -n $VENT ]] || return 0
+    IFS=$'\x1f' read -ra f <<<"${I_FLAGS[VENT]}"
+    for k in "${!f[@]}"; do
+        if ((skip)); then
+            skip=0
+        elif [[ ${f[k]} == --input ]]; then
+            skip=1
+        elif [[ ${f[k]} != --input=* ]]; then
+            printf '%s\n' "${f[k]}"
+        fi
+    done
+}
+cmd_submit() {
+    local name script f where words
+    local -a launcher
+    name=submit-$(date +%Y%m%d-%H%M%S)-$$
+    script="$(prelude)"$'\n'"$(role_env)"$'\n'
+    script+='mkdir -p "$og_dir/reports" && cd "$og_dir" || { echo "cannot use the run directory $og_dir" >&2; exit 1; }'$'\n'
+    script+='"$og_bin/ordergrid-ventilator"'
+    while IFS= read -r f; do script+=" $(q "$f")"; done < <(submit_line_flags)
+    script+=" --input $(q "$SUBMIT_INPUT")"
+    for f in "${SUBMIT_FLAGS[@]}"; do script+=" $(q "$f")"; done
+    script+=" --report $(q "reports/$name.json") >$(q "reports/$name.out")"$'\n'
+    script+='og_rc=$?; cat '"$(q "reports/$name.out")"'; exit $og_rc'$'\n'
+    if [[ -n $VENT_HOST ]]; then
+        where=$VENT_HOST
+        read -ra launcher <<<"${LAUNCH//\{host\}/$VENT_HOST}"
+    else
+        where="this machine"
+        launcher=(env)
+    fi
+    say "submitting $SUBMIT_INPUT from $where to the sink on $SINK_HOST"
+    # No time-out and no process group of its own: Ctrl-C reaches the
+    # ventilator, which leaves the sink's queue.
+    local rc=0
+    "${launcher[@]}" sh -s <<<"$script" || rc=$?
+    if ((rc == 0)); then
+        say "run complete; its report: $where:$RUN_DIR/reports/$name.json"
+    else
+        say "the ventilator exited $rc (its messages above)"
+    fi
+    return "$rc"
+}
+
 # ---------------------------------------------------------------- status
 cmd_status() {
     local host k out line name rest unreachable=0
@@ -861,6 +976,8 @@ cmd_logs() {
 
 case $CMD in
 up) cmd_up ;;
+serve) cmd_serve ;;
+submit) cmd_submit ;;
 status) cmd_status ;;
 down) cmd_down ;;
 logs) cmd_logs ;;
