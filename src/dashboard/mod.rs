@@ -291,7 +291,10 @@ mod tests {
         board.run_started("00000000000000aa", "file:a.jsonl", 2.0);
         let s = board.snapshot();
         assert!(s.queue.is_empty());
-        assert_eq!(s.active.as_ref().map(|a| a.id.as_str()), Some("00000000000000aa"));
+        assert_eq!(
+            s.active.as_ref().map(|a| a.id.as_str()),
+            Some("00000000000000aa")
+        );
         board.progress(|run| {
             run.done = 5;
             run.orders_per_second = 10.0;

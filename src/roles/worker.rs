@@ -538,7 +538,10 @@ impl Worker<'_> {
         let run = self.outbox.run.unwrap_or(RunId(0));
         let frame = protocol::frame(Kind::WorkerStatus, run, &status);
         let mut sealed = Vec::new();
-        let _ = results.send(self.config.wire.outgoing(&frame, &mut sealed), zmq::DONTWAIT);
+        let _ = results.send(
+            self.config.wire.outgoing(&frame, &mut sealed),
+            zmq::DONTWAIT,
+        );
     }
 
     /// Tells the sink this worker heard the run is over, so it can exit
