@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 /// Order grid sink: binds the results, acks and control endpoints and keeps the tally in --state.
 /// Exits 0 when the run is complete and its report written; 130 when stopped by a signal
-/// before that (start it again with the same --state to resume).
+/// before that (start it again with the same --state to resume). With --serve it stays up
+/// run after run and exits 0 when stopped with no run active.
 /// Every flag can also be set with the ORDERGRID_* variable shown.
 #[derive(Parser, Debug)]
 #[command(name = "ordergrid-sink", version)]
@@ -35,6 +36,10 @@ struct Args {
     /// How often a progress line is logged, in milliseconds.
     #[arg(long, env = "ORDERGRID_PROGRESS_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
     progress_ms: u64,
+    /// Stay up after a run and serve the next: ventilators that arrive while a run is active
+    /// wait in a first-come queue. Every run's report stays in STATE/runs/<id>/report.json.
+    #[arg(long, env = "ORDERGRID_SERVE")]
+    serve: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -43,7 +48,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     cli::init_logging(args.common.log_format);
     match run(args) {
-        Ok(SinkExit::Complete(_)) => ExitCode::SUCCESS,
+        Ok(SinkExit::Complete(_) | SinkExit::Idle) => ExitCode::SUCCESS,
         Ok(SinkExit::Stopped) => {
             cli::last_words("ordergrid-sink", "stopped before the run was complete; start it again with the same --state to resume", false);
             ExitCode::from(130)
@@ -74,6 +79,8 @@ fn run(args: Args) -> ordergrid::Result<SinkExit> {
         progress_every: std::time::Duration::from_millis(args.progress_ms),
         metrics,
         wire,
+        serve: args.serve,
+        board: ordergrid::dashboard::Board::new(args.serve),
         ..SinkConfig::default()
     };
     sink::run(&config, &shutdown)

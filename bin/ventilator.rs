@@ -79,6 +79,15 @@ struct Args {
     /// its orders are sent to others.
     #[arg(long, env = "ORDERGRID_LIVENESS_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..))]
     liveness_ms: u64,
+    /// The jobs endpoint as workers on other hosts reach it, told to a serving sink's workers
+    /// (e.g. tcp://10.0.0.5:5557). Default: --jobs, unless it binds a wildcard (* or 0.0.0.0):
+    /// then workers use their own --jobs.
+    #[arg(long, env = "ORDERGRID_ADVERTISE", value_name = "ENDPOINT", value_parser = cli::endpoint)]
+    advertise: Option<String>,
+    /// Have the sink send the finished run's report back: it is written to FILE (JSON) and its
+    /// summary table printed, wherever this ventilator runs.
+    #[arg(long, env = "ORDERGRID_VENTILATOR_REPORT", value_name = "FILE")]
+    report: Option<PathBuf>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -100,6 +109,9 @@ fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
     let span = cli::role_span("ventilator");
     let _entered = span.enter();
     cli::check_output_file("--dead-letter", &args.dead_letter)?;
+    if let Some(report) = &args.report {
+        cli::check_output_file("--report", report)?;
+    }
     let shutdown = Shutdown::install()?;
     let metrics = args.common.metrics("ventilator")?;
     let wire = args.common.wire(&[&args.jobs, &args.acks])?;
@@ -128,6 +140,30 @@ fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
         liveness: Duration::from_millis(args.liveness_ms),
         metrics,
         wire,
+        advertise: args.advertise,
+        want_report: args.report.is_some(),
     };
-    ventilator::run(&config, &shutdown)
+    let exit = ventilator::run(&config, &shutdown)?;
+    if let (Some(path), VentilatorExit::Complete { run, report, .. }) = (&args.report, &exit) {
+        write_report(path, *run, report.as_deref())?;
+    }
+    Ok(exit)
+}
+
+/// Writes the report the sink sent back and prints its summary table.
+fn write_report(path: &std::path::Path, run: RunId, json: Option<&str>) -> ordergrid::Result<()> {
+    let json = json.ok_or_else(|| {
+        ordergrid::Error::State(format!(
+            "run {run} is complete but the sink sent no report (it is in the sink's STATE/runs/{run}/report.json)"
+        ))
+    })?;
+    let report: ordergrid::report::Report = serde_json::from_str(json).map_err(|e| {
+        ordergrid::Error::State(format!(
+            "run {run}: the report the sink sent does not parse: {e}"
+        ))
+    })?;
+    ordergrid::journal::write_atomic(path, json.as_bytes())?;
+    print!("{}", report.to_table(10));
+    tracing::info!(run = %run, report = %path.display(), lines = report.orders.lines, "report written");
+    Ok(())
 }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Order grid worker: connects to the ventilator's jobs and the sink's results and control.
+/// Exits 0 when the sink says the run is over (or, with --serve, when stopped by a signal).
 /// Every flag can also be set with the ORDERGRID_* variable shown.
 #[derive(Parser, Debug)]
 #[command(name = "ordergrid-worker", version)]
@@ -51,6 +52,10 @@ struct Args {
     /// of work at this worker's measured pace (at least one round of --concurrency).
     #[arg(long, env = "ORDERGRID_PREFETCH_MS", default_value_t = 20)]
     prefetch_ms: u64,
+    /// Stay up after a run and take the next, from wherever the sink says the run's
+    /// ventilator is (without it: exit when the sink says the run is over).
+    #[arg(long, env = "ORDERGRID_SERVE")]
+    serve: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -80,6 +85,7 @@ fn run(args: Args) -> ordergrid::Result<()> {
         prefetch: Duration::from_millis(args.prefetch_ms),
         metrics,
         wire,
+        serve: args.serve,
         ..WorkerConfig::default()
     };
     let mut gateway: Box<dyn PaymentGateway> = match &args.gateway {

@@ -97,6 +97,14 @@ pub enum Kind {
     /// Worker → sink (results socket), every second: who and where it is,
     /// what it has done, for the dashboard's workers table.
     WorkerStatus = 21,
+    /// Sink → ventilator (`--serve`): another run is active; this one waits
+    /// in the queue at [`Queued::position`].
+    Queued = 22,
+    /// Sink → workers (PUB, `--serve`), a few times a second while a run is
+    /// active: which run, and where its ventilator's jobs socket is.
+    RunStart = 23,
+    /// Sink → ventilator: the finished run's report (for `--report`).
+    Report = 24,
 }
 
 impl Kind {
@@ -114,6 +122,9 @@ impl Kind {
             10 => Kind::Credit,
             20 => Kind::Bye,
             21 => Kind::WorkerStatus,
+            22 => Kind::Queued,
+            23 => Kind::RunStart,
+            24 => Kind::Report,
             _ => return None,
         })
     }
@@ -669,6 +680,35 @@ pub struct Hello {
     pub expected: Option<u64>,
     #[serde(default)]
     pub expected_is_estimate: bool,
+    /// Where workers reach this ventilator's jobs socket (`--advertise`);
+    /// empty: at their own `--jobs`.
+    #[serde(default)]
+    pub jobs: String,
+    /// True with `--report`: send the report back when the run completes.
+    #[serde(default)]
+    pub want_report: bool,
+}
+
+/// Sink → ventilator: this run waits behind the active one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// 1 for the next run to start.
+    pub position: u32,
+    /// The run being tallied now.
+    pub behind: RunId,
+}
+
+/// Sink → workers: the active run's ventilator takes credit at `jobs`
+/// (empty: at the worker's own `--jobs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStart {
+    pub jobs: String,
+}
+
+/// Sink → ventilator: a completed run's report, as the JSON the sink wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportText {
+    pub json: String,
 }
 
 /// Sink → ventilator: one chunk of the bitmap of orders already tallied

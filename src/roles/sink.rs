@@ -7,6 +7,11 @@
 //! journal apart (`runs/<run id>/`), so a restarted sink resumes the run it
 //! was serving (`active` names it) and a completed run's report is reprinted
 //! when its input is run again.
+//!
+//! With `--serve` the sink stays up run after run: a ventilator that says
+//! hello while another run is active waits in a first-come queue (it is
+//! told its place, and leaves the queue when it stops saying hello), and
+//! the workers are told each active run's jobs endpoint ([`Kind::RunStart`]).
 
 use crate::dashboard::{Board, WorkerInfo};
 use crate::journal::{self, JournalHealth, JournalWriter, RunDir, RunMeta, Synced};
@@ -50,6 +55,8 @@ pub struct SinkConfig {
     pub wire: Wire,
     /// The live status the dashboard and `/api/status` show.
     pub board: Arc<Board>,
+    /// Stay up after a run and serve the next (`--serve`).
+    pub serve: bool,
 }
 
 impl Default for SinkConfig {
@@ -67,6 +74,7 @@ impl Default for SinkConfig {
             metrics: crate::metrics::Metrics::default(),
             wire: Wire::plain(),
             board: Board::new(false),
+            serve: false,
         }
     }
 }
@@ -78,6 +86,27 @@ pub enum SinkExit {
     Complete(Box<Report>),
     /// Stopped by a signal; everything acknowledged is durable, restart to resume.
     Stopped,
+    /// Serving (`--serve`), stopped by a signal with no run active.
+    Idle,
+}
+
+/// A ventilator that waits while the sink holds one ventilator silent this
+/// long leaves the queue: it gave up.
+const QUEUE_SILENCE: Duration = Duration::from_secs(5);
+/// While others wait, an active run whose ventilator is silent this long is
+/// set aside (its journal kept: it resumes when its ventilator is back).
+const ACTIVE_SILENCE: Duration = Duration::from_secs(10);
+/// How often a serving sink with no run says it is waiting.
+const IDLE_REMINDER: Duration = Duration::from_secs(60);
+/// How often the active run is announced to the workers (`--serve`).
+const RUN_START_EVERY: Duration = Duration::from_millis(250);
+
+/// A ventilator waiting for its turn.
+struct Waiting {
+    id: RunId,
+    input: String,
+    since_unix: f64,
+    last_heard: Instant,
 }
 
 /// The snapshot payload: the whole tally and the workers seen.
@@ -120,6 +149,12 @@ struct ActiveRun {
     /// to say hello again and gets the bitmap of what is really tallied.
     greeted: bool,
     journal: Arc<JournalHealth>,
+    /// Its ventilator's `--advertise`d jobs endpoint (empty: the workers' own).
+    jobs: String,
+    /// Its ventilator asked for the report to be sent back (`--report`).
+    want_report: bool,
+    /// When its ventilator was last heard from.
+    ventilator_heard: Instant,
 }
 
 struct Sockets {
@@ -140,6 +175,10 @@ struct Sink {
     notify_seq: u64,
     /// When the board was last refreshed with the active run's counts, and its rate.
     board_view: ProgressView,
+    /// Runs waiting for their turn, first come first served (`--serve`).
+    queue: Vec<Waiting>,
+    /// When the active run was last announced to the workers.
+    announced: Option<Instant>,
 }
 
 /// When progress was last shown, and the rate since.
@@ -222,20 +261,22 @@ pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
         last_bad_log: None,
         notify_seq: 0,
         board_view: ProgressView::new(),
+        queue: Vec::new(),
+        announced: None,
     };
     let notify_ep = sink.next_notify_endpoint();
     sockets
         .notify
         .bind(&notify_ep)
         .map_err(|e| Error::zmq("cannot bind the journal notify socket", e))?;
-    tracing::info!(results = %config.results, acks = %config.acks, control = %config.control, state = %config.state.display(), "sink started");
+    tracing::info!(results = %config.results, acks = %config.acks, control = %config.control, state = %config.state.display(), serve = config.serve, "sink started");
     if let Some(id) = sink.read_active()? {
         match sink.activate(id, None, &notify_ep)? {
             Activation::Active => tracing::info!(run = %id, "resuming the run in progress"),
             Activation::Completed(_) => {}
         }
     }
-    sink.serve(&sockets, &notify_ep, shutdown)
+    sink.run_loop(&sockets, &notify_ep, shutdown)
 }
 
 enum Activation {
@@ -287,7 +328,11 @@ impl Sink {
             })?;
         }
         journal::write_atomic(&self.active_file(), format!("{id}\n").as_bytes())?;
-        crate::cli::record_run(&id);
+        // A serving sink has many runs: its lines name theirs (a span
+        // field recorded again would be appended, not replaced).
+        if !self.config.serve {
+            crate::cli::record_run(&id);
+        }
         let meta = dir.meta()?;
         let state = std::cell::RefCell::new((Ledger::new(), HashSet::new()));
         let replayed = dir.replay(
@@ -360,6 +405,9 @@ impl Sink {
             restarts,
             greeted: !resumed,
             journal,
+            jobs: String::new(),
+            want_report: false,
+            ventilator_heard: Instant::now(),
         });
         Ok(Activation::Active)
     }
@@ -389,7 +437,7 @@ impl Sink {
         }
     }
 
-    fn serve(&mut self, s: &Sockets, notify_ep: &str, shutdown: &Shutdown) -> Result<SinkExit> {
+    fn run_loop(&mut self, s: &Sockets, notify_ep: &str, shutdown: &Shutdown) -> Result<SinkExit> {
         let mut msg = zmq::Message::new();
         let mut identity = zmq::Message::new();
         let mut view = ProgressView::new();
@@ -464,14 +512,105 @@ impl Sink {
             self.watch_journal();
             self.show_progress(&mut view, false);
             self.refresh_board();
+            if self.config.serve {
+                self.tend_queue()?;
+                self.announce_run_start(s);
+            }
             if self.is_complete() {
                 if view.terminal {
                     self.show_progress(&mut view, true);
                 }
                 let report = self.finish(s)?;
-                return Ok(SinkExit::Complete(Box::new(report)));
+                if !self.config.serve {
+                    return Ok(SinkExit::Complete(Box::new(report)));
+                }
+                view = ProgressView::new();
+                self.board_view = ProgressView::new();
+                tracing::info!(queued = self.queue.len(), "serving: ready for the next run");
             }
         }
+    }
+
+    /// Drops from the queue the ventilators that stopped saying hello, and
+    /// sets aside an active run whose ventilator went silent while others
+    /// wait; mirrors the queue on the board.
+    fn tend_queue(&mut self) -> Result<()> {
+        let before = self.queue.len();
+        self.queue.retain(|w| {
+            let keep = w.last_heard.elapsed() < QUEUE_SILENCE;
+            if !keep {
+                tracing::info!(run = %w.id, "a queued ventilator stopped saying hello; it left the queue");
+            }
+            keep
+        });
+        let stale = self
+            .active
+            .as_ref()
+            .is_some_and(|run| run.ventilator_heard.elapsed() >= ACTIVE_SILENCE);
+        if stale && !self.queue.is_empty() {
+            self.set_aside()?;
+        }
+        if before != self.queue.len() || stale {
+            self.show_queue();
+        }
+        Ok(())
+    }
+
+    /// The queue on the board.
+    fn show_queue(&self) {
+        let queue = self
+            .queue
+            .iter()
+            .enumerate()
+            .map(|(i, w)| crate::dashboard::QueuedRun {
+                id: w.id.to_string(),
+                input: w.input.clone(),
+                position: i + 1,
+                since_unix: w.since_unix,
+            })
+            .collect();
+        self.config.board.set_queue(queue);
+    }
+
+    /// The active run's ventilator is gone and others wait: its journal is
+    /// made durable and kept (it resumes when its ventilator says hello
+    /// again, in the queue like any other), and the next run may start.
+    fn set_aside(&mut self) -> Result<()> {
+        let Some(mut run) = self.active.take() else {
+            return Ok(());
+        };
+        if !run.pending_records.is_empty() {
+            let records = std::mem::take(&mut run.pending_records);
+            run.writer.append(records)?;
+        }
+        run.writer.close()?;
+        let _ = fs::remove_file(self.active_file());
+        self.config.board.update(|b| b.active = None);
+        tracing::warn!(run = %run.id, tallied = run.ledger.tallied(), silent_seconds = run.ventilator_heard.elapsed().as_secs(), queued = self.queue.len(), "the active run's ventilator went silent while others wait: set aside (its journal is kept; it resumes when its ventilator says hello again)");
+        Ok(())
+    }
+
+    /// Tells the workers, a few times a second, the active run and where
+    /// its ventilator takes credit.
+    fn announce_run_start(&mut self, s: &Sockets) {
+        let Some(run) = &self.active else {
+            return;
+        };
+        if self
+            .announced
+            .is_some_and(|t| t.elapsed() < RUN_START_EVERY)
+        {
+            return;
+        }
+        self.announced = Some(Instant::now());
+        let start = protocol::RunStart {
+            jobs: run.jobs.clone(),
+        };
+        let frame = protocol::frame(Kind::RunStart, run.id, &start);
+        let mut sealed = Vec::new();
+        let _ = s
+            .control
+            .send(s.wire.outgoing(&frame, &mut sealed), zmq::DONTWAIT);
     }
 
     /// Mirrors the journal writer's health into the metrics and `/healthz`.
@@ -521,8 +660,14 @@ impl Sink {
     /// line every `--progress-ms` otherwise.
     fn show_progress(&mut self, view: &mut ProgressView, final_line: bool) {
         let Some(run) = &self.active else {
-            if view.due(self.config.progress_every) && !view.terminal {
-                tracing::info!("waiting for a ventilator");
+            // A standing sink waits for hours: it says so once a minute.
+            let every = if self.config.serve {
+                IDLE_REMINDER
+            } else {
+                self.config.progress_every
+            };
+            if view.due(every) && !view.terminal {
+                tracing::info!(queued = self.queue.len(), "waiting for a ventilator");
             }
             return;
         };
@@ -740,6 +885,7 @@ impl Sink {
             Kind::Results => {
                 if let Some(run) = self.active.as_mut().filter(|r| r.id == header.run) {
                     run.ventilator = Some(identity.to_vec());
+                    run.ventilator_heard = Instant::now();
                 }
                 self.on_results_frame(frame, true);
             }
@@ -770,6 +916,7 @@ impl Sink {
                     }
                     Some(run) if run.id == header.run => {
                         run.ventilator = Some(identity.to_vec());
+                        run.ventilator_heard = Instant::now();
                         run.horizon = run.horizon.max(progress.horizon);
                         run.horizon_known = true;
                         if progress.total.is_some() {
@@ -813,45 +960,67 @@ impl Sink {
         s: &Sockets,
         notify_ep: &str,
     ) -> Result<Option<SinkExit>> {
+        let dir = RunDir::new(&self.config.state, &id.to_string());
         if let Some(active) = &self.active {
             if active.id != id {
-                let dir = RunDir::new(&self.config.state, &id.to_string());
-                let kind = if dir.report()?.is_some() {
-                    Kind::Complete
-                } else {
-                    Kind::Busy
-                };
-                tracing::warn!(run = %id, active = %active.id, "a ventilator of another run said hello; this sink is busy");
-                Self::send_to_ventilator(
-                    s,
-                    identity,
-                    &protocol::frame(kind, id, &protocol::Empty),
-                )?;
-                return Ok(None);
+                let stored = dir.report()?;
+                if stored.is_none() && self.config.serve {
+                    self.queue_up(identity, id, hello, s)?;
+                    return Ok(None);
+                }
+                if stored.is_none() {
+                    tracing::warn!(run = %id, active = %active.id, "a ventilator of another run said hello; this sink is busy");
+                    let busy = protocol::frame(Kind::Busy, id, &protocol::Empty);
+                    Self::send_to_ventilator(s, identity, &busy)?;
+                    return Ok(None);
+                }
+                let report = stored.filter(|_| hello.want_report);
+                return self
+                    .reply_complete(s, identity, id, report.as_deref())
+                    .map(|()| None);
             }
         } else {
+            if self.config.serve {
+                if let Some(report) = dir.report()? {
+                    tracing::info!(run = %id, "this run is already complete: sending its report");
+                    let report = Some(report).filter(|_| hello.want_report);
+                    return self
+                        .reply_complete(s, identity, id, report.as_deref())
+                        .map(|()| None);
+                }
+                // First come, first served: a hello out of turn waits.
+                let head = self.queue.first().map(|w| w.id);
+                if head.is_some_and(|head| head != id) {
+                    self.queue_up(identity, id, hello, s)?;
+                    return Ok(None);
+                }
+                self.queue.retain(|w| w.id != id);
+                self.show_queue();
+            }
             match self.activate(id, Some(&hello.input), notify_ep)? {
                 Activation::Active => {
                     tracing::info!(run = %id, input = %hello.input, "run started")
                 }
-                Activation::Completed(report) => {
+                Activation::Completed(stored) => {
                     tracing::info!(run = %id, "this run is already complete: reprinting its report");
-                    let report: Report = serde_json::from_slice(&report).map_err(|e| {
+                    let report: Report = serde_json::from_slice(&stored).map_err(|e| {
                         Error::State(format!("run {id}: stored report does not parse: {e}"))
                     })?;
                     self.publish_report(&report)?;
-                    Self::send_to_ventilator(
-                        s,
-                        identity,
-                        &protocol::frame(Kind::Complete, id, &protocol::Empty),
-                    )?;
-                    self.announce_run_over(id, s, Some(identity), &HashSet::new())?;
+                    let sent = Some(stored).filter(|_| hello.want_report);
+                    self.reply_complete(s, identity, id, sent.as_deref())?;
+                    self.announce_run_over(id, s, &HashSet::new())?;
                     return Ok(Some(SinkExit::Complete(Box::new(report))));
                 }
             }
         }
         let run = self.active.as_mut().expect("active");
         run.ventilator = Some(identity.to_vec());
+        run.ventilator_heard = Instant::now();
+        run.jobs = hello.jobs.clone();
+        run.want_report = hello.want_report;
+        // Workers hear of the run (and where its jobs are) at once.
+        self.announced = None;
         run.greeted = true;
         run.expected = hello.expected.map(|n| (n, hello.expected_is_estimate));
         let words = run.ledger.done().words();
@@ -878,6 +1047,61 @@ impl Sink {
                 .map_err(|e| Error::zmq("cannot send to the ventilator", e))?;
         }
         Ok(None)
+    }
+
+    /// A ventilator out of turn: it joins the queue (or is heard again in
+    /// it) and is told its place.
+    fn queue_up(&mut self, identity: &[u8], id: RunId, hello: &Hello, s: &Sockets) -> Result<()> {
+        let behind = self
+            .active
+            .as_ref()
+            .map(|a| a.id)
+            .or_else(|| self.queue.first().map(|w| w.id))
+            .unwrap_or(id);
+        let position = match self.queue.iter().position(|w| w.id == id) {
+            Some(i) => {
+                self.queue[i].last_heard = Instant::now();
+                i + 1
+            }
+            None => {
+                self.queue.push(Waiting {
+                    id,
+                    input: hello.input.clone(),
+                    since_unix: now_unix(),
+                    last_heard: Instant::now(),
+                });
+                tracing::info!(run = %id, input = %hello.input, behind = %behind, position = self.queue.len(), "a ventilator joined the queue");
+                self.show_queue();
+                self.queue.len()
+            }
+        };
+        let queued = protocol::Queued {
+            position: position as u32,
+            behind,
+        };
+        Self::send_to_ventilator(s, identity, &protocol::frame(Kind::Queued, id, &queued))
+    }
+
+    /// Tells a ventilator its run is complete, sending the report first
+    /// when it asked for it (`--report`).
+    fn reply_complete(
+        &self,
+        s: &Sockets,
+        identity: &[u8],
+        id: RunId,
+        report: Option<&[u8]>,
+    ) -> Result<()> {
+        if let Some(json) = report {
+            let text = protocol::ReportText {
+                json: String::from_utf8_lossy(json).into_owned(),
+            };
+            Self::send_to_ventilator(s, identity, &protocol::frame(Kind::Report, id, &text))?;
+        }
+        Self::send_to_ventilator(
+            s,
+            identity,
+            &protocol::frame(Kind::Complete, id, &protocol::Empty),
+        )
     }
 
     /// Hands tallied records to the journal writer, and releases acks that
@@ -1006,25 +1230,21 @@ impl Sink {
         self.config.board.run_finished(&report);
         self.publish_report(&report)?;
         tracing::info!(run = %run.id, lines = report.orders.lines, seconds = format!("{:.2}", report.run.elapsed_seconds), "run complete");
-        self.announce_run_over(run.id, s, run.ventilator.as_deref(), &run.workers)?;
+        if let Some(v) = run.ventilator.as_deref() {
+            let json = report.to_json();
+            let sent = Some(json.as_bytes()).filter(|_| run.want_report);
+            self.reply_complete(s, v, run.id, sent)?;
+        }
+        self.announce_run_over(run.id, s, &run.workers)?;
         Ok(report)
     }
 
-    /// Tells the ventilator and the workers the run is over, and waits until
+    /// Tells the workers the run is over, and waits until
     /// every worker in `workers` has said goodbye (they do at once), or for
     /// `run_over_for` at most for those that stay silent. Meanwhile a
     /// ventilator still asking is answered.
-    fn announce_run_over(
-        &mut self,
-        id: RunId,
-        s: &Sockets,
-        ventilator: Option<&[u8]>,
-        workers: &HashSet<u64>,
-    ) -> Result<()> {
+    fn announce_run_over(&mut self, id: RunId, s: &Sockets, workers: &HashSet<u64>) -> Result<()> {
         let complete = protocol::frame(Kind::Complete, id, &protocol::Empty);
-        if let Some(v) = ventilator {
-            Self::send_to_ventilator(s, v, &complete)?;
-        }
         let over = protocol::frame(Kind::RunOver, id, &protocol::Empty);
         let mut waiting = workers.clone();
         let deadline = Instant::now() + self.config.run_over_for;
@@ -1041,7 +1261,13 @@ impl Sink {
             }
             while transport::try_recv(&s.acks, &mut identity, "acks")? {
                 if identity.get_more() && transport::try_recv(&s.acks, &mut msg, "acks")? {
-                    Self::send_to_ventilator(s, &identity, &complete)?;
+                    if Self::wants_report(&s.wire, &mut msg, id) {
+                        let dir = RunDir::new(&self.config.state, &id.to_string());
+                        let stored = dir.report()?;
+                        self.reply_complete(s, &identity, id, stored.as_deref())?;
+                    } else {
+                        Self::send_to_ventilator(s, &identity, &complete)?;
+                    }
                 }
             }
             while transport::try_recv(&s.results, &mut msg, "results")? {
@@ -1062,6 +1288,19 @@ impl Sink {
             ];
             transport::poll(&mut items, 20)?;
         }
+    }
+
+    /// True when `msg` is a hello for run `id` that asks for the report.
+    fn wants_report(wire: &Wire, msg: &mut zmq::Message, id: RunId) -> bool {
+        let Ok(plain) = wire.incoming(msg) else {
+            return false;
+        };
+        let Ok((header, body)) = protocol::split_frame(plain) else {
+            return false;
+        };
+        header.kind == Kind::Hello
+            && header.run == id
+            && protocol::decode::<Hello>(body).is_ok_and(|h| h.want_report)
     }
 
     /// The worker id of a worker's goodbye for run `id`, if `msg` is one.
@@ -1085,6 +1324,11 @@ impl Sink {
             }
             run.writer.close()?;
             tracing::info!(run = %run.id, tallied = run.ledger.tallied(), "stopped; the journal is durable, restart to resume");
+            return Ok(SinkExit::Stopped);
+        }
+        if self.config.serve {
+            tracing::info!("stopped; no run was active");
+            return Ok(SinkExit::Idle);
         }
         Ok(SinkExit::Stopped)
     }

@@ -6,6 +6,10 @@
 //! [`crate::payments`]' business; a payment that failed for good goes to the
 //! sink as `failed` with its reason, which reaches the ventilator's dead
 //! letter with the sink's acknowledgement.
+//!
+//! Without `--serve` a worker exits when the sink says the run is over;
+//! with it, it says goodbye and waits for the next run, taking jobs from
+//! wherever the sink says the active run's ventilator is ([`Kind::RunStart`]).
 
 use crate::flow::CreditReporter;
 use crate::gateway::{PaymentGateway, PaymentRequest};
@@ -43,6 +47,8 @@ pub struct WorkerConfig {
     pub metrics: crate::metrics::Metrics,
     /// Plain or sealed frames.
     pub wire: Wire,
+    /// Stay up after a run and take the next (`--serve`).
+    pub serve: bool,
 }
 
 impl Default for WorkerConfig {
@@ -62,6 +68,7 @@ impl Default for WorkerConfig {
             batch: 1024,
             metrics: crate::metrics::Metrics::default(),
             wire: Wire::plain(),
+            serve: false,
         }
     }
 }
@@ -274,7 +281,23 @@ struct Worker<'g> {
     /// When this worker last told the sink its status (for the dashboard).
     status_sent: Option<Instant>,
     host: String,
+    /// Serving: the run the sink says is active, and the jobs endpoint
+    /// this worker is connected to.
+    serving: Serving,
 }
+
+/// What a serving worker knows of the runs.
+struct Serving {
+    active: Option<RunId>,
+    /// The last run this worker heard is over.
+    over: Option<RunId>,
+    jobs: String,
+    /// When it last said it is waiting for a run.
+    idle_said: Option<Instant>,
+}
+
+/// A serving worker with no run says so this often.
+const IDLE_REMINDER: Duration = Duration::from_secs(60);
 
 /// How often a worker tells the sink its status.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -310,16 +333,7 @@ pub fn run(
 ) -> Result<WorkerSummary> {
     let ctx = zmq::Context::new();
     // DEALER: jobs in, credit out (see crate::flow).
-    let jobs = transport::connect(
-        &ctx,
-        zmq::DEALER,
-        &config.jobs,
-        SocketTuning {
-            send_hwm: 1000,
-            recv_hwm: config.recv_hwm,
-        },
-        "jobs",
-    )?;
+    let mut jobs = connect_jobs(&ctx, config, &config.jobs)?;
     let results = transport::connect(
         &ctx,
         zmq::PUSH,
@@ -365,10 +379,30 @@ pub fn run(
         credit: CreditReporter::new(config.concurrency, config.prefetch, Instant::now()),
         status_sent: None,
         host: host_name(),
+        serving: Serving {
+            active: None,
+            over: None,
+            jobs: config.jobs.clone(),
+            idle_said: None,
+        },
     };
-    worker.serve(&jobs, &results, &control, shutdown)?;
+    worker.serve(&ctx, &mut jobs, &results, &control, shutdown)?;
     tracing::info!(processed = worker.summary.processed, "worker stopped");
     Ok(worker.summary)
+}
+
+/// The jobs DEALER, connected to `endpoint`: jobs in, credit out (see crate::flow).
+fn connect_jobs(ctx: &zmq::Context, config: &WorkerConfig, endpoint: &str) -> Result<zmq::Socket> {
+    transport::connect(
+        ctx,
+        zmq::DEALER,
+        endpoint,
+        SocketTuning {
+            send_hwm: 1000,
+            recv_hwm: config.recv_hwm,
+        },
+        "jobs",
+    )
 }
 
 impl Worker<'_> {
@@ -385,6 +419,19 @@ impl Worker<'_> {
             .metrics
             .peer_silence
             .set(if silence >= 1 { silence as i64 } else { 0 });
+        // A serving worker between runs waits for the sink, not a ventilator.
+        let between_runs = self.config.serve && self.serving.active.is_none();
+        if between_runs {
+            self.credit.heard(now);
+            if self
+                .serving
+                .idle_said
+                .is_none_or(|t| t.elapsed() >= IDLE_REMINDER)
+            {
+                self.serving.idle_said = Some(now);
+                tracing::info!(sink = %self.config.control, "serving: waiting for the sink to start a run");
+            }
+        }
         if let Some(silent) = self.credit.silence_warning(now) {
             tracing::warn!(
                 holding = self.busy(),
@@ -395,8 +442,15 @@ impl Worker<'_> {
         }
         let busy = self.busy();
         let payments = &self.payments;
-        // The seqs of every order this worker holds.
-        let holds = || payments.tasks().map(|t| t.seq).collect();
+        let run = self.credit.run();
+        // The seqs of every order of the run this worker holds.
+        let holds = || {
+            payments
+                .tasks()
+                .filter(|t| t.run == run)
+                .map(|t| t.seq)
+                .collect()
+        };
         self.credit.set_parked(payments.backing_off());
         let Some(credit) = self.credit.due(Instant::now(), busy, holds) else {
             return Ok(());
@@ -410,7 +464,8 @@ impl Worker<'_> {
 
     fn serve(
         &mut self,
-        jobs: &zmq::Socket,
+        ctx: &zmq::Context,
+        jobs: &mut zmq::Socket,
         results: &zmq::Socket,
         control: &zmq::Socket,
         shutdown: &Shutdown,
@@ -472,8 +527,11 @@ impl Worker<'_> {
                         self.summary.bad_frames += 1;
                         continue;
                     };
-                    if let Ok((h, _)) = protocol::split_frame(plain) {
-                        if h.kind == Kind::RunOver {
+                    let Ok((h, body)) = protocol::split_frame(plain) else {
+                        continue;
+                    };
+                    match h.kind {
+                        Kind::RunOver if !self.config.serve => {
                             // Every order of the run is tallied: whatever this
                             // worker still holds is a repeat. Exit now.
                             tracing::info!(run = %h.run, holding = self.busy(), "the sink says the run is over");
@@ -481,6 +539,24 @@ impl Worker<'_> {
                             self.say_goodbye(h.run, results);
                             return Ok(());
                         }
+                        Kind::RunOver => {
+                            // Said a few times: the goodbye each time, the log once.
+                            self.say_goodbye(h.run, results);
+                            if self.serving.over != Some(h.run) {
+                                self.serving.over = Some(h.run);
+                                tracing::info!(run = %h.run, processed = self.summary.processed, "the sink says the run is over; waiting for the next");
+                            }
+                            if self.serving.active == Some(h.run) {
+                                self.serving.active = None;
+                                self.serving.idle_said = Some(Instant::now());
+                            }
+                        }
+                        Kind::RunStart if self.config.serve => {
+                            if let Ok(start) = protocol::decode::<protocol::RunStart>(body) {
+                                self.on_run_start(ctx, jobs, h.run, &start.jobs)?;
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -520,6 +596,33 @@ impl Worker<'_> {
             self.report_credit(jobs)?;
             self.report_status(results);
         }
+    }
+
+    /// The sink announced run `run`, its jobs at `endpoint` (empty: this
+    /// worker's own `--jobs`): connects there if not already.
+    fn on_run_start(
+        &mut self,
+        ctx: &zmq::Context,
+        jobs: &mut zmq::Socket,
+        run: RunId,
+        endpoint: &str,
+    ) -> Result<()> {
+        if self.serving.active == Some(run) || self.serving.over == Some(run) {
+            return Ok(());
+        }
+        let endpoint = if endpoint.is_empty() {
+            self.config.jobs.as_str()
+        } else {
+            endpoint
+        };
+        self.serving.active = Some(run);
+        self.credit.heard(Instant::now());
+        if self.serving.jobs != endpoint {
+            *jobs = connect_jobs(ctx, &self.config, endpoint)?;
+            self.serving.jobs = endpoint.to_owned();
+        }
+        tracing::info!(run = %run, jobs = %endpoint, "the sink started a run; taking its jobs");
+        Ok(())
     }
 
     /// Tells the sink, once a second, this worker's line on the dashboard.
@@ -590,7 +693,7 @@ impl Worker<'_> {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
-        if self.outbox.run != Some(header.run) {
+        if self.outbox.run != Some(header.run) && !self.config.serve {
             crate::cli::record_run(&header.run);
         }
         self.credit.received(batch.jobs.len(), header.run);

@@ -60,6 +60,11 @@ pub struct VentilatorConfig {
     pub metrics: crate::metrics::Metrics,
     /// Plain or sealed frames.
     pub wire: Wire,
+    /// Where workers reach the jobs socket, told to a serving sink's
+    /// workers (`--advertise`); by default `jobs` unless it binds a wildcard.
+    pub advertise: Option<String>,
+    /// Ask the sink to send the report back when the run completes.
+    pub want_report: bool,
 }
 
 impl Default for VentilatorConfig {
@@ -79,6 +84,27 @@ impl Default for VentilatorConfig {
             liveness: Duration::from_secs(3),
             metrics: crate::metrics::Metrics::default(),
             wire: Wire::plain(),
+            advertise: None,
+            want_report: false,
+        }
+    }
+}
+
+impl VentilatorConfig {
+    /// The jobs endpoint told to workers: `--advertise`, else `--jobs`
+    /// when it names one address (a wildcard cannot be connected to: then
+    /// none, and workers use their own `--jobs`).
+    pub fn advertised_jobs(&self) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        let wildcard = ["tcp://*:", "tcp://0.0.0.0:", "tcp://[::]:", "tcp://[*]:"]
+            .iter()
+            .any(|w| self.jobs.starts_with(w));
+        if wildcard {
+            String::new()
+        } else {
+            self.jobs.clone()
         }
     }
 }
@@ -92,6 +118,8 @@ pub enum VentilatorExit {
         lines: u64,
         redelivered: u64,
         poisoned: u64,
+        /// The report as the sink wrote it (JSON), when asked for.
+        report: Option<String>,
     },
     /// Stopped by a signal; start again with the same input to resume.
     Stopped { run: RunId },
@@ -128,7 +156,6 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     };
     crate::cli::record_run(&run);
     let ctx = zmq::Context::new();
-    let jobs = bind_jobs(&ctx, config)?;
     let tuning = SocketTuning {
         send_hwm: 10_000,
         recv_hwm: 10_000,
@@ -143,24 +170,32 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
             input: config.input.describe(),
             expected: reader::expected_total(&config.input),
             expected_is_estimate: matches!(config.input, InputSpec::File(_)),
+            jobs: config.advertised_jobs(),
+            want_report: config.want_report,
         },
     );
     let m = &config.metrics;
-    let done = match handshake::greet(&mut sink, run, &hello, &config.acks, shutdown, m)? {
+    let want = config.want_report;
+    let greeting = handshake::greet(&mut sink, run, &hello, want, &config.acks, shutdown, m)?;
+    let done = match greeting {
         Greeting::Welcomed(done) => done,
         Greeting::Stopped => return Ok(VentilatorExit::Stopped { run }),
-        Greeting::Complete => {
-            tracing::info!(run = %run, "the sink reports this run complete");
+        Greeting::Complete(report) => {
+            let lines = report.as_deref().map_or(0, report_lines);
+            tracing::info!(run = %run, lines, "the sink reports this run complete");
             return Ok(VentilatorExit::Complete {
                 run,
-                lines: 0,
+                lines,
                 redelivered: 0,
                 poisoned: 0,
+                report,
             });
         }
     };
     let already: u64 = done.words().iter().map(|w| u64::from(w.count_ones())).sum();
     tracing::info!(run = %run, already_tallied = already, "the sink accepted the run");
+    // Bound only now: queued ventilators on one host take turns on one port.
+    let jobs = bind_jobs(&ctx, config, shutdown)?;
     let monitor = monitor_jobs(&ctx, &jobs, run)?;
     let jobs = Connection::new(jobs, config.wire.clone(), "jobs", &config.metrics);
     if let Some(table) = &stock {
@@ -215,16 +250,69 @@ fn stream_run_id() -> RunId {
     RunId(xxhash_rust::xxh3::xxh3_64(seed.as_bytes()))
 }
 
+/// The counted lines of a report (0 when it does not parse).
+fn report_lines(json: &str) -> u64 {
+    serde_json::from_str::<crate::report::Report>(json).map_or(0, |r| r.orders.lines)
+}
+
+/// How long the jobs endpoint may stay in use (the ventilator of the run
+/// before, exiting) before binding it is an error.
+const BIND_PATIENCE: Duration = Duration::from_secs(10);
+
 /// The jobs ROUTER, bound; sends to a worker that is gone fail at once.
-fn bind_jobs(ctx: &zmq::Context, config: &VentilatorConfig) -> Result<zmq::Socket> {
+/// An endpoint in use is tried again for a while: the previous run's
+/// ventilator on this host may still be exiting.
+fn bind_jobs(
+    ctx: &zmq::Context,
+    config: &VentilatorConfig,
+    shutdown: &Shutdown,
+) -> Result<zmq::Socket> {
     let tuning = SocketTuning {
         send_hwm: config.send_hwm,
         recv_hwm: 1000,
     };
-    let jobs = transport::bind(ctx, zmq::ROUTER, &config.jobs, tuning, "jobs")?;
+    let started = Instant::now();
+    let mut said = false;
+    let jobs = loop {
+        let attempt = if ipc_in_use(&config.jobs) {
+            Err(Error::zmq(
+                format!("cannot bind the jobs socket to {}", config.jobs),
+                zmq::Error::EADDRINUSE,
+            ))
+        } else {
+            transport::bind(ctx, zmq::ROUTER, &config.jobs, tuning, "jobs")
+        };
+        match attempt {
+            Ok(jobs) => break jobs,
+            Err(Error::Zmq {
+                source: zmq::Error::EADDRINUSE,
+                ..
+            }) if started.elapsed() < BIND_PATIENCE && !shutdown.requested() => {
+                if !said {
+                    tracing::info!(jobs = %config.jobs, "the jobs endpoint is in use (the previous run's ventilator exiting?); trying again for up to {} s", BIND_PATIENCE.as_secs());
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     jobs.set_router_mandatory(true)
         .map_err(|e| Error::zmq("cannot set ZMQ_ROUTER_MANDATORY on the jobs socket", e))?;
     Ok(jobs)
+}
+
+/// True when `endpoint` is an ipc path another process listens on.
+/// ZeroMQ binds ipc by unlinking the path first, and unlinks it again on
+/// close: binding while the previous run's ventilator still listens would
+/// let its exit remove the new socket's path.
+fn ipc_in_use(endpoint: &str) -> bool {
+    match endpoint.strip_prefix("ipc://") {
+        Some(path) if !path.starts_with('@') => {
+            std::os::unix::net::UnixStream::connect(path).is_ok()
+        }
+        _ => false,
+    }
 }
 
 /// A PAIR that receives the jobs socket's connection closures (a crashed
@@ -275,6 +363,8 @@ struct Loop {
     dead_letter: DeadLetter,
     frame: Vec<u8>,
     timers: Timers,
+    /// The run's report, once the sink sent it (`--report`).
+    report: Option<String>,
 }
 
 /// How far the input has been read, and a sink's bitmap being received.
@@ -332,6 +422,7 @@ impl Loop {
                 sink_heard: now,
                 silence_warned: now,
             },
+            report: None,
         }
     }
 
@@ -607,7 +698,19 @@ impl Loop {
                     s.sink.send_frame(&self.hello)?;
                     self.timers.hello = now;
                 }
-                Kind::Complete => return Ok(Some(self.complete())),
+                Kind::Report => {
+                    if let Ok(text) = protocol::decode::<protocol::ReportText>(body) {
+                        self.report = Some(text.json);
+                    }
+                }
+                Kind::Complete => {
+                    if self.config.want_report && self.report.is_none() {
+                        let never = Shutdown::default();
+                        self.report =
+                            handshake::fetch_report(&mut s.sink, self.run, &self.hello, &never)?;
+                    }
+                    return Ok(Some(self.complete()));
+                }
                 _ => {}
             }
             if came_back {
@@ -684,7 +787,7 @@ impl Loop {
         self.config.metrics.acked.inc_by(acked);
     }
 
-    fn complete(&self) -> VentilatorExit {
+    fn complete(&mut self) -> VentilatorExit {
         let lines = self.input.total.unwrap_or(self.input.horizon);
         let c = self.core.counts();
         tracing::info!(run = %self.run, lines, redelivered = c.redelivered, poisoned = c.poisoned, "the sink reports the run complete");
@@ -693,6 +796,7 @@ impl Loop {
             lines,
             redelivered: c.redelivered,
             poisoned: c.poisoned,
+            report: self.report.take(),
         }
     }
 }
