@@ -18,6 +18,8 @@ pub enum Error {
     Config(String),
     /// The durable state cannot be used (corrupt snapshot, wrong format).
     State(String),
+    /// A thread of this process failed (a bug: please report it).
+    Internal(String),
 }
 
 /// The crate's result type.
@@ -48,6 +50,7 @@ impl fmt::Display for Error {
             Error::Zmq { what, source } => write!(f, "{what}: {source}"),
             Error::Config(msg) => write!(f, "{msg}"),
             Error::State(msg) => write!(f, "{msg}"),
+            Error::Internal(msg) => write!(f, "{msg} (a bug in ordergrid)"),
         }
     }
 }

@@ -276,7 +276,11 @@ pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
             Activation::Completed(_) => {}
         }
     }
-    sink.run_loop(&sockets, &notify_ep, shutdown)
+    let exit = sink.run_loop(&sockets, &notify_ep, shutdown);
+    if let Some(summary) = sink.rejected.flush() {
+        tracing::warn!("{summary}");
+    }
+    exit
 }
 
 enum Activation {

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 /// How long a stop request waits for what the worker holds.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping worker then waits for a sink that takes no results
+/// (their orders are redelivered if it gives up).
+const UNSENT_RESULTS_GRACE: Duration = Duration::from_secs(2);
 
 /// What a worker needs to run.
 #[derive(Debug, Clone)]
@@ -242,7 +245,7 @@ impl Outbox {
                 Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
                     if self.shutdown.requested() {
                         let since = *stopping_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > Duration::from_secs(2) {
+                        if since.elapsed() > UNSENT_RESULTS_GRACE {
                             tracing::warn!(results = self.count, "stopping with results the sink did not take; their orders will be redelivered");
                             break;
                         }
@@ -284,6 +287,8 @@ struct Worker<'g> {
     /// Serving: the run the sink says is active, and the jobs endpoint
     /// this worker is connected to.
     serving: Serving,
+    /// Job frames that failed to open, logged once in a while.
+    rejected: RejectLog,
 }
 
 /// What a serving worker knows of the runs.
@@ -385,8 +390,13 @@ pub fn run(
             jobs: config.jobs.clone(),
             idle_said: None,
         },
+        rejected: RejectLog::new(Duration::from_secs(5)),
     };
-    worker.serve(&ctx, &mut jobs, &results, &control, shutdown)?;
+    let served = worker.serve(&ctx, &mut jobs, &results, &control, shutdown);
+    if let Some(summary) = worker.rejected.flush() {
+        tracing::warn!("job frames: {summary}");
+    }
+    served?;
     tracing::info!(processed = worker.summary.processed, "worker stopped");
     Ok(worker.summary)
 }
@@ -473,7 +483,6 @@ impl Worker<'_> {
         let mut msg = zmq::Message::new();
         let mut draining: Option<Instant> = None;
         let wire = self.config.wire.clone();
-        let mut rejected = RejectLog::new(Duration::from_secs(5));
         let mut last_bad_log = Instant::now() - Duration::from_secs(60);
         loop {
             if shutdown.requested() && draining.is_none() {
@@ -567,7 +576,7 @@ impl Worker<'_> {
                         Err(e) => {
                             self.summary.bad_frames += 1;
                             self.config.metrics.bad_frames.inc();
-                            if let Some(summary) = rejected.record(e) {
+                            if let Some(summary) = self.rejected.record(e) {
                                 tracing::warn!("job frames: {summary}");
                             }
                             continue;

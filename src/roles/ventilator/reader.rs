@@ -456,7 +456,7 @@ impl ReaderHandle {
         }
         match thread.join() {
             Ok(result) => result,
-            Err(_) => Err(Error::Config("the reader thread panicked".into())),
+            Err(_) => Err(Error::Internal("the reader thread panicked".into())),
         }
     }
 }
