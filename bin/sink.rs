@@ -40,6 +40,20 @@ struct Args {
     /// wait in a first-come queue. Every run's report stays in STATE/runs/<id>/report.json.
     #[arg(long, env = "ORDERGRID_SERVE")]
     serve: bool,
+    /// Serve the dashboard on http://ADDR/ (its JSON on /api/status) beside /metrics and
+    /// /healthz, on one listener (e.g. 127.0.0.1:9100). Off loopback it needs --http-token
+    /// or --insecure.
+    #[arg(long, env = "ORDERGRID_HTTP", value_name = "ADDR")]
+    http: Option<String>,
+    /// A file holding the dashboard's bearer token (one word, at least 16 characters): the
+    /// page asks for it once, /api/status wants `Authorization: Bearer TOKEN`.
+    #[arg(
+        long,
+        env = "ORDERGRID_HTTP_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "http"
+    )]
+    http_token: Option<PathBuf>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -65,7 +79,8 @@ fn run(args: Args) -> ordergrid::Result<SinkExit> {
         cli::check_output_file("--report", report)?;
     }
     let shutdown = Shutdown::install()?;
-    let metrics = args.common.metrics("sink")?;
+    let board = ordergrid::dashboard::Board::new(args.serve);
+    let metrics = listener(&args, &board)?;
     let wire = args
         .common
         .wire(&[&args.results, &args.acks, &args.control])?;
@@ -80,8 +95,36 @@ fn run(args: Args) -> ordergrid::Result<SinkExit> {
         metrics,
         wire,
         serve: args.serve,
-        board: ordergrid::dashboard::Board::new(args.serve),
+        board,
         ..SinkConfig::default()
     };
     sink::run(&config, &shutdown)
+}
+
+/// The metrics, served with the dashboard when `--http` was given.
+fn listener(
+    args: &Args,
+    board: &std::sync::Arc<ordergrid::dashboard::Board>,
+) -> ordergrid::Result<ordergrid::metrics::Metrics> {
+    let Some(addr) = &args.http else {
+        return args.common.metrics("sink");
+    };
+    if let Some(other) = args.common.metrics.as_ref().filter(|m| *m != addr) {
+        return Err(ordergrid::Error::Config(format!(
+            "--metrics {other} and --http {addr}: the sink has one listener, and --http serves /metrics too; give one of them"
+        )));
+    }
+    let token = match &args.http_token {
+        Some(path) => Some(ordergrid::dashboard::http::read_token(path)?),
+        None => None,
+    };
+    let dashboard = ordergrid::dashboard::http::Dashboard::new(
+        board.clone(),
+        addr,
+        token,
+        args.common.insecure,
+    );
+    let metrics = ordergrid::metrics::Metrics::default();
+    metrics.serve("sink", addr, Some(Box::new(dashboard)))?;
+    Ok(metrics)
 }

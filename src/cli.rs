@@ -61,7 +61,7 @@ impl CommonArgs {
     pub fn metrics(&self, role: &'static str) -> crate::Result<crate::metrics::Metrics> {
         let metrics = crate::metrics::Metrics::default();
         if let Some(addr) = &self.metrics {
-            metrics.serve(role, addr)?;
+            metrics.serve(role, addr, None)?;
         }
         Ok(metrics)
     }

@@ -240,8 +240,15 @@ impl Metrics {
     }
 
     /// Serves `role`'s metrics on `http://addr/metrics` (and `/healthz`)
-    /// from a background thread. `:9101` listens on every interface.
-    pub fn serve(&self, role: &'static str, addr: &str) -> Result<()> {
+    /// from a background thread, with `pages` (the sink's dashboard) on the
+    /// same listener. `:9101` listens on every interface; port 0 takes a
+    /// free port, logged with the address.
+    pub fn serve(
+        &self,
+        role: &'static str,
+        addr: &str,
+        pages: Option<Box<dyn Pages>>,
+    ) -> Result<()> {
         let addr = if addr.starts_with(':') {
             format!("0.0.0.0{addr}")
         } else {
@@ -249,6 +256,10 @@ impl Metrics {
         };
         let server = tiny_http::Server::http(&addr)
             .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+        let bound = server
+            .server_addr()
+            .to_ip()
+            .map_or_else(|| addr.clone(), |a| a.to_string());
         if role != "ventilator" {
             let codes = 0..crate::rules::OUTCOME_CODES as u8;
             for outcome in codes.filter_map(crate::rules::Outcome::from_code) {
@@ -257,30 +268,24 @@ impl Metrics {
         }
         let registry = Arc::new(self.registry(role));
         let problem = self.problem.clone();
-        tracing::info!(metrics = %format!("http://{addr}/metrics"), healthz = %format!("http://{addr}/healthz"), "serving metrics");
+        match &pages {
+            Some(_) => {
+                tracing::info!(dashboard = %format!("http://{bound}/"), metrics = %format!("http://{bound}/metrics"), healthz = %format!("http://{bound}/healthz"), "serving the dashboard and metrics")
+            }
+            None => {
+                tracing::info!(metrics = %format!("http://{bound}/metrics"), healthz = %format!("http://{bound}/healthz"), "serving metrics")
+            }
+        }
         std::thread::Builder::new()
-            .name("metrics".into())
+            .name("http".into())
             .spawn(move || {
                 for request in server.incoming_requests() {
-                    let mut body = String::new();
-                    let response = if request.url() == "/healthz" {
-                        match problem.lock().ok().and_then(|p| p.clone()) {
-                            None => tiny_http::Response::from_string("ok\n"),
-                            Some(why) => tiny_http::Response::from_string(format!("{why}\n"))
-                                .with_status_code(503),
-                        }
-                    } else if request.url() == "/metrics" || request.url() == "/" {
-                        let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
-                        let header = tiny_http::Header::from_bytes(
-                            &b"Content-Type"[..],
-                            &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
-                        )
-                        .expect("a valid header");
-                        tiny_http::Response::from_string(body).with_header(header)
-                    } else {
-                        tiny_http::Response::from_string("not found: try /metrics or /healthz\n")
-                            .with_status_code(404)
-                    };
+                    let response = pages
+                        .as_ref()
+                        .and_then(|p| p.answer(&request))
+                        .unwrap_or_else(|| {
+                            answer_metrics(&request, &registry, &problem, pages.as_deref())
+                        });
                     let _ = request.respond(response);
                 }
             })
@@ -303,6 +308,46 @@ impl Metrics {
             .get_or_create(&ReasonLabel { reason })
             .inc_by(n);
     }
+}
+
+/// A response with its body in memory, as every page here is.
+pub type HttpResponse = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+
+/// More pages on the metrics listener (the sink's dashboard).
+pub trait Pages: Send + 'static {
+    /// The response for `request`, or `None` if it is not one of these pages.
+    fn answer(&self, request: &tiny_http::Request) -> Option<HttpResponse>;
+    /// These pages' paths, for the not-found message ("/, /api/status, ").
+    fn paths(&self) -> &'static str;
+}
+
+/// `/metrics`, `/healthz`, or not found.
+fn answer_metrics(
+    request: &tiny_http::Request,
+    registry: &Registry,
+    problem: &Mutex<Option<String>>,
+    pages: Option<&dyn Pages>,
+) -> HttpResponse {
+    let path = request.url().split('?').next().unwrap_or("");
+    if path == "/healthz" {
+        return match problem.lock().ok().and_then(|p| p.clone()) {
+            None => tiny_http::Response::from_string("ok\n"),
+            Some(why) => tiny_http::Response::from_string(format!("{why}\n")).with_status_code(503),
+        };
+    }
+    if path == "/metrics" || (path == "/" && pages.is_none()) {
+        let mut body = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut body, registry);
+        let header = tiny_http::Header::from_bytes(
+            &b"Content-Type"[..],
+            &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+        )
+        .expect("a valid header");
+        return tiny_http::Response::from_string(body).with_header(header);
+    }
+    let others = pages.map_or("", |p| p.paths());
+    tiny_http::Response::from_string(format!("not found: try {others}/metrics or /healthz\n"))
+        .with_status_code(404)
 }
 
 /// Every reason a sink drops a result for (exported at 0 from the start).
@@ -360,7 +405,7 @@ mod tests {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        m.serve("ventilator", &addr).unwrap();
+        m.serve("ventilator", &addr, None).unwrap();
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))

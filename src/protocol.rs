@@ -726,7 +726,8 @@ pub struct Welcome {
 pub struct Progress {
     pub horizon: u64,
     pub total: Option<u64>,
-    /// Orders sent and not yet acknowledged, for the operator's view.
+    /// Orders at workers or on their way there (what their credit allows),
+    /// for the operator's view.
     pub in_flight: u64,
     /// Deliveries after the first, since this ventilator started.
     pub redelivered: u64,

@@ -8,6 +8,8 @@
 //! The board is a `Mutex` touched a few times a second by the sink (never
 //! per order), so it costs nothing on the hot path.
 
+pub mod http;
+
 use crate::report::Report;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -511,7 +511,7 @@ impl Loop {
             let progress = Progress {
                 horizon: self.input.horizon + self.config.window as u64,
                 total: self.input.total,
-                in_flight: self.core.len() as u64,
+                in_flight: self.core.at_workers(),
                 redelivered: self.core.counts().redelivered,
             };
             let frame = protocol::frame(Kind::Progress, self.run, &progress);
