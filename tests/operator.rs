@@ -287,14 +287,46 @@ fn a_worker_that_cannot_reach_the_sink_says_so_and_the_run_still_ends_exact() {
     // their results, so it stops reporting credit and its orders go elsewhere.
     let nowhere = format!("ipc://{}/nowhere.ipc", g.dir.display());
     let saved = std::mem::replace(&mut g.results, nowhere.clone());
-    let mut lost = g.worker(&SLOW);
+    let mut lost = g.worker(&[&SLOW[..], &["--metrics", "127.0.0.1:0"]].concat());
     g.results = saved;
     let mut good = g.worker(&SLOW);
     let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
     let line = lost.wait_for_log(&["no answer from the sink at"]);
     assert!(line.contains(&nowhere), "{line}");
+    // Its /healthz tells a load balancer or a watchdog why.
+    let served = lost.wait_for_log(&["serving metrics"]);
+    let addr = served
+        .split("healthz=http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {served:?}"));
+    let (code, why) = http_get(addr, "/healthz");
+    assert_eq!(code, 503, "{why}");
+    assert!(
+        why.contains("no sink answering") && why.contains(&nowhere),
+        "{why}"
+    );
     vent.success();
     sink.success();
     good.success();
     assert_tallies(&g.report(), &oracle(&input));
+}
+
+/// `GET path` over plain HTTP/1.0: the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.to_string())
 }

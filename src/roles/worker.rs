@@ -215,6 +215,12 @@ impl Outbox {
             Some(t) => t.elapsed() >= Duration::from_secs(30),
         };
         if due {
+            if warned_at.is_none() {
+                self.metrics.set_problem(Some(format!(
+                    "no sink answering at {}: it takes no results",
+                    self.sink
+                )));
+            }
             *warned_at = Some(Instant::now());
             tracing::warn!(
                 results = self.count,
@@ -256,6 +262,9 @@ impl Outbox {
                 }
                 Err(e) => return Err(crate::Error::zmq("cannot send results", e)),
             }
+        }
+        if warned_at.is_some() {
+            self.metrics.set_problem(None);
         }
         self.records.clear();
         self.count = 0;

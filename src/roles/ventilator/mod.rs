@@ -536,6 +536,12 @@ impl Loop {
         let silent = now.duration_since(self.timers.sink_heard).as_secs();
         m.peer_silence
             .set(if silent >= 1 { silent as i64 } else { 0 });
+        let silent_long = silent >= handshake::SILENCE_WARNING.as_secs();
+        if silent_long != m.problem().is_some() {
+            m.set_problem(
+                silent_long.then(|| format!("no sink answering at {}", self.config.acks)),
+            );
+        }
         let (d, r, p) = (m.dispatched.get(), m.redelivered.get(), m.poisoned.get());
         m.dispatched.inc_by(c.dispatched.saturating_sub(d));
         m.redelivered.inc_by(c.redelivered.saturating_sub(r));
