@@ -85,9 +85,11 @@ fn run(args: Args) -> ordergrid::Result<SinkExit> {
         .common
         .wire(&[&args.results, &args.acks, &args.control])?;
     let config = SinkConfig {
-        results: args.results,
-        acks: args.acks,
-        control: args.control,
+        endpoints: sink::SinkEndpoints {
+            results: args.results,
+            acks: args.acks,
+            control: args.control,
+        },
         state: args.state,
         report: args.report,
         compact_bytes: args.compact_mib << 20,

@@ -1,0 +1,518 @@
+//! The sink: PULLs outcomes, tallies each order exactly once into a
+//! [`Ledger`](crate::ledger::Ledger), makes every tally durable in the run's
+//! journal before it acknowledges it to the ventilator, and when the run is
+//! complete writes the report, tells the workers and exits.
+//!
+//! One sink serves one run at a time; its state folder keeps every run's
+//! journal apart (`runs/<run id>/`), so a restarted sink resumes the run it
+//! was serving (`active` names it) and a completed run's report is reprinted
+//! when its input is run again.
+//!
+//! With `--serve` the sink stays up run after run: a ventilator that says
+//! hello while another run is active waits in a first-come queue (it is
+//! told its place, and leaves the queue when it stops saying hello), and
+//! the workers are told each active run's jobs endpoint ([`Kind::RunStart`]).
+//!
+//! This module holds the run loop, which only moves bytes; the rest is in
+//! - `run.rs`: the active run, loading it (new or replayed), its report;
+//! - `commits.rs`: group commit, acks released once durable;
+//! - `results.rs`: tallying a results frame;
+//! - `ventilator.rs`: the conversation with ventilators (hello, progress);
+//! - `queue.rs`: the first-come queue of a serving sink;
+//! - `progress.rs`: the progress line, the board, the run announcements;
+//! - `finish.rs`: the report, the workers' goodbyes, stopping.
+
+mod commits;
+mod finish;
+mod progress;
+mod queue;
+mod results;
+mod run;
+mod ventilator;
+
+use crate::dashboard::Board;
+use crate::protocol::{FrameError, Header, Kind};
+use crate::report::{Report, SinkStats};
+use crate::seal::{OpenError, RejectLog};
+use crate::shutdown::Shutdown;
+use crate::transport::{self, SocketTuning, Wire};
+use crate::{Error, Result};
+use commits::HandOver;
+use progress::ProgressView;
+use queue::Waiting;
+use run::{Activation, ActiveRun};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Where a sink binds.
+#[derive(Debug, Clone)]
+pub struct SinkEndpoints {
+    /// PULL: workers push outcomes here.
+    pub results: String,
+    /// ROUTER: the ventilator's hellos, progress and own outcomes; acks back.
+    pub acks: String,
+    /// PUB: run announcements and "run over" to the workers.
+    pub control: String,
+}
+
+impl Default for SinkEndpoints {
+    fn default() -> Self {
+        SinkEndpoints {
+            results: crate::DEFAULT_RESULTS.into(),
+            acks: crate::DEFAULT_ACKS.into(),
+            control: crate::DEFAULT_CONTROL.into(),
+        }
+    }
+}
+
+/// What a sink needs to run.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub endpoints: SinkEndpoints,
+    /// Where durable state lives.
+    pub state: PathBuf,
+    /// Where the report goes (default: `STATE/report.json`).
+    pub report: Option<PathBuf>,
+    /// Journal bytes after which the tally is checkpointed into a snapshot.
+    pub compact_bytes: u64,
+    /// How often a progress line is logged.
+    pub progress_every: Duration,
+    /// How long the sink waits, at the end of a run, for workers it has
+    /// heard from to confirm the end (they normally do at once).
+    pub run_over_for: Duration,
+    /// Print the human table on stdout at the end.
+    pub print_table: bool,
+    /// Counters and gauges (served with `--metrics`).
+    pub metrics: crate::metrics::Metrics,
+    /// Plain or sealed frames.
+    pub wire: Wire,
+    /// The live status the dashboard and `/api/status` show.
+    pub board: Arc<Board>,
+    /// Stay up after a run and serve the next (`--serve`).
+    pub serve: bool,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            endpoints: SinkEndpoints::default(),
+            state: crate::DEFAULT_STATE.into(),
+            report: None,
+            compact_bytes: 64 << 20,
+            progress_every: Duration::from_secs(5),
+            run_over_for: Duration::from_millis(1500),
+            print_table: true,
+            metrics: crate::metrics::Metrics::default(),
+            wire: Wire::plain(),
+            board: Board::new(false),
+            serve: false,
+        }
+    }
+}
+
+/// How a sink's run ended.
+#[derive(Debug)]
+pub enum SinkExit {
+    /// The run is complete; its report.
+    Complete(Box<Report>),
+    /// Stopped by a signal; everything acknowledged is durable, restart to resume.
+    Stopped,
+    /// Serving (`--serve`), stopped by a signal with no run active.
+    Idle,
+}
+
+/// Messages taken from one socket before the others are served.
+const BURST: usize = 256;
+
+/// The sink's sockets and the wire they speak. Every frame goes out
+/// through [`Sockets::send_to_ventilator`] or [`Sockets::publish`], and comes in
+/// through [`open`]: nothing else seals, opens or splits.
+struct Sockets {
+    results: zmq::Socket,
+    acks: zmq::Socket,
+    control: zmq::Socket,
+    /// The journal writer's tickets (inproc PAIR).
+    notify: zmq::Socket,
+    wire: Wire,
+    seal_buf: Vec<u8>,
+}
+
+impl Sockets {
+    fn bind(ctx: &zmq::Context, config: &SinkConfig) -> Result<Sockets> {
+        let tuning = SocketTuning {
+            send_hwm: 10_000,
+            recv_hwm: 10_000,
+        };
+        let ep = &config.endpoints;
+        Ok(Sockets {
+            results: transport::bind(ctx, zmq::PULL, &ep.results, tuning, "results")?,
+            acks: transport::bind(ctx, zmq::ROUTER, &ep.acks, tuning, "acks")?,
+            control: transport::bind(ctx, zmq::PUB, &ep.control, tuning, "control")?,
+            notify: ctx
+                .socket(zmq::PAIR)
+                .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?,
+            wire: config.wire.clone(),
+            seal_buf: Vec::new(),
+        })
+    }
+
+    /// Sends `frame` to the ventilator named `identity`, without blocking.
+    /// ROUTER drops messages to peers that are gone (or full); the
+    /// ventilator asks again.
+    fn send_to_ventilator(&mut self, identity: &[u8], frame: &[u8]) -> Result<()> {
+        let bytes = self.wire.outgoing(frame, &mut self.seal_buf);
+        let sent = self
+            .acks
+            .send(identity, zmq::SNDMORE | zmq::DONTWAIT)
+            .and_then(|()| self.acks.send(bytes, zmq::DONTWAIT));
+        match sent {
+            Ok(()) | Err(zmq::Error::EAGAIN) | Err(zmq::Error::EHOSTUNREACH) => Ok(()),
+            Err(e) => Err(Error::zmq("cannot send to the ventilator", e)),
+        }
+    }
+
+    /// Sends `frame` to the ventilator, waiting for room (the welcome's
+    /// bitmap must arrive whole).
+    fn send_whole_to_ventilator(&mut self, identity: &[u8], frame: &[u8]) -> Result<()> {
+        let bytes = self.wire.outgoing(frame, &mut self.seal_buf);
+        self.acks
+            .send(identity, zmq::SNDMORE)
+            .and_then(|()| self.acks.send(bytes, 0))
+            .map_err(|e| Error::zmq("cannot send to the ventilator", e))
+    }
+
+    /// Publishes `frame` to the workers; a worker not listening misses it
+    /// (every announcement is repeated).
+    fn publish(&mut self, frame: &[u8]) {
+        let bytes = self.wire.outgoing(frame, &mut self.seal_buf);
+        let _ = self.control.send(bytes, zmq::DONTWAIT);
+    }
+}
+
+/// Why a received message was dropped.
+enum Unopened {
+    /// It did not open (forged, damaged, another key).
+    Seal(OpenError),
+    /// It opened, but is not a frame.
+    Frame(FrameError),
+}
+
+/// Opens (in place, if sealed) and splits a received message.
+fn open<'m>(
+    wire: &Wire,
+    msg: &'m mut zmq::Message,
+) -> std::result::Result<(Header, &'m [u8]), Unopened> {
+    let plain = wire.incoming(msg).map_err(Unopened::Seal)?;
+    crate::protocol::split_frame(plain).map_err(Unopened::Frame)
+}
+
+struct Sink {
+    config: SinkConfig,
+    ctx: zmq::Context,
+    active: Option<ActiveRun>,
+    stats: SinkStats,
+    /// Frames that failed to open, summarised once in a while.
+    rejected: RejectLog,
+    /// When a dropped frame was last logged.
+    last_bad_log: Option<Instant>,
+    notify_seq: u64,
+    /// When the board was last refreshed with the active run's counts, and its rate.
+    board_view: ProgressView,
+    /// Runs waiting for their turn, first come first served (`--serve`).
+    queue: Vec<Waiting>,
+    /// When the active run was last announced to the workers.
+    announced: Option<Instant>,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Runs the sink until its run is complete or a stop is requested.
+pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
+    fs::create_dir_all(&config.state)
+        .map_err(|e| Error::io("cannot create state folder", &config.state, e))?;
+    // Held until this process exits: one sink per state folder.
+    let _lock = crate::statelock::StateLock::acquire(&config.state)?;
+    let ctx = zmq::Context::new();
+    let mut sockets = Sockets::bind(&ctx, config)?;
+    let mut sink = Sink {
+        config: config.clone(),
+        ctx,
+        active: None,
+        stats: SinkStats::default(),
+        rejected: RejectLog::new(Duration::from_secs(5)),
+        last_bad_log: None,
+        notify_seq: 0,
+        board_view: ProgressView::new(),
+        queue: Vec::new(),
+        announced: None,
+    };
+    let notify_ep = sink.next_notify_endpoint();
+    sockets
+        .notify
+        .bind(&notify_ep)
+        .map_err(|e| Error::zmq("cannot bind the journal notify socket", e))?;
+    let ep = &config.endpoints;
+    tracing::info!(results = %ep.results, acks = %ep.acks, control = %ep.control, state = %config.state.display(), serve = config.serve, "sink started");
+    if let Some(id) = sink.read_active()? {
+        if let Activation::Active = sink.activate(id, None, &notify_ep)? {
+            tracing::info!(run = %id, "resuming the run in progress");
+        }
+    }
+    let exit = sink.run_loop(&mut sockets, &notify_ep, shutdown);
+    if let Some(summary) = sink.rejected.flush() {
+        tracing::warn!("{summary}");
+    }
+    exit
+}
+
+impl Sink {
+    fn next_notify_endpoint(&mut self) -> String {
+        self.notify_seq += 1;
+        format!("inproc://journal-{}", self.notify_seq)
+    }
+
+    fn active_file(&self) -> PathBuf {
+        self.config.state.join("active")
+    }
+
+    fn read_active(&self) -> Result<Option<crate::protocol::RunId>> {
+        let path = self.active_file();
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                text.trim().parse().map(Some).map_err(|e| {
+                    Error::State(format!("{} does not name a run: {e}", path.display()))
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot read", &path, e)),
+        }
+    }
+
+    /// Polls the sockets and hands what arrives to the handlers, until the
+    /// run is complete (one-run sink) or a stop is requested.
+    fn run_loop(
+        &mut self,
+        s: &mut Sockets,
+        notify_ep: &str,
+        shutdown: &Shutdown,
+    ) -> Result<SinkExit> {
+        let mut msg = zmq::Message::new();
+        let mut view = ProgressView::new();
+        loop {
+            if shutdown.requested() {
+                return self.stop();
+            }
+            let mut items = [
+                s.results.as_poll_item(zmq::POLLIN),
+                s.acks.as_poll_item(zmq::POLLIN),
+                s.notify.as_poll_item(zmq::POLLIN),
+            ];
+            transport::poll(&mut items, 100)?;
+            let ready = items.map(|item| item.is_readable());
+            if ready[2] {
+                self.receive_tickets(s, &mut msg)?;
+            }
+            // The ventilator's socket first: its progress tells which results are real.
+            if ready[1] {
+                if let Some(done) = self.receive_from_ventilators(s, &mut msg, notify_ep)? {
+                    return Ok(done);
+                }
+            }
+            if ready[0] {
+                self.receive_results(s, &mut msg)?;
+            }
+            self.hand_over(s)?;
+            self.chores(s, &mut view)?;
+            if self.active.as_ref().is_some_and(ActiveRun::is_complete) {
+                if let Some(done) = self.complete(s, &mut view)? {
+                    return Ok(done);
+                }
+            }
+        }
+    }
+
+    /// The journal writer's tickets: what it made durable.
+    fn receive_tickets(&mut self, s: &mut Sockets, msg: &mut zmq::Message) -> Result<()> {
+        while transport::try_recv(&s.notify, msg, "journal notify")? {
+            if let Ok(ticket) = <[u8; 8]>::try_from(&msg[..]) {
+                self.durable(u64::from_le_bytes(ticket), s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to [`BURST`] messages from ventilators; `Some` when the sink is done.
+    fn receive_from_ventilators(
+        &mut self,
+        s: &mut Sockets,
+        msg: &mut zmq::Message,
+        notify_ep: &str,
+    ) -> Result<Option<SinkExit>> {
+        let mut identity = zmq::Message::new();
+        for _ in 0..BURST {
+            if !transport::try_recv(&s.acks, &mut identity, "acks")? {
+                break;
+            }
+            if !identity.get_more() || !transport::try_recv(&s.acks, msg, "acks")? {
+                continue;
+            }
+            // Drop any further parts of a multi-part message.
+            let mut extra = msg.get_more();
+            while extra {
+                let mut rest = zmq::Message::new();
+                if !transport::try_recv(&s.acks, &mut rest, "acks")? {
+                    break;
+                }
+                extra = rest.get_more();
+            }
+            match open(&s.wire, msg) {
+                Ok((header, body)) => {
+                    let done = self.on_ventilator_frame(&identity, header, body, s, notify_ep)?;
+                    if done.is_some() {
+                        return Ok(done);
+                    }
+                }
+                Err(e) => self.unopened("acks", e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to [`BURST`] messages from workers (bounded, so the ventilator's
+    /// socket is served too).
+    fn receive_results(&mut self, s: &mut Sockets, msg: &mut zmq::Message) -> Result<()> {
+        for _ in 0..BURST {
+            if !transport::try_recv(&s.results, msg, "results")? {
+                break;
+            }
+            match open(&s.wire, msg) {
+                Ok((header, body)) if header.kind == Kind::WorkerStatus => {
+                    self.on_worker_status(body)
+                }
+                Ok((header, body)) => self.on_results(header, body, false),
+                Err(e) => self.unopened("results", e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands tallied records to the journal writer (checkpointing the tally
+    /// when the journal has grown), and releases acks that need nothing new
+    /// written.
+    fn hand_over(&mut self, s: &mut Sockets) -> Result<()> {
+        let compact_bytes = self.config.compact_bytes;
+        let Some(run) = self.active.as_mut() else {
+            return Ok(());
+        };
+        match run.commits.hand_over()? {
+            HandOver::Nothing => {}
+            HandOver::Release(acks) => {
+                if let Some(v) = run.submitter.identity.as_deref() {
+                    s.send_to_ventilator(v, &crate::protocol::frame(Kind::Acks, run.id, &acks))?;
+                }
+            }
+            HandOver::Written if run.commits.bytes >= compact_bytes => {
+                run.commits.compact(run.snapshot()?)?;
+                self.stats.journal_compactions += 1;
+                tracing::info!(run = %run.id, tallied = run.ledger.tallied(), compactions = self.stats.journal_compactions, "journal compacted into a snapshot");
+            }
+            HandOver::Written => {}
+        }
+        Ok(())
+    }
+
+    /// The writer made everything up to `ticket` durable: release those acks.
+    fn durable(&mut self, ticket: u64, s: &mut Sockets) -> Result<()> {
+        let Some(run) = self.active.as_mut() else {
+            return Ok(());
+        };
+        while let Ok(synced) = run.commits.synced.try_recv() {
+            self.stats.journal_syncs = synced.syncs;
+            self.config
+                .metrics
+                .fsync_seconds
+                .observe(synced.sync_time.as_secs_f64());
+        }
+        let acks = run.commits.made_durable(ticket);
+        if !acks.is_empty() {
+            if let Some(v) = run.submitter.identity.as_deref() {
+                s.send_to_ventilator(v, &crate::protocol::frame(Kind::Acks, run.id, &acks))?;
+            }
+        }
+        self.hand_over(s)
+    }
+
+    /// What is done every turn of the loop, whatever arrived.
+    fn chores(&mut self, s: &mut Sockets, view: &mut ProgressView) -> Result<()> {
+        self.watch_journal();
+        self.show_progress(view, false);
+        self.refresh_board();
+        if self.config.serve {
+            self.tend_queue()?;
+            self.announce_run_start(s);
+        }
+        Ok(())
+    }
+
+    /// The active run is complete: report it; `Some` when the sink is done
+    /// (a serving sink goes on to the next run).
+    fn complete(&mut self, s: &mut Sockets, view: &mut ProgressView) -> Result<Option<SinkExit>> {
+        if view.terminal {
+            self.show_progress(view, true);
+        }
+        let report = self.finish(s)?;
+        if !self.config.serve {
+            return Ok(Some(SinkExit::Complete(Box::new(report))));
+        }
+        *view = ProgressView::new();
+        self.board_view = ProgressView::new();
+        tracing::info!(queued = self.queue.len(), "serving: ready for the next run");
+        Ok(None)
+    }
+
+    /// Counts a message that was dropped before it could be read; logs
+    /// once in a while.
+    fn unopened(&mut self, what: &str, why: Unopened) {
+        match why {
+            Unopened::Seal(error) => {
+                self.stats.unauthenticated_frames += 1;
+                self.config.metrics.drop_result("unauthenticated", 1);
+                if let Some(summary) = self.rejected.record(error) {
+                    tracing::warn!(socket = what, "{summary}");
+                }
+            }
+            Unopened::Frame(error) => self.bad_frame(what, &error),
+        }
+    }
+
+    fn bad_frame(&mut self, what: &str, error: &FrameError) {
+        self.stats.bad_frames += 1;
+        self.config.metrics.bad_frames.inc();
+        self.log_dropped(what, &error.to_string());
+    }
+
+    /// Logs a dropped frame at most once every few seconds.
+    fn log_dropped(&mut self, what: &str, why: &str) {
+        if self
+            .last_bad_log
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
+        {
+            self.last_bad_log = Some(Instant::now());
+            tracing::warn!(
+                socket = what,
+                reason = why,
+                bad_frames = self.stats.bad_frames,
+                other_run = self.stats.other_run_results,
+                unknown_orders = self.stats.unknown_order_results,
+                invalid = self.stats.invalid_results,
+                "dropped input (logged once in a while)"
+            );
+        }
+    }
+}
