@@ -60,20 +60,17 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_logging(args.common.log_format);
-    match run(args) {
-        Ok(SinkExit::Complete(_) | SinkExit::Idle) => ExitCode::SUCCESS,
-        Ok(SinkExit::Stopped) => {
-            cli::last_words("ordergrid-sink", "stopped before the run was complete; start it again with the same --state to resume", false);
-            ExitCode::from(130)
-        }
-        Err(e) => cli::exit_code("ordergrid-sink", Err(e)),
-    }
+    cli::run_role("ordergrid-sink", "sink", args.common.log_format, || {
+        Ok(match run(args)? {
+            SinkExit::Complete(_) | SinkExit::Idle => cli::RoleEnd::Done,
+            SinkExit::Stopped => cli::RoleEnd::Stopped(
+                "stopped before the run was complete; start it again with the same --state to resume".into(),
+            ),
+        })
+    })
 }
 
 fn run(args: Args) -> ordergrid::Result<SinkExit> {
-    let span = cli::role_span("sink");
-    let _entered = span.enter();
     cli::check_state_folder("--state", &args.state)?;
     if let Some(report) = &args.report {
         cli::check_output_file("--report", report)?;

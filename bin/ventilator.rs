@@ -94,20 +94,22 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_logging(args.common.log_format);
-    match run(args) {
-        Ok(VentilatorExit::Complete { .. }) => ExitCode::SUCCESS,
-        Ok(VentilatorExit::Stopped { run }) => {
-            cli::last_words("ordergrid-ventilator", &format!("stopped before run {run} was complete; start it again with the same input to resume"), false);
-            ExitCode::from(130)
-        }
-        Err(e) => cli::exit_code("ordergrid-ventilator", Err(e)),
-    }
+    cli::run_role(
+        "ordergrid-ventilator",
+        "ventilator",
+        args.common.log_format,
+        || {
+            Ok(match run(args)? {
+            VentilatorExit::Complete { .. } => cli::RoleEnd::Done,
+            VentilatorExit::Stopped { run } => cli::RoleEnd::Stopped(format!(
+                "stopped before run {run} was complete; start it again with the same input to resume"
+            )),
+        })
+        },
+    )
 }
 
 fn run(args: Args) -> ordergrid::Result<VentilatorExit> {
-    let span = cli::role_span("ventilator");
-    let _entered = span.enter();
     cli::check_output_file("--dead-letter", &args.dead_letter)?;
     if let Some(report) = &args.report {
         cli::check_output_file("--report", report)?;

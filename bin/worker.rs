@@ -62,13 +62,12 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_logging(args.common.log_format);
-    cli::exit_code("ordergrid-worker", run(args))
+    cli::run_role("ordergrid-worker", "worker", args.common.log_format, || {
+        run(args).map(|()| cli::RoleEnd::Done)
+    })
 }
 
 fn run(args: Args) -> ordergrid::Result<()> {
-    let span = cli::role_span("worker");
-    let _entered = span.enter();
     let shutdown = Shutdown::install()?;
     let metrics = args.common.metrics("worker")?;
     let wire = args

@@ -101,6 +101,39 @@ pub fn record_run(run: &crate::protocol::RunId) {
     tracing::Span::current().record("run", tracing::field::display(run));
 }
 
+/// How a role's run ended, for its exit code.
+pub enum RoleEnd {
+    /// Done: exit 0.
+    Done,
+    /// Stopped by a signal before it was done: these last words, exit 130.
+    Stopped(String),
+}
+
+/// What every binary's `main` does: logs set up with `format`, `body` run
+/// in the role's span, and its end mapped to an exit code (0 done, 130
+/// stopped, 1 failed with one line on stderr).
+pub fn run_role(
+    binary: &'static str,
+    role: &'static str,
+    format: LogFormat,
+    body: impl FnOnce() -> crate::Result<RoleEnd>,
+) -> ExitCode {
+    init_logging(format);
+    let ended = {
+        let span = role_span(role);
+        let _entered = span.enter();
+        body()
+    };
+    match ended {
+        Ok(RoleEnd::Done) => ExitCode::SUCCESS,
+        Ok(RoleEnd::Stopped(words)) => {
+            last_words(binary, &words, false);
+            ExitCode::from(130)
+        }
+        Err(e) => exit_code(binary, Err(e)),
+    }
+}
+
 /// Prints a role's failure as one line on stderr and picks the exit code.
 pub fn exit_code(binary: &str, result: Result<(), Error>) -> ExitCode {
     match result {
