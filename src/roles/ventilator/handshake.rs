@@ -53,79 +53,138 @@ pub fn greet(
     shutdown: &Shutdown,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Greeting> {
-    let mut done = SeqSet::default();
-    let mut last_hello: Option<Instant> = None;
-    let mut told_busy = false;
-    let mut place: Option<(Queued, Instant)> = None;
-    let mut report: Option<String> = None;
-    let mut complete_since: Option<Instant> = None;
-    let started = Instant::now();
-    let mut heard = started;
-    let mut warned = started;
+    let mut hs = Handshake::new(run, want_report);
     loop {
         if shutdown.requested() {
             return Ok(Greeting::Stopped);
         }
-        if last_hello.is_none_or(|t| t.elapsed() > HELLO_EVERY) {
+        if hs.last_hello.is_none_or(|t| t.elapsed() > HELLO_EVERY) {
             sink.send_frame(hello)?;
-            last_hello = Some(Instant::now());
+            hs.last_hello = Some(Instant::now());
         }
-        if let Some(since) = complete_since {
-            if report.is_some() || since.elapsed() >= REPORT_WAIT {
-                if report.is_none() {
-                    tracing::warn!(run = %run, "the sink says the run is complete but sent no report");
-                }
-                return Ok(Greeting::Complete(report));
-            }
+        if let Some(complete) = hs.report_wait_over() {
+            return Ok(complete);
         }
-        if heard.elapsed() >= SILENCE_WARNING && warned.elapsed() >= SILENCE_WARNING {
-            warned = Instant::now();
-            metrics.peer_silence.set(heard.elapsed().as_secs() as i64);
-            tracing::warn!(run = %run, "no answer from the sink at {acks} for {} s; still saying hello", heard.elapsed().as_secs());
-        }
+        hs.warn_if_silent(acks, metrics);
         let mut items = [sink.socket().as_poll_item(zmq::POLLIN)];
         transport::poll(&mut items, 100)?;
         while let Some((h, body)) = sink.recv()? {
             if h.run != run {
                 continue;
             }
-            heard = Instant::now();
+            hs.heard = Instant::now();
             metrics.peer_silence.set(0);
-            match h.kind {
-                Kind::Welcome if merge_welcome(&mut done, body) => {
-                    if place.is_some() {
-                        tracing::info!(run = %run, waited_seconds = started.elapsed().as_secs(), "our turn: the sink took the run");
-                    }
-                    return Ok(Greeting::Welcomed(done));
-                }
-                Kind::Report => {
-                    if let Ok(text) = protocol::decode::<ReportText>(body) {
-                        report = Some(text.json);
-                    }
-                }
-                Kind::Complete if !want_report || report.is_some() => {
-                    return Ok(Greeting::Complete(report));
-                }
-                Kind::Complete => {
-                    complete_since.get_or_insert_with(Instant::now);
-                }
-                Kind::Queued => {
-                    let Ok(queued) = protocol::decode::<Queued>(body) else {
-                        continue;
-                    };
-                    let say = place
-                        .is_none_or(|(was, at)| was != queued || at.elapsed() >= QUEUED_REMINDER);
-                    if say {
-                        tracing::info!(run = %run, "queued behind run {}, position {}", queued.behind, queued.position);
-                        place = Some((queued, Instant::now()));
-                    }
-                }
-                Kind::Busy if !told_busy => {
-                    tracing::warn!(run = %run, "the sink is busy with another run; waiting");
-                    told_busy = true;
-                }
-                _ => {}
+            if let Some(greeting) = hs.on_frame(h.kind, body) {
+                return Ok(greeting);
             }
+        }
+    }
+}
+
+/// What the ventilator has said and heard while greeting the sink.
+struct Handshake {
+    run: RunId,
+    want_report: bool,
+    /// The `Welcome` chunks so far.
+    done: SeqSet,
+    last_hello: Option<Instant>,
+    told_busy: bool,
+    /// Where the run waits in a serving sink's queue, and when that was said.
+    place: Option<(Queued, Instant)>,
+    report: Option<String>,
+    /// When the sink said the run is complete, the report not yet come.
+    complete_since: Option<Instant>,
+    started: Instant,
+    heard: Instant,
+    warned: Instant,
+}
+
+impl Handshake {
+    /// Nothing said or heard yet.
+    fn new(run: RunId, want_report: bool) -> Handshake {
+        let started = Instant::now();
+        Handshake {
+            run,
+            want_report,
+            done: SeqSet::default(),
+            last_hello: None,
+            told_busy: false,
+            place: None,
+            report: None,
+            complete_since: None,
+            started,
+            heard: started,
+            warned: started,
+        }
+    }
+
+    /// The end of the handshake for a complete run once its report came,
+    /// or waiting for it took too long.
+    fn report_wait_over(&mut self) -> Option<Greeting> {
+        let since = self.complete_since?;
+        if self.report.is_none() && since.elapsed() < REPORT_WAIT {
+            return None;
+        }
+        if self.report.is_none() {
+            tracing::warn!(run = %self.run, "the sink says the run is complete but sent no report");
+        }
+        Some(Greeting::Complete(self.report.take()))
+    }
+
+    /// Says so, after a while and then periodically, when the sink is silent.
+    fn warn_if_silent(&mut self, acks: &str, metrics: &crate::metrics::Metrics) {
+        let heard = self.heard.elapsed();
+        if heard >= SILENCE_WARNING && self.warned.elapsed() >= SILENCE_WARNING {
+            self.warned = Instant::now();
+            metrics
+                .peer_silence
+                .set(self.heard.elapsed().as_secs() as i64);
+            tracing::warn!(run = %self.run, "no answer from the sink at {acks} for {} s; still saying hello", self.heard.elapsed().as_secs());
+        }
+    }
+
+    /// One frame of this run from the sink; the end of the handshake, if it is.
+    fn on_frame(&mut self, kind: Kind, body: &[u8]) -> Option<Greeting> {
+        match kind {
+            Kind::Welcome if merge_welcome(&mut self.done, body) => {
+                if self.place.is_some() {
+                    tracing::info!(run = %self.run, waited_seconds = self.started.elapsed().as_secs(), "our turn: the sink took the run");
+                }
+                return Some(Greeting::Welcomed(std::mem::take(&mut self.done)));
+            }
+            Kind::Report => {
+                if let Ok(text) = protocol::decode::<ReportText>(body) {
+                    self.report = Some(text.json);
+                }
+            }
+            Kind::Complete if !self.want_report || self.report.is_some() => {
+                return Some(Greeting::Complete(self.report.take()));
+            }
+            Kind::Complete => {
+                self.complete_since.get_or_insert_with(Instant::now);
+            }
+            Kind::Queued => self.on_queued(body),
+            Kind::Busy if !self.told_busy => {
+                tracing::warn!(run = %self.run, "the sink is busy with another run; waiting");
+                self.told_busy = true;
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// A serving sink says where the run waits: logged when it changes,
+    /// and every [`QUEUED_REMINDER`].
+    fn on_queued(&mut self, body: &[u8]) {
+        let Ok(queued) = protocol::decode::<Queued>(body) else {
+            return;
+        };
+        let say = self
+            .place
+            .is_none_or(|(was, at)| was != queued || at.elapsed() >= QUEUED_REMINDER);
+        if say {
+            tracing::info!(run = %self.run, "queued behind run {}, position {}", queued.behind, queued.position);
+            self.place = Some((queued, Instant::now()));
         }
     }
 }

@@ -139,21 +139,7 @@ struct Sockets {
 
 /// Runs a ventilator until the sink reports the run complete or a stop is requested.
 pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorExit> {
-    let stock = match &config.stock {
-        Some(path) => Some(StockTable::load(path).map_err(|e| Error::Config(e.to_string()))?),
-        None => None,
-    };
-    let (source, digest) = LineSource::open(&config.input)?;
-    // The stock file is part of the run's identity.
-    let digest = digest.map(|d| stock.as_ref().map_or(d, |t| with_stock(d, t)));
-    let run = match (config.run_id, digest) {
-        (Some(id), _) | (None, Some(id)) => id,
-        (None, None) => {
-            let id = stream_run_id();
-            tracing::warn!(run = %id, "reading a stream without --run-id: this run cannot be resumed after a ventilator restart");
-            id
-        }
-    };
+    let (stock, source, run) = open_input(config)?;
     crate::cli::record_run(&run);
     let ctx = zmq::Context::new();
     let tuning = SocketTuning {
@@ -163,34 +149,14 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let sink = transport::connect(&ctx, zmq::DEALER, &config.acks, tuning, "acks")?;
     let mut sink = Connection::new(sink, config.wire.clone(), "acks", &config.metrics);
     tracing::info!(run = %run, input = %config.input.describe(), jobs = %config.jobs, acks = %config.acks, "ventilator started");
-    let hello = protocol::frame(
-        Kind::Hello,
-        run,
-        &Hello {
-            input: config.input.describe(),
-            expected: reader::expected_total(&config.input),
-            expected_is_estimate: matches!(config.input, InputSpec::File(_)),
-            jobs: config.advertised_jobs(),
-            want_report: config.want_report,
-        },
-    );
+    let hello = hello_frame(config, run);
     let m = &config.metrics;
     let want = config.want_report;
     let greeting = handshake::greet(&mut sink, run, &hello, want, &config.acks, shutdown, m)?;
     let done = match greeting {
         Greeting::Welcomed(done) => done,
         Greeting::Stopped => return Ok(VentilatorExit::Stopped { run }),
-        Greeting::Complete(report) => {
-            let lines = report.as_deref().map_or(0, report_lines);
-            tracing::info!(run = %run, lines, "the sink reports this run complete");
-            return Ok(VentilatorExit::Complete {
-                run,
-                lines,
-                redelivered: 0,
-                poisoned: 0,
-                report,
-            });
-        }
+        Greeting::Complete(report) => return Ok(complete_already(run, report)),
     };
     let already: u64 = done.words().iter().map(|w| u64::from(w.count_ones())).sum();
     tracing::info!(run = %run, already_tallied = already, "the sink accepted the run");
@@ -213,6 +179,55 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let result = lp.serve(&mut sockets, shutdown);
     lp.reader.stop()?;
     result
+}
+
+/// The stock file, the input and the run id: `--run-id`, else the digest
+/// of the input (and of the stock file), else a fresh one for a stream.
+fn open_input(config: &VentilatorConfig) -> Result<(Option<StockTable>, LineSource, RunId)> {
+    let stock = match &config.stock {
+        Some(path) => Some(StockTable::load(path).map_err(|e| Error::Config(e.to_string()))?),
+        None => None,
+    };
+    let (source, digest) = LineSource::open(&config.input)?;
+    // The stock file is part of the run's identity.
+    let digest = digest.map(|d| stock.as_ref().map_or(d, |t| with_stock(d, t)));
+    let run = match (config.run_id, digest) {
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => {
+            let id = stream_run_id();
+            tracing::warn!(run = %id, "reading a stream without --run-id: this run cannot be resumed after a ventilator restart");
+            id
+        }
+    };
+    Ok((stock, source, run))
+}
+
+/// The `Hello` frame that asks the sink for the run.
+fn hello_frame(config: &VentilatorConfig, run: RunId) -> Vec<u8> {
+    protocol::frame(
+        Kind::Hello,
+        run,
+        &Hello {
+            input: config.input.describe(),
+            expected: reader::expected_total(&config.input),
+            expected_is_estimate: matches!(config.input, InputSpec::File(_)),
+            jobs: config.advertised_jobs(),
+            want_report: config.want_report,
+        },
+    )
+}
+
+/// The exit of a run the sink had complete before it started.
+fn complete_already(run: RunId, report: Option<String>) -> VentilatorExit {
+    let lines = report.as_deref().map_or(0, report_lines);
+    tracing::info!(run = %run, lines, "the sink reports this run complete");
+    VentilatorExit::Complete {
+        run,
+        lines,
+        redelivered: 0,
+        poisoned: 0,
+        report,
+    }
 }
 
 /// The run id of an input run with a stock file: both digests mixed.

@@ -129,8 +129,8 @@ impl ReaderStock {
     }
 }
 
+/// The reader thread's state; its input is handed to [`Reader::run`].
 pub struct Reader {
-    pub source: LineSource,
     pub stock: Option<ReaderStock>,
     pub done: SeqSet,
     pub seen: DigestSet,
@@ -189,8 +189,48 @@ type Lookup = (u64, u64, Option<usize>, (u32, u32));
 /// Marks a job taken back out of a batch (its id turned out a duplicate).
 const WITHDRAWN: u32 = u32::MAX;
 
+/// The next line of `source`, numbered and parsed (a line longer than the
+/// reader takes is malformed); none at the end of the input.
+fn next_line(source: &mut LineSource) -> Result<Option<(u64, Parsed<'_>)>> {
+    let Some(item) = source.next_item()? else {
+        return Ok(None);
+    };
+    Ok(Some(match item {
+        SourceItem::Generated { number, order } => (number, Parsed::Generated(order)),
+        SourceItem::Raw(RawLine {
+            number,
+            bytes,
+            full_len,
+        }) if full_len > bytes.len() => (
+            number,
+            Parsed::Line(Line::Malformed(Malformed::TooLong(full_len))),
+        ),
+        SourceItem::Raw(raw) => (raw.number, Parsed::Line(order::parse_line(raw.bytes))),
+    }))
+}
+
+/// Appends an order's job to the batch: its index in `out.jobs`.
+fn encode_job(out: &mut Prepared, seq: u64, number: u64, line: &Parsed<'_>) -> usize {
+    let bytes = &mut out.jobs_bytes;
+    let start = bytes.len() as u32;
+    match line {
+        Parsed::Generated(g) => {
+            let items = g.items.iter().map(|&(s, e, q, p)| (&g.skus[s..e], q, p));
+            let fields = [&*g.order_id, &*g.customer_id, g.currency, g.payment_token];
+            protocol::write_job_fields(bytes, seq, fields, items);
+        }
+        Parsed::Line(Line::Order(order)) => protocol::write_job(bytes, seq, order),
+        Parsed::Line(_) => unreachable!("only orders get here"),
+    }
+    let end = bytes.len() as u32;
+    out.jobs.push((seq, number, start, end));
+    out.jobs.len() - 1
+}
+
 impl Reader {
-    pub fn run(mut self) -> Result<()> {
+    /// Reads `source` to its end, handing batches to the dispatcher, until
+    /// stopped or the dispatcher is gone.
+    pub fn run(mut self, mut source: LineSource) -> Result<()> {
         let mut seq = 0u64;
         let mut out = self.empty();
         // Each line's job is encoded at once and its duplicate lookup done a
@@ -200,39 +240,21 @@ impl Reader {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            if (!out.jobs.is_empty() || !out.locals.is_empty()) && self.source.may_block() {
+            if (!out.jobs.is_empty() || !out.locals.is_empty()) && source.may_block() {
                 // A stream went quiet: do not hold what we have.
-                self.resolve_all(&mut pending, &mut out);
-                out.next_seq = seq;
-                let full = std::mem::replace(&mut out, self.empty());
-                if !self.send(full) {
+                if !self.hand_over(&mut pending, &mut out, seq) {
                     return Ok(());
                 }
             }
-            let Some(item) = self.source.next_item()? else {
+            let Some((number, line)) = next_line(&mut source)? else {
                 break;
-            };
-            let (number, line) = match item {
-                SourceItem::Generated { number, order } => (number, Parsed::Generated(order)),
-                SourceItem::Raw(RawLine {
-                    number,
-                    bytes,
-                    full_len,
-                }) if full_len > bytes.len() => (
-                    number,
-                    Parsed::Line(Line::Malformed(Malformed::TooLong(full_len))),
-                ),
-                SourceItem::Raw(raw) => (raw.number, Parsed::Line(order::parse_line(raw.bytes))),
             };
             let this = seq;
             let order_id: &str = match &line {
                 Parsed::Line(Line::Blank) => continue,
                 Parsed::Line(Line::Malformed(why)) => {
                     seq += 1;
-                    if !self.done.contains(this) {
-                        self.dead_letter.write(number, &why.to_string())?;
-                        out.locals.push((this, number, Outcome::Malformed));
-                    }
+                    self.malformed(this, number, why, &mut out)?;
                     continue;
                 }
                 Parsed::Line(Line::Order(order)) => &order.order_id,
@@ -240,51 +262,83 @@ impl Reader {
             };
             seq += 1;
             let digest = xxhash_rust::xxh3::xxh3_128(order_id.as_bytes());
-            let job = if self.done.contains(this) {
-                None
-            } else {
-                let bytes = &mut out.jobs_bytes;
-                let start = bytes.len() as u32;
-                match &line {
-                    Parsed::Generated(g) => {
-                        let items = g.items.iter().map(|&(s, e, q, p)| (&g.skus[s..e], q, p));
-                        let fields = [&*g.order_id, &*g.customer_id, g.currency, g.payment_token];
-                        protocol::write_job_fields(bytes, this, fields, items);
-                    }
-                    Parsed::Line(Line::Order(order)) => protocol::write_job(bytes, this, order),
-                    Parsed::Line(_) => unreachable!("only orders get here"),
-                }
-                let end = bytes.len() as u32;
-                out.jobs.push((this, number, start, end));
-                Some(out.jobs.len() - 1)
-            };
-            let holds = match &mut self.stock {
-                Some(stock) => stock.demand_of(&line),
-                None => (0, 0),
-            };
-            if let Some(answer) = pending.push(&mut self.seen, digest, (this, number, job, holds)) {
-                Self::resolve(answer, &mut out, &mut self.stock);
-            }
-            if out.jobs.len() >= self.batch
-                || out.jobs_bytes.len() >= 256 << 10
-                || out.locals.len() >= self.batch
-            {
-                self.resolve_all(&mut pending, &mut out);
-                out.next_seq = seq;
-                let full = std::mem::replace(&mut out, self.empty());
-                if !self.send(full) {
-                    return Ok(());
-                }
+            self.take_order((this, number), digest, &line, &mut out, &mut pending);
+            if self.batch_full(&out) && !self.hand_over(&mut pending, &mut out, seq) {
+                return Ok(());
             }
         }
+        self.finish(pending, out, seq);
+        Ok(())
+    }
+
+    /// A malformed counted line: dead-lettered and its verdict kept, unless
+    /// the sink has it tallied already.
+    fn malformed(
+        &mut self,
+        seq: u64,
+        number: u64,
+        why: &Malformed,
+        out: &mut Prepared,
+    ) -> Result<()> {
+        if !self.done.contains(seq) {
+            self.dead_letter.write(number, &why.to_string())?;
+            out.locals.push((seq, number, Outcome::Malformed));
+        }
+        Ok(())
+    }
+
+    /// An order: its job encoded (unless the sink has it tallied already),
+    /// its stock demand noted and its duplicate lookup queued; acts on the
+    /// lookup that this one completes.
+    fn take_order(
+        &mut self,
+        (seq, number): (u64, u64),
+        digest: u128,
+        line: &Parsed<'_>,
+        out: &mut Prepared,
+        pending: &mut Pending<Lookup>,
+    ) {
+        let job = (!self.done.contains(seq)).then(|| encode_job(out, seq, number, line));
+        let holds = match &mut self.stock {
+            Some(stock) => stock.demand_of(line),
+            None => (0, 0),
+        };
+        if let Some(answer) = pending.push(&mut self.seen, digest, (seq, number, job, holds)) {
+            Self::resolve(answer, out, &mut self.stock);
+        }
+    }
+
+    /// True when the batch is big enough to hand over.
+    fn batch_full(&self, out: &Prepared) -> bool {
+        out.jobs.len() >= self.batch
+            || out.jobs_bytes.len() >= 256 << 10
+            || out.locals.len() >= self.batch
+    }
+
+    /// Finishes the batch's lookups and hands it over, seqs read up to
+    /// `next_seq`, starting a new one; false when the dispatcher is gone.
+    fn hand_over(
+        &mut self,
+        pending: &mut Pending<Lookup>,
+        out: &mut Prepared,
+        next_seq: u64,
+    ) -> bool {
+        self.resolve_all(pending, out);
+        out.next_seq = next_seq;
+        let full = std::mem::replace(out, self.empty());
+        self.send(full)
+    }
+
+    /// After the last line: the last lookups, the stock file's on_hand
+    /// records, and the last batch with the total.
+    fn finish(&mut self, mut pending: Pending<Lookup>, mut out: Prepared, seq: u64) {
         self.resolve_all(&mut pending, &mut out);
         let Some(seq) = self.send_on_hand(seq, &mut out) else {
-            return Ok(());
+            return;
         };
         out.next_seq = seq;
         out.total = Some(seq);
         self.send(out);
-        Ok(())
     }
 
     /// Acts on one duplicate lookup: a repeated id's job is withdrawn from
@@ -392,32 +446,16 @@ pub struct ReaderSetup<'a> {
 }
 
 impl ReaderHandle {
-    /// Opens the input and starts a reader that skips the seqs in `done`.
+    /// Starts a reader of `source` that skips the seqs in `done`.
     pub fn start(
         setup: &ReaderSetup<'_>,
         source: LineSource,
         done: SeqSet,
     ) -> Result<ReaderHandle> {
-        let endpoint = format!("inproc://ventilator-doorbell-{}", setup.name);
-        let zerr = |what: &'static str| move |e| Error::zmq(what, e);
-        let bell = setup
-            .ctx
-            .socket(zmq::PAIR)
-            .map_err(zerr("cannot create the doorbell"))?;
-        bell.bind(&endpoint)
-            .map_err(zerr("cannot bind the doorbell"))?;
-        let ring = setup
-            .ctx
-            .socket(zmq::PAIR)
-            .map_err(zerr("cannot create the doorbell"))?;
-        ring.set_sndhwm(1)
-            .map_err(zerr("cannot set the doorbell's HWM"))?;
-        ring.connect(&endpoint)
-            .map_err(zerr("cannot connect the doorbell"))?;
+        let (bell, ring) = doorbell(setup.ctx, &setup.name)?;
         let (tx, rx) = mpsc::sync_channel::<Prepared>(4);
         let stop = Arc::new(AtomicBool::new(false));
         let reader = Reader {
-            source,
             stock: setup.stock.cloned().map(ReaderStock::new),
             done,
             seen: DigestSet::with_capacity(expected_orders(setup.input)),
@@ -431,7 +469,7 @@ impl ReaderHandle {
             .name("reader".into())
             .spawn({
                 let span = tracing::Span::current();
-                move || span.in_scope(|| reader.run())
+                move || span.in_scope(|| reader.run(source))
             })
             .map_err(|e| Error::Config(format!("cannot start the reader thread: {e}")))?;
         Ok(ReaderHandle {
@@ -459,4 +497,24 @@ impl ReaderHandle {
             Err(_) => Err(Error::Internal("the reader thread panicked".into())),
         }
     }
+}
+
+/// The doorbell, a PAIR the run loop polls (bound), and the PAIR the
+/// reader rings it with (connected; one pending ring at most).
+fn doorbell(ctx: &zmq::Context, name: &str) -> Result<(zmq::Socket, zmq::Socket)> {
+    let endpoint = format!("inproc://ventilator-doorbell-{name}");
+    let zerr = |what: &'static str| move |e| Error::zmq(what, e);
+    let bell = ctx
+        .socket(zmq::PAIR)
+        .map_err(zerr("cannot create the doorbell"))?;
+    bell.bind(&endpoint)
+        .map_err(zerr("cannot bind the doorbell"))?;
+    let ring = ctx
+        .socket(zmq::PAIR)
+        .map_err(zerr("cannot create the doorbell"))?;
+    ring.set_sndhwm(1)
+        .map_err(zerr("cannot set the doorbell's HWM"))?;
+    ring.connect(&endpoint)
+        .map_err(zerr("cannot connect the doorbell"))?;
+    Ok((bell, ring))
 }
