@@ -44,6 +44,22 @@ pub struct VentilatorConfig {
     /// The stock file (`--stock`): orders are allocated units in line order.
     pub stock: Option<PathBuf>,
     pub dead_letter: PathBuf,
+    /// How orders are dispatched: frame size, window, credit, liveness.
+    pub tuning: DispatchTuning,
+    /// Counters and gauges (served with `--metrics`).
+    pub metrics: crate::metrics::Metrics,
+    /// Plain or sealed frames.
+    pub wire: Wire,
+    /// Where workers reach the jobs socket, told to a serving sink's
+    /// workers (`--advertise`); by default `jobs` unless it binds a wildcard.
+    pub advertise: Option<String>,
+    /// Ask the sink to send the report back when the run completes.
+    pub want_report: bool,
+}
+
+/// The ventilator's dispatch knobs (`--batch`, `--window`, …).
+#[derive(Debug, Clone)]
+pub struct DispatchTuning {
     /// Orders per job frame at most.
     pub batch: usize,
     /// Orders read and not yet acknowledged, at most (memory).
@@ -56,15 +72,19 @@ pub struct VentilatorConfig {
     pub min_timeout: Duration,
     /// A worker silent this long while the sink answers is gone.
     pub liveness: Duration,
-    /// Counters and gauges (served with `--metrics`).
-    pub metrics: crate::metrics::Metrics,
-    /// Plain or sealed frames.
-    pub wire: Wire,
-    /// Where workers reach the jobs socket, told to a serving sink's
-    /// workers (`--advertise`); by default `jobs` unless it binds a wildcard.
-    pub advertise: Option<String>,
-    /// Ask the sink to send the report back when the run completes.
-    pub want_report: bool,
+}
+
+impl Default for DispatchTuning {
+    fn default() -> Self {
+        DispatchTuning {
+            batch: 1024,
+            window: 32_768,
+            send_hwm: 1000,
+            max_deliveries: 3,
+            min_timeout: Duration::from_secs(1),
+            liveness: Duration::from_secs(3),
+        }
+    }
 }
 
 impl Default for VentilatorConfig {
@@ -76,12 +96,7 @@ impl Default for VentilatorConfig {
             run_id: None,
             stock: None,
             dead_letter: crate::DEFAULT_DEAD_LETTER.into(),
-            batch: 1024,
-            window: 32_768,
-            send_hwm: 1000,
-            max_deliveries: 3,
-            min_timeout: Duration::from_secs(1),
-            liveness: Duration::from_secs(3),
+            tuning: DispatchTuning::default(),
             metrics: crate::metrics::Metrics::default(),
             wire: Wire::plain(),
             advertise: None,
@@ -249,7 +264,7 @@ fn reader_setup<'a>(
         ctx,
         input: &config.input,
         dead_letter: &config.dead_letter,
-        batch: config.batch,
+        batch: config.tuning.batch,
         stock,
         name: format!("{run}-{generation}"),
     }
@@ -283,7 +298,7 @@ fn bind_jobs(
     shutdown: &Shutdown,
 ) -> Result<zmq::Socket> {
     let tuning = SocketTuning {
-        send_hwm: config.send_hwm,
+        send_hwm: config.tuning.send_hwm,
         recv_hwm: 1000,
     };
     let started = Instant::now();
@@ -413,11 +428,11 @@ impl Loop {
     ) -> Loop {
         let now = Instant::now();
         let core = Dispatch::new(DispatchConfig {
-            batch: config.batch,
-            max_deliveries: config.max_deliveries,
-            liveness: config.liveness,
+            batch: config.tuning.batch,
+            max_deliveries: config.tuning.max_deliveries,
+            liveness: config.tuning.liveness,
             quick_liveness: crate::flow::HEARTBEAT * 3,
-            ack_timeout: (config.min_timeout * 4).max(Duration::from_millis(200)),
+            ack_timeout: (config.tuning.min_timeout * 4).max(Duration::from_millis(200)),
         });
         Loop {
             config: config.clone(),
@@ -476,7 +491,7 @@ impl Loop {
     /// Takes what the reader prepared while the window has room.
     fn take_prepared(&mut self) -> Result<bool> {
         let mut took = false;
-        while self.input.total.is_none() && self.core.len() < self.config.window {
+        while self.input.total.is_none() && self.core.len() < self.config.tuning.window {
             match self.reader.rx.try_recv() {
                 Ok(p) => {
                     self.admit(p);
@@ -524,7 +539,7 @@ impl Loop {
             // Announce a window ahead, so the sink knows every seq this
             // ventilator may send before any result for it can arrive.
             let progress = Progress {
-                horizon: self.input.horizon + self.config.window as u64,
+                horizon: self.input.horizon + self.config.tuning.window as u64,
                 total: self.input.total,
                 in_flight: self.core.at_workers(),
                 redelivered: self.core.counts().redelivered,
@@ -634,7 +649,7 @@ impl Loop {
 
     /// The ventilator's own outcomes, to the sink.
     fn send_locals(&mut self, s: &mut Sockets, seqs: &[u64]) -> Result<()> {
-        for chunk in seqs.chunks(self.config.batch.max(64)) {
+        for chunk in seqs.chunks(self.config.tuning.batch.max(64)) {
             let mut records = Vec::new();
             let mut count = 0;
             for &seq in chunk {
