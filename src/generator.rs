@@ -1453,6 +1453,33 @@ mod tests {
         assert_eq!(fnv1a(&stream(20_000, 1, 3)), 0xa5d6_a2e9_629d_0a76);
     }
 
+    /// The fields handed over by [`Generator::next_record`] are pinned too,
+    /// and so is a second seed without poison.
+    #[test]
+    fn records_are_pinned() {
+        let mut g = Generator::new(20_000, 42);
+        let (mut line, mut o) = (Vec::new(), GeneratedOrder::default());
+        let mut all = Vec::new();
+        while let Some(is_order) = g.next_record(&mut line, &mut o) {
+            if is_order {
+                let fields = [&*o.order_id, &*o.customer_id, o.currency, o.payment_token];
+                for f in fields {
+                    all.extend_from_slice(f.as_bytes());
+                    all.push(b'|');
+                }
+                for &(s, e, q, p) in &o.items {
+                    all.extend_from_slice(format!("{}:{q}:{p};", &o.skus[s..e]).as_bytes());
+                }
+            } else {
+                all.extend_from_slice(&line);
+            }
+            all.push(b'\n');
+            line.clear();
+        }
+        assert_eq!(fnv(&all), 0xbf97_347b_8da3_1a35);
+        assert_eq!(fnv(&stream(20_000, 7, 0)), 0xf9d5_d73a_7b38_4924);
+    }
+
     #[test]
     fn exact_line_count_no_newline_no_blank() {
         for count in [0u64, 1, 2, 999, 1_000, 12_345] {
