@@ -24,6 +24,18 @@
 //!
 //! Ordinary order ids are `o-<6 base-36 chars from the seed>-<line number>`, so
 //! they are unique within a stream and differ between seeds.
+//!
+//! # One order model
+//!
+//! Every order is built once as a [`GeneratedOrder`], the fields that parsing
+//! its line gives (what the ventilator's `--generate` takes without any JSON).
+//! A line is rendered from those fields and a [`Form`]: its layout (compact,
+//! field order, unknown fields), which parsing does not see. A malformed line
+//! is a valid order rendered with one [`Flaw`] (a field left out or given a
+//! raw value), or one of a few whole-line shapes (truncated, wrapped, two
+//! objects, fixed garbage). Rejected orders are valid ones with one field's
+//! value changed. Strings are escaped as JSON (non-ASCII as `\uXXXX`),
+//! integers written with `itoa`.
 
 /// Lines longer than this are malformed for the reader.
 const MAX_LINE: u64 = 65_536;
@@ -48,17 +60,7 @@ const STREAM_CONTENT: u64 = 2;
 const STREAM_ALTERED: u64 = 3;
 
 /// The token of a poison order.
-const POISON_TOKEN: &[u8] = b"tok_crash";
-
-/// What [`Generator::produce`] made. Short-lived (one per line), so the
-/// size difference between the variants costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
-enum Produced {
-    /// A line was written out (a malformed one).
-    Written,
-    /// An order, to be written as JSON or handed over as fields.
-    Order(Order),
-}
+const POISON_TOKEN: &str = "tok_crash";
 
 /// A generated order as fields, exactly as parsing its JSON line would give
 /// them (escapes undone, unknown fields dropped). Buffers are reused.
@@ -75,95 +77,45 @@ pub struct GeneratedOrder {
 }
 
 impl GeneratedOrder {
-    /// Fills the fields from `o`; false when `o` is not plainly well-formed
-    /// (then its JSON must be written and parsed like any line).
-    fn fill(&mut self, o: &Order, prefix: &[u8; 6]) -> bool {
-        let text = |v: Val| match v {
-            Val::Str(s) => std::str::from_utf8(s).ok(),
-            Val::Json(_) => None,
-        };
-        let (Id::Line(line), Some(currency), Some(token)) = (o.id, text(o.currency), text(o.token))
-        else {
-            return false;
-        };
-        let plain_extra = matches!(o.extra, Extra::None | Extra::Field(..));
-        if o.items_raw.is_some() || o.omit.is_some() || !plain_extra {
-            return false;
+    /// Appends an item whose sku `sku` appends to `skus`.
+    fn push_item(&mut self, sku: impl FnOnce(&mut String), qty: i64, price: i64) {
+        let start = self.skus.len();
+        sku(&mut self.skus);
+        self.items.push((start, self.skus.len(), qty, price));
+    }
+
+    /// Keeps the first `n` items, or adds `SKU-00001` x 1 at 0 up to `n`.
+    fn resize_items(&mut self, n: usize) {
+        self.items.truncate(n);
+        self.skus.truncate(self.items.last().map_or(0, |it| it.1));
+        while self.items.len() < n {
+            self.push_item(|s| s.push_str("SKU-00001"), 1, 0);
         }
-        let items = &o.items[..o.n_items as usize];
-        let plain_item = |it: &Item| {
-            it.raw.is_none()
-                && it.omit.is_none()
-                && matches!(it.sku, Sku::Num(_) | Sku::Empty | Sku::Long)
-                && matches!((it.qty, it.price), (Num::Int(_), Num::Int(_)))
-        };
-        if !items.iter().all(plain_item) {
-            return false;
+    }
+
+    /// Replaces item `n`'s sku.
+    fn set_sku(&mut self, n: usize, sku: &str) {
+        let (start, end, ..) = self.items[n];
+        self.skus.replace_range(start..end, sku);
+        let shift = |at: usize| at + sku.len() - (end - start);
+        self.items[n].1 = start + sku.len();
+        for it in &mut self.items[n + 1..] {
+            (it.0, it.1) = (shift(it.0), shift(it.1));
         }
-        self.order_id.clear();
-        self.order_id.push_str("o-");
-        self.order_id.extend(prefix.iter().map(|&b| char::from(b)));
-        self.order_id.push('-');
-        push_decimal(&mut self.order_id, line + 1);
-        self.customer_id.clear();
-        let n = match o.customer {
-            Customer::Plain(n) => {
-                self.customer_id.push_str("c-");
-                n
-            }
-            Customer::EscapedQuote(n) => {
-                self.customer_id.push_str("c-\"vip\"-");
-                n
-            }
-            Customer::EscapedUnicode(n) => {
-                self.customer_id.push_str("c-caf\u{e9}-");
-                n
-            }
-            Customer::InvalidUtf8(..) => return false,
-        };
-        push_decimal(&mut self.customer_id, u64::from(n));
-        self.currency = currency;
-        self.payment_token = token;
-        self.skus.clear();
-        self.items.clear();
-        for it in items {
-            let start = self.skus.len();
-            match it.sku {
-                Sku::Num(n) => {
-                    self.skus.push_str("SKU-");
-                    let digits =
-                        [10_000, 1_000, 100, 10, 1].map(|p| char::from(b'0' + (n / p % 10) as u8));
-                    self.skus.extend(digits);
-                }
-                Sku::Empty => {}
-                Sku::Long => {
-                    self.skus.push_str("SKU-");
-                    self.skus.extend(std::iter::repeat_n('X', 61));
-                }
-                Sku::InvalidUtf8(_) => return false,
-            }
-            let (Num::Int(qty), Num::Int(price)) = (it.qty, it.price) else {
-                return false;
-            };
-            self.items.push((start, self.skus.len(), qty, price));
-        }
-        true
+    }
+
+    fn set_qty(&mut self, n: usize, qty: i64) {
+        self.items[n].2 = qty;
+    }
+
+    fn set_price(&mut self, n: usize, price: i64) {
+        self.items[n].3 = price;
     }
 }
 
-/// Appends `n` in decimal to a String, with no allocation.
-fn push_decimal(s: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    s.extend(digits[at..].iter().map(|&b| char::from(b)));
+/// Appends `n` in decimal.
+fn push_int(s: &mut String, n: impl itoa::Integer) {
+    s.push_str(itoa::Buffer::new().format(n));
 }
 
 /// A deterministic stream of synthetic order lines (see the module docs).
@@ -171,40 +123,56 @@ pub struct Generator {
     count: u64,
     next: u64,
     key: u64,
-    prefix: [u8; 6],
+    /// `o-<6 base-36 chars>-`: the start of every ordinary order id.
+    id_head: String,
     poison: u64,
     poison_k: u64,
     poison_at: u64,
     giant_at: u64,
-    recent: Box<[u64]>,
+    recent: Box<[u64; RECENT_CAP]>,
     recent_len: u64,
-    reservoir: Box<[u64]>,
+    reservoir: Box<[u64; RESERVOIR_CAP]>,
     reservoir_seen: u64,
+    /// The order [`next_line`](Self::next_line) renders (buffers reused;
+    /// boxed, as a `LineSource` holds a generator by value).
+    scratch: Box<GeneratedOrder>,
+}
+
+/// What [`Generator::produce`] made of one line.
+enum Made {
+    /// The line is written out (a malformed one).
+    Written,
+    /// A plainly well-formed order, in the fields, to be laid out as this.
+    Order(Form),
 }
 
 impl Generator {
     /// `count` lines, deterministic for (count, seed).
     pub fn new(count: u64, seed: u64) -> Generator {
         let key = mix64(seed ^ 0x6F72_6465_7267_7269); // "ordergri"
-        let mut prefix = [0u8; 6];
+        let mut id_head = String::from("o-");
         let mut p = mix64(key ^ GOLDEN);
-        for b in prefix.iter_mut() {
-            *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[(p % 36) as usize];
+        for _ in 0..6 {
+            id_head.push(char::from(
+                b"0123456789abcdefghijklmnopqrstuvwxyz"[(p % 36) as usize],
+            ));
             p /= 36;
         }
+        id_head.push('-');
         Generator {
             count,
             next: 0,
             key,
-            prefix,
+            id_head,
             poison: 0,
             poison_k: 0,
             poison_at: u64::MAX,
             giant_at: u64::MAX,
-            recent: vec![0; RECENT_CAP].into_boxed_slice(),
+            recent: Box::new([0; RECENT_CAP]),
             recent_len: 0,
-            reservoir: vec![0; RESERVOIR_CAP].into_boxed_slice(),
+            reservoir: Box::new([0; RESERVOIR_CAP]),
             reservoir_seen: 0,
+            scratch: Box::default(),
         }
     }
 
@@ -221,14 +189,13 @@ impl Generator {
 
     /// Appends the next line WITHOUT its trailing newline to `out` (does not clear it); false when all `count` lines are out.
     pub fn next_line(&mut self, out: &mut Vec<u8>) -> bool {
-        match self.produce(out) {
-            None => false,
-            Some(Produced::Written) => true,
-            Some(Produced::Order(o)) => {
-                write_order(out, &o, &self.prefix);
-                true
-            }
+        let mut order = std::mem::take(&mut *self.scratch);
+        let made = self.produce(out, &mut order);
+        if let Some(Made::Order(form)) = &made {
+            write_json(out, &order, form, None);
         }
+        *self.scratch = order;
+        made.is_some()
     }
 
     /// The next line as [`next_line`](Self::next_line) would write it, but a
@@ -237,21 +204,15 @@ impl Generator {
     /// and parse JSON it made itself. `Some(true)`: `order` holds it;
     /// `Some(false)`: `line` holds the line; `None`: the end.
     pub fn next_record(&mut self, line: &mut Vec<u8>, order: &mut GeneratedOrder) -> Option<bool> {
-        match self.produce(line)? {
-            Produced::Written => Some(false),
-            Produced::Order(o) => {
-                if order.fill(&o, &self.prefix) {
-                    Some(true)
-                } else {
-                    write_order(line, &o, &self.prefix);
-                    Some(false)
-                }
-            }
+        match self.produce(line, order)? {
+            Made::Written => Some(false),
+            Made::Order(_) => Some(true),
         }
     }
 
-    /// The next line: malformed lines are written to `out`, orders returned.
-    fn produce(&mut self, out: &mut Vec<u8>) -> Option<Produced> {
+    /// The next line: a malformed one is written to `out`, an order's fields
+    /// filled in `o`.
+    fn produce(&mut self, out: &mut Vec<u8>, o: &mut GeneratedOrder) -> Option<Made> {
         if self.next >= self.count {
             return None;
         }
@@ -262,46 +223,47 @@ impl Generator {
             self.giant_at = self.giant_position(i / GIANT_BLOCK);
         }
 
+        let head = &self.id_head;
         let mut content = Rng::for_line(self.key, i, STREAM_CONTENT);
         if i == self.poison_at {
             self.poison_k += 1;
             self.poison_at = self.poison_position(self.poison_k);
-            let mut o = ordinary(&mut content, i);
-            o.token = Val::Str(POISON_TOKEN);
-            return Some(Produced::Order(o));
+            let form = ordinary(&mut content, i, head, o);
+            o.payment_token = POISON_TOKEN;
+            return Some(Made::Order(form));
         }
         if i == self.giant_at {
-            let mut o = ordinary(&mut content, i);
-            o.extra = Extra::Padding(MAX_LINE as usize + content.below(20_000) as usize);
-            o.extra_pos = content.below(6) as u8;
-            return Some(Produced::Order(o));
+            let mut form = ordinary(&mut content, i, head, o);
+            form.extra = Extra::Padding(MAX_LINE as usize + content.below(20_000) as usize);
+            form.extra_pos = content.below(6) as u8;
+            write_json(out, o, &form, None);
+            return Some(Made::Written);
         }
 
         let mut k = Rng::for_line(self.key, i, STREAM_KIND);
         let r = k.below(1_000_000);
         if r < REJECT_PPM {
-            Some(Produced::Order(rejected(&mut k, &mut content, i)))
+            Some(Made::Order(rejected(&mut k, &mut content, i, head, o)))
         } else if r < REJECT_PPM + MALFORMED_PPM {
-            self.malformed(&mut k, &mut content, i, out);
-            Some(Produced::Written)
+            self.malformed(&mut k, &mut content, i, o, out);
+            Some(Made::Written)
         } else if let Some(j) = (r < REJECT_PPM + MALFORMED_PPM + DUPLICATE_PPM)
             .then(|| self.earlier(&mut k))
             .flatten()
         {
-            let o = if k.below(10) < 6 {
+            let form = if k.below(10) < 6 {
                 // Byte-exact repeat: line j was written from exactly this.
-                ordinary(&mut Rng::for_line(self.key, j, STREAM_CONTENT), j)
+                ordinary(&mut Rng::for_line(self.key, j, STREAM_CONTENT), j, head, o)
             } else {
-                ordinary(&mut Rng::for_line(self.key, i, STREAM_ALTERED), j)
+                ordinary(&mut Rng::for_line(self.key, i, STREAM_ALTERED), j, head, o)
             };
-            Some(Produced::Order(o))
+            Some(Made::Order(form))
         } else {
-            let o = ordinary(&mut content, i);
+            let form = ordinary(&mut content, i, head, o);
             self.remember(i, &mut k);
-            Some(Produced::Order(o))
+            Some(Made::Order(form))
         }
     }
-
     /// Line index of poison order `k` (u64::MAX past the last): the middles of
     /// `poison` equal slices of the stream, strictly increasing and `< count`.
     fn poison_position(&self, k: u64) -> u64 {
@@ -365,25 +327,133 @@ impl Generator {
         }
     }
 
-    /// Writes one malformed line: every shape the reader must refuse.
-    fn malformed(&self, k: &mut Rng, content: &mut Rng, i: u64, out: &mut Vec<u8>) {
-        let prefix = &self.prefix;
-        let mut o = ordinary(content, i);
-        match k.below(MALFORMED_VARIANTS) {
+    /// Writes one malformed line: every shape the reader must refuse. Each
+    /// starts from ordinary order `i`; most spoil it with one [`Flaw`].
+    fn malformed(
+        &self,
+        k: &mut Rng,
+        content: &mut Rng,
+        i: u64,
+        o: &mut GeneratedOrder,
+        out: &mut Vec<u8>,
+    ) {
+        let mut form = ordinary(content, i, &self.id_head, o);
+        let variant = k.below(MALFORMED_VARIANTS);
+        if variant < 12 {
+            return self.not_an_order(variant, k, content, i, o, &form, out);
+        }
+        let item =
+            |content: &mut Rng, o: &GeneratedOrder| content.below(o.items.len() as u64) as usize;
+        let mut raw = Vec::new();
+        let flaw = match variant {
+            // A missing field, each in turn.
+            v @ 12..=16 => (At::Field(FIELDS_NORMAL[v as usize - 12]), Patch::Omit),
+            // Wrong types.
+            v @ 17..=20 => {
+                let bad = [b"2.0" as &[u8], b"1e3", b"\"2\"", b"true"][v as usize - 17];
+                (
+                    At::ItemField(item(content, o), ItemField::Qty),
+                    Patch::Raw(bad),
+                )
+            }
+            21 => {
+                let bad = k.pick(&[b"9223372036854775808" as &[u8], b"-9223372036854775809"]);
+                (
+                    At::ItemField(item(content, o), ItemField::Price),
+                    Patch::Raw(bad),
+                )
+            }
+            22 => (At::Field(Field::Currency), Patch::Raw(b"5")),
+            23 => (At::Field(Field::Items), Patch::Raw(b"{}")),
+            24 => (At::Field(Field::Items), Patch::Raw(b"[1]")),
+            25 => {
+                // A non-object among object items.
+                let n = o.items.len().clamp(2, 3);
+                o.resize_items(n);
+                let bad = k.pick(&[b"1" as &[u8], b"null", b"\"SKU-00001\"", b"[]"]);
+                (At::Item(content.below(n as u64) as usize), Patch::Raw(bad))
+            }
+            v @ 26..=28 => {
+                let field = [ItemField::Sku, ItemField::Qty, ItemField::Price][v as usize - 26];
+                (At::ItemField(item(content, o), field), Patch::Omit)
+            }
+            29 => {
+                o.order_id.clear();
+                return write_json(out, o, &form, None);
+            }
+            30 => {
+                // 65 bytes.
+                o.order_id.push('-');
+                while o.order_id.len() < 65 {
+                    o.order_id.push('x');
+                }
+                return write_json(out, o, &form, None);
+            }
+            31 => {
+                if k.below(2) == 0 {
+                    raw.extend_from_slice(itoa::Buffer::new().format(i + 1).as_bytes());
+                    (At::Field(Field::OrderId), Patch::Raw(&raw))
+                } else {
+                    let bad = k.pick(&[b"null" as &[u8], b"7", b"[\"tok_visa\"]"]);
+                    (At::Field(Field::PaymentToken), Patch::Raw(bad))
+                }
+            }
+            // Invalid UTF-8 inside a string.
+            _ => {
+                let bad = k.pick(INVALID_UTF8);
+                let at = match k.below(3) {
+                    0 => {
+                        // The customer's number (what follows the last '-'), unescaped.
+                        let number = o.customer_id.rsplit('-').next().unwrap_or_default();
+                        raw.extend_from_slice(b"\"c-");
+                        raw.extend_from_slice(number.as_bytes());
+                        At::Field(Field::CustomerId)
+                    }
+                    1 => {
+                        raw.extend_from_slice(b"\"SKU-00042");
+                        At::ItemField(item(content, o), ItemField::Sku)
+                    }
+                    _ => {
+                        form.extra = Extra::InvalidNote(bad);
+                        form.extra_pos = content.below(6) as u8;
+                        return write_json(out, o, &form, None);
+                    }
+                };
+                raw.extend_from_slice(bad);
+                raw.push(b'"');
+                (at, Patch::Raw(&raw))
+            }
+        };
+        write_json(out, o, &form, Some(flaw));
+    }
+
+    /// The malformed lines that are no order with a flaw: not JSON, not an
+    /// object, two objects.
+    #[allow(clippy::too_many_arguments)]
+    fn not_an_order(
+        &self,
+        variant: u64,
+        k: &mut Rng,
+        content: &mut Rng,
+        i: u64,
+        o: &mut GeneratedOrder,
+        form: &Form,
+        out: &mut Vec<u8>,
+    ) {
+        match variant {
             // Not JSON.
             0 | 1 => {
                 // Truncated: a proper prefix of an object (no closing brace).
                 let start = out.len();
-                write_order(out, &o, prefix);
-                let len = (out.len() - start) as u64;
-                let cut = 1 + content.below(len - 1);
+                write_json(out, o, form, None);
+                let cut = 1 + content.below((out.len() - start) as u64 - 1);
                 out.truncate(start + cut as usize);
             }
             2 => out.extend_from_slice(b"garbage"),
             3 => out.extend_from_slice(k.pick(GARBAGE)),
             4 => {
                 // A trailing comma inside the object.
-                write_order(out, &o, prefix);
+                write_json(out, o, form, None);
                 out.pop();
                 out.extend_from_slice(b",}");
             }
@@ -395,94 +465,22 @@ impl Generator {
             9 => out.extend_from_slice(k.pick(NOT_OBJECT)),
             10 => {
                 out.push(b'[');
-                write_order(out, &o, prefix);
+                write_json(out, o, form, None);
                 out.push(b']');
             }
             // Two objects on one line.
-            11 => {
-                write_order(out, &o, prefix);
+            _ => {
+                write_json(out, o, form, None);
                 if k.below(2) == 0 {
                     out.push(b' ');
                 }
-                let o2 = ordinary(&mut Rng::for_line(self.key, i, STREAM_ALTERED), i);
-                write_order(out, &o2, prefix);
-            }
-            // A missing field, each in turn.
-            v @ 12..=16 => {
-                o.omit = Some(FIELDS_NORMAL[(v - 12) as usize]);
-                write_order(out, &o, prefix);
-            }
-            // Wrong types.
-            v @ 17..=20 => {
-                let bad = [b"2.0" as &[u8], b"1e3", b"\"2\"", b"true"][(v - 17) as usize];
-                o.items[content.below(o.n_items as u64) as usize].qty = Num::Raw(bad);
-                write_order(out, &o, prefix);
-            }
-            21 => {
-                let raw = k.pick(&[b"9223372036854775808" as &[u8], b"-9223372036854775809"]);
-                o.items[content.below(o.n_items as u64) as usize].price = Num::Raw(raw);
-                write_order(out, &o, prefix);
-            }
-            22 => {
-                o.currency = Val::Json(b"5");
-                write_order(out, &o, prefix);
-            }
-            23 => {
-                o.items_raw = Some(b"{}");
-                write_order(out, &o, prefix);
-            }
-            24 => {
-                o.items_raw = Some(b"[1]");
-                write_order(out, &o, prefix);
-            }
-            25 => {
-                // A non-object among object items.
-                o.n_items = o.n_items.clamp(2, 3);
-                let raw = k.pick(&[b"1" as &[u8], b"null", b"\"SKU-00001\"", b"[]"]);
-                o.items[content.below(o.n_items as u64) as usize].raw = Some(raw);
-                write_order(out, &o, prefix);
-            }
-            v @ 26..=28 => {
-                let omit = [ItemField::Sku, ItemField::Qty, ItemField::Price][(v - 26) as usize];
-                o.items[content.below(o.n_items as u64) as usize].omit = Some(omit);
-                write_order(out, &o, prefix);
-            }
-            29 => {
-                o.id = Id::Empty;
-                write_order(out, &o, prefix);
-            }
-            30 => {
-                o.id = Id::Long(i);
-                write_order(out, &o, prefix);
-            }
-            31 => {
-                if k.below(2) == 0 {
-                    o.id = Id::Number(i + 1);
-                } else {
-                    o.token = Val::Json(k.pick(&[b"null" as &[u8], b"7", b"[\"tok_visa\"]"]));
-                }
-                write_order(out, &o, prefix);
-            }
-            // Invalid UTF-8 inside a string.
-            _ => {
-                let bad = k.pick(INVALID_UTF8);
-                match k.below(3) {
-                    0 => o.customer = Customer::InvalidUtf8(o.customer.number(), bad),
-                    1 => {
-                        let it = &mut o.items[content.below(o.n_items as u64) as usize];
-                        it.sku = Sku::InvalidUtf8(bad);
-                    }
-                    _ => {
-                        o.extra = Extra::InvalidNote(bad);
-                        o.extra_pos = content.below(6) as u8;
-                    }
-                }
-                write_order(out, &o, prefix);
+                let altered = &mut Rng::for_line(self.key, i, STREAM_ALTERED);
+                let form = ordinary(altered, i, &self.id_head, o);
+                write_json(out, o, &form, None);
             }
         }
     }
 }
-
 const MALFORMED_VARIANTS: u64 = 34;
 const GARBAGE: &[&[u8]] = &[
     b"garbage",
@@ -509,64 +507,141 @@ const INVALID_UTF8: &[&[u8]] = &[
 ];
 
 const REJECT_VARIANTS: u64 = 15;
-const BAD_CURRENCIES: [&[u8]; 5] = [b"usd", b"US", b"EURO", b"U$D", b""];
-
+const BAD_CURRENCIES: [&str; 5] = ["usd", "US", "EURO", "U$D", ""];
 /// A well-formed order refused for exactly one reason.
-fn rejected(k: &mut Rng, content: &mut Rng, i: u64) -> Order {
-    let mut o = ordinary(content, i);
-    let bad = content.below(o.n_items as u64) as usize;
+fn rejected(k: &mut Rng, content: &mut Rng, i: u64, head: &str, o: &mut GeneratedOrder) -> Form {
+    let form = ordinary(content, i, head, o);
+    let bad = content.below(o.items.len() as u64) as usize;
+    let huge = |content: &mut Rng| (1i64 << 62) + content.below(1_000_000_000) as i64;
     match k.below(REJECT_VARIANTS) {
-        v @ 0..=4 => o.currency = Val::Str(BAD_CURRENCIES[v as usize]),
-        5 => o.n_items = 0,
-        6 => o.items[bad].sku = Sku::Empty,
-        7 => o.items[bad].sku = Sku::Long,
-        8 => o.items[bad].qty = Num::Int(0),
-        9 => o.items[bad].qty = Num::Int(-1),
-        10 => o.items[bad].qty = Num::Int(1001),
-        11 => o.items[bad].price = Num::Int(-(content.range(1, 200_000) as i64)),
+        v @ 0..=4 => o.currency = BAD_CURRENCIES[v as usize],
+        5 => o.resize_items(0),
+        6 => o.set_sku(bad, ""),
+        7 => o.set_sku(bad, LONG_SKU),
+        8 => o.set_qty(bad, 0),
+        9 => o.set_qty(bad, -1),
+        10 => o.set_qty(bad, 1001),
+        11 => o.set_price(bad, -(content.range(1, 200_000) as i64)),
         12 => {
-            o.items[bad].qty = Num::Int(1000);
-            o.items[bad].price = Num::Int(i64::MAX);
+            o.set_qty(bad, 1000);
+            o.set_price(bad, i64::MAX);
         }
         13 => {
             // Each line total fits; their sum does not.
-            o.n_items = 2;
-            for it in &mut o.items[..2] {
-                it.qty = Num::Int(1);
-                it.price = Num::Int((1i64 << 62) + content.below(1_000_000_000) as i64);
+            o.resize_items(2);
+            for n in 0..2 {
+                o.set_qty(n, 1);
+                o.set_price(n, huge(content));
             }
         }
         _ => {
-            o.items[bad].qty = Num::Int(2);
-            o.items[bad].price = Num::Int((1i64 << 62) + content.below(1_000_000_000) as i64);
+            o.set_qty(bad, 2);
+            o.set_price(bad, huge(content));
         }
     }
-    o
+    form
 }
 
+/// 65 bytes: one too many.
+const LONG_SKU: &str = "SKU-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX";
+
+/// Builds ordinary valid order `line` into `o` from `rng` only (so that a
+/// byte-exact duplicate can rebuild it later), and returns its layout.
+fn ordinary(rng: &mut Rng, line: u64, head: &str, o: &mut GeneratedOrder) -> Form {
+    // A fifth of the orders come from the first thousand (repeat) customers.
+    let (regular, c) = rng.two(5, 100_000);
+    let cust = 1 + if regular == 0 { c % 1_000 } else { c };
+    let (style, cur) = rng.two(20_000, 100);
+    o.order_id.clear();
+    o.order_id.push_str(head);
+    push_int(&mut o.order_id, line + 1);
+    o.customer_id.clear();
+    o.customer_id.push_str(match style {
+        0 => "c-\"vip\"-",
+        1 => "c-caf\u{e9}-",
+        _ => "c-",
+    });
+    push_int(&mut o.customer_id, cust);
+    o.currency = CURRENCY_NAMES[CURRENCY_TABLE[cur as usize] as usize];
+    let (ni, tok) = rng.two(100, 1_000);
+    let n_items = 1 + N_ITEMS_TABLE[ni as usize] as usize;
+    o.skus.clear();
+    o.items.clear();
+    let mut item_extra = [None; 4];
+    for extra in &mut item_extra[..n_items] {
+        *extra = ordinary_item(rng, o);
+    }
+    o.payment_token = TOKEN_NAMES[TOKEN_TABLE[tok as usize] as usize];
+    let (ex, shape) = rng.two(1_000, 1_000);
+    let (extra, extra_pos) = if ex < 20 {
+        let (pick, pos) = rng.two(EXTRA_FIELDS.len() as u32, 6);
+        let (key, value) = EXTRA_FIELDS[pick as usize];
+        (Extra::Field(key, value), pos as u8)
+    } else {
+        (Extra::None, 0)
+    };
+    let fields = match shape {
+        5..=7 => &FIELDS_REVERSED,
+        8..=9 => &FIELDS_MIXED,
+        _ => &FIELDS_NORMAL,
+    };
+    Form {
+        compact: shape < 5,
+        fields,
+        extra,
+        extra_pos,
+        item_extra,
+    }
+}
+
+/// Appends an ordinary item to `o`; returns its unknown field, if any.
+fn ordinary_item(rng: &mut Rng, o: &mut GeneratedOrder) -> Option<(&'static [u8], &'static [u8])> {
+    // Square-law skew: SKU-00001 is the most popular, the top 100 take ~14%.
+    let (r, q) = rng.two(5_000, 100);
+    let sku = r * r / 5_000 + 1;
+    let qty = 1 + QTY_TABLE[q as usize] as i64;
+    let (tier, x) = rng.two(1_000, u32::MAX);
+    let tier = PRICE_TIER_TABLE[tier as usize] as usize;
+    let price = PRICE_TIER_LO[tier] + ((x as u64 * PRICE_TIER_SPAN[tier]) >> 32);
+    // Most prices end in 99 or 00.
+    let (round, ex) = rng.two(4, 1_000);
+    let price = if price >= 100 {
+        let base = price / 100 * 100;
+        [base + 99, base + 99, base, price][round as usize].min(200_000)
+    } else {
+        price
+    };
+    let write_sku = |s: &mut String| {
+        // SKU-<5 digits, zero-padded>.
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(sku);
+        s.push_str(&"SKU-00000"[..9 - digits.len()]);
+        s.push_str(digits);
+    };
+    o.push_item(write_sku, qty, price as i64);
+    (ex < 5).then(|| EXTRA_ITEM_FIELDS[ex as usize % EXTRA_ITEM_FIELDS.len()])
+}
 // ---------------------------------------------------------------------------
 // Ordinary orders. Weighted choices go through lookup tables (one draw, no
 // branches) and most draws take two 32-bit halves of one 64-bit output.
 
-const CURRENCY_NAMES: [&[u8]; 8] = [
-    b"USD", b"EUR", b"GBP", b"JPY", b"CAD", b"AUD", b"CHF", b"SEK",
-];
+const CURRENCY_NAMES: [&str; 8] = ["USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF", "SEK"];
 /// Percent of ordinary orders per currency.
 const CURRENCY_TABLE: [u8; 100] = table(&[40, 25, 10, 7, 6, 5, 4, 3]);
 
-const TOKEN_NAMES: [&[u8]; 12] = [
-    b"tok_visa",
-    b"tok_mastercard",
-    b"tok_amex",
-    b"tok_discover",
-    b"tok_paypal",
-    b"tok_decline_insufficient_funds",
-    b"tok_decline_expired_card",
-    b"tok_decline_stolen_card",
-    b"tok_decline_do_not_honor",
-    b"tok_flaky_timeout",
-    b"tok_flaky_gateway_503",
-    b"tok_flaky_rate_limited",
+const TOKEN_NAMES: [&str; 12] = [
+    "tok_visa",
+    "tok_mastercard",
+    "tok_amex",
+    "tok_discover",
+    "tok_paypal",
+    "tok_decline_insufficient_funds",
+    "tok_decline_expired_card",
+    "tok_decline_stolen_card",
+    "tok_decline_do_not_honor",
+    "tok_flaky_timeout",
+    "tok_flaky_gateway_503",
+    "tok_flaky_rate_limited",
 ];
 /// Per mille of ordinary orders per token: 3.1% declined, 1% flaky.
 const TOKEN_TABLE: [u8; 1000] = table(&[432, 288, 115, 77, 47, 8, 8, 8, 7, 4, 3, 3]);
@@ -616,84 +691,24 @@ const fn table<const N: usize>(weights: &[u64]) -> [u8; N] {
     t
 }
 
-/// Builds an ordinary valid order for id `line` from `rng` only (so that a
-/// byte-exact duplicate can rebuild it later).
-fn ordinary(rng: &mut Rng, line: u64) -> Order {
-    // A fifth of the orders come from the first thousand (repeat) customers.
-    let (regular, c) = rng.two(5, 100_000);
-    let cust = 1 + if regular == 0 { c % 1_000 } else { c };
-    let (style, cur) = rng.two(20_000, 100);
-    let customer = match style {
-        0 => Customer::EscapedQuote(cust),
-        1 => Customer::EscapedUnicode(cust),
-        _ => Customer::Plain(cust),
-    };
-    let currency = Val::Str(CURRENCY_NAMES[CURRENCY_TABLE[cur as usize] as usize]);
-    let (ni, tok) = rng.two(100, 1_000);
-    let n_items = 1 + N_ITEMS_TABLE[ni as usize];
-    let mut items = [Item::EMPTY; 4];
-    for it in &mut items[..n_items as usize] {
-        *it = ordinary_item(rng);
-    }
-    let token = Val::Str(TOKEN_NAMES[TOKEN_TABLE[tok as usize] as usize]);
-    let (ex, shape) = rng.two(1_000, 1_000);
-    let (extra, extra_pos) = if ex < 20 {
-        let (pick, pos) = rng.two(EXTRA_FIELDS.len() as u32, 6);
-        let (key, value) = EXTRA_FIELDS[pick as usize];
-        (Extra::Field(key, value), pos as u8)
-    } else {
-        (Extra::None, 0)
-    };
-    let fields = match shape {
-        5..=7 => &FIELDS_REVERSED,
-        8..=9 => &FIELDS_MIXED,
-        _ => &FIELDS_NORMAL,
-    };
-    Order {
-        id: Id::Line(line),
-        customer,
-        currency,
-        items,
-        n_items,
-        items_raw: None,
-        token,
-        omit: None,
-        extra,
-        extra_pos,
-        compact: shape < 5,
-        fields,
-    }
-}
-
-fn ordinary_item(rng: &mut Rng) -> Item {
-    // Square-law skew: SKU-00001 is the most popular, the top 100 take ~14%.
-    let (r, q) = rng.two(5_000, 100);
-    let sku = r * r / 5_000 + 1;
-    let qty = 1 + QTY_TABLE[q as usize] as i64;
-    let (tier, x) = rng.two(1_000, u32::MAX);
-    let tier = PRICE_TIER_TABLE[tier as usize] as usize;
-    let price = PRICE_TIER_LO[tier] + ((x as u64 * PRICE_TIER_SPAN[tier]) >> 32);
-    // Most prices end in 99 or 00.
-    let (round, ex) = rng.two(4, 1_000);
-    let price = if price >= 100 {
-        let base = price / 100 * 100;
-        [base + 99, base + 99, base, price][round as usize].min(200_000)
-    } else {
-        price
-    };
-    Item {
-        sku: Sku::Num(sku),
-        qty: Num::Int(qty),
-        price: Num::Int(price as i64),
-        omit: None,
-        extra: (ex < 5).then(|| EXTRA_ITEM_FIELDS[ex as usize % EXTRA_ITEM_FIELDS.len()]),
-        raw: None,
-    }
-}
-
 // ---------------------------------------------------------------------------
-// Order description and its hand-written JSON.
+// Layouts, flaws and the JSON written from the fields.
 
+/// How an order's line is laid out beyond its fields: what parsing it does
+/// not notice (or, for the giant and invalid-note lines, where it breaks).
+#[derive(Clone, Copy)]
+struct Form {
+    /// No spaces after `,` and `:`.
+    compact: bool,
+    fields: &'static [Field; 5],
+    extra: Extra,
+    /// Before which field (0..=5) the extra field goes.
+    extra_pos: u8,
+    /// Each item's unknown field.
+    item_extra: [Option<(&'static [u8], &'static [u8])>; 4],
+}
+
+/// An order field the contract knows.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Field {
     OrderId,
@@ -701,6 +716,18 @@ enum Field {
     Currency,
     Items,
     PaymentToken,
+}
+
+impl Field {
+    fn key(self) -> &'static [u8] {
+        match self {
+            Field::OrderId => b"order_id",
+            Field::CustomerId => b"customer_id",
+            Field::Currency => b"currency",
+            Field::Items => b"items",
+            Field::PaymentToken => b"payment_token",
+        }
+    }
 }
 
 const FIELDS_NORMAL: [Field; 5] = [
@@ -725,58 +752,6 @@ const FIELDS_MIXED: [Field; 5] = [
     Field::CustomerId,
 ];
 
-#[derive(Clone, Copy)]
-enum Id {
-    /// `o-<prefix>-<line + 1>`.
-    Line(u64),
-    Empty,
-    /// `o-<prefix>-<line + 1>-xxx…`, 65 bytes.
-    Long(u64),
-    /// A JSON number instead of a string.
-    Number(u64),
-}
-
-#[derive(Clone, Copy)]
-enum Customer {
-    Plain(u32),
-    EscapedQuote(u32),
-    EscapedUnicode(u32),
-    InvalidUtf8(u32, &'static [u8]),
-}
-
-impl Customer {
-    fn number(self) -> u32 {
-        match self {
-            Customer::Plain(n)
-            | Customer::EscapedQuote(n)
-            | Customer::EscapedUnicode(n)
-            | Customer::InvalidUtf8(n, _) => n,
-        }
-    }
-}
-
-/// A JSON value: a plain string (written between quotes) or raw JSON.
-#[derive(Clone, Copy)]
-enum Val {
-    Str(&'static [u8]),
-    Json(&'static [u8]),
-}
-
-#[derive(Clone, Copy)]
-enum Sku {
-    Num(u32),
-    Empty,
-    /// 65 bytes.
-    Long,
-    InvalidUtf8(&'static [u8]),
-}
-
-#[derive(Clone, Copy)]
-enum Num {
-    Int(i64),
-    Raw(&'static [u8]),
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ItemField {
     Sku,
@@ -784,31 +759,21 @@ enum ItemField {
     Price,
 }
 
-#[derive(Clone, Copy)]
-struct Item {
-    sku: Sku,
-    qty: Num,
-    price: Num,
-    omit: Option<ItemField>,
-    extra: Option<(&'static [u8], &'static [u8])>,
-    /// Written instead of the object (a non-object item).
-    raw: Option<&'static [u8]>,
+impl ItemField {
+    fn key(self) -> &'static [u8] {
+        match self {
+            ItemField::Sku => b"sku",
+            ItemField::Qty => b"qty",
+            ItemField::Price => b"unit_price_cents",
+        }
+    }
 }
 
-impl Item {
-    const EMPTY: Item = Item {
-        sku: Sku::Num(1),
-        qty: Num::Int(1),
-        price: Num::Int(0),
-        omit: None,
-        extra: None,
-        raw: None,
-    };
-}
-
+/// The unknown order field a line carries.
 #[derive(Clone, Copy)]
 enum Extra {
     None,
+    /// Key and raw JSON value.
     Field(&'static [u8], &'static [u8]),
     /// `"note": "gift<bad bytes>"`.
     InvalidNote(&'static [u8]),
@@ -816,21 +781,31 @@ enum Extra {
     Padding(usize),
 }
 
-struct Order {
-    id: Id,
-    customer: Customer,
-    currency: Val,
-    items: [Item; 4],
-    n_items: u8,
-    /// Written instead of the items array.
-    items_raw: Option<&'static [u8]>,
-    token: Val,
-    omit: Option<Field>,
-    extra: Extra,
-    /// Before which field (0..=5) the extra field goes.
-    extra_pos: u8,
-    compact: bool,
-    fields: &'static [Field; 5],
+/// The one thing wrong with a malformed order's JSON: where, and what.
+type Flaw<'a> = Option<(At, Patch<'a>)>;
+
+/// A place in an order's JSON.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum At {
+    Field(Field),
+    /// The whole of item `n`.
+    Item(usize),
+    ItemField(usize, ItemField),
+}
+
+#[derive(Clone, Copy)]
+enum Patch<'a> {
+    /// Left out (with its key).
+    Omit,
+    /// This raw JSON instead of the value.
+    Raw(&'a [u8]),
+}
+
+/// The flaw's patch when it is at `at`.
+#[inline(always)]
+fn patch_at<'a>(flaw: Flaw<'a>, at: At) -> Option<Patch<'a>> {
+    flaw.filter(|&(place, _)| place == at)
+        .map(|(_, patch)| patch)
 }
 
 /// The comma state of one JSON object being written; `C` is compact (no spaces).
@@ -859,62 +834,39 @@ impl<const C: bool> Obj<C> {
     }
 }
 
-fn write_order(out: &mut Vec<u8>, o: &Order, prefix: &[u8; 6]) {
+/// Appends the JSON line of order `o` laid out as `form`, spoilt by `flaw`.
+fn write_json(out: &mut Vec<u8>, o: &GeneratedOrder, form: &Form, flaw: Flaw) {
     out.reserve(512);
-    if o.compact {
-        write_order_as::<true>(out, o, prefix);
+    if form.compact {
+        write_order::<true>(out, o, form, flaw);
     } else {
-        write_order_as::<false>(out, o, prefix);
+        write_order::<false>(out, o, form, flaw);
     }
 }
 
-fn write_order_as<const C: bool>(out: &mut Vec<u8>, o: &Order, prefix: &[u8; 6]) {
+fn write_order<const C: bool>(out: &mut Vec<u8>, o: &GeneratedOrder, form: &Form, flaw: Flaw) {
     let mut obj = Obj::<C>::new();
     out.push(b'{');
-    for (pos, &f) in o.fields.iter().enumerate() {
-        if pos == o.extra_pos as usize {
-            write_extra(out, &mut obj, o.extra);
+    for (pos, &field) in form.fields.iter().enumerate() {
+        if pos == form.extra_pos as usize {
+            write_extra(out, &mut obj, form.extra);
         }
-        if o.omit == Some(f) {
+        let patch = patch_at(flaw, At::Field(field));
+        if let Some(Patch::Omit) = patch {
             continue;
         }
-        match f {
-            Field::OrderId => {
-                obj.key(out, b"order_id");
-                write_id(out, o.id, prefix);
-            }
-            Field::CustomerId => {
-                obj.key(out, b"customer_id");
-                write_customer(out, o.customer);
-            }
-            Field::Currency => {
-                obj.key(out, b"currency");
-                write_val(out, o.currency);
-            }
-            Field::Items => {
-                obj.key(out, b"items");
-                match o.items_raw {
-                    Some(raw) => out.extend_from_slice(raw),
-                    None => {
-                        out.push(b'[');
-                        for (n, it) in o.items[..o.n_items as usize].iter().enumerate() {
-                            if n > 0 {
-                                out.extend_from_slice(Obj::<C>::COMMA);
-                            }
-                            write_item::<C>(out, it);
-                        }
-                        out.push(b']');
-                    }
-                }
-            }
-            Field::PaymentToken => {
-                obj.key(out, b"payment_token");
-                write_val(out, o.token);
-            }
+        obj.key(out, field.key());
+        match (patch, field) {
+            (Some(Patch::Raw(raw)), _) => out.extend_from_slice(raw),
+            (_, Field::OrderId) => write_str(out, &o.order_id),
+            (_, Field::CustomerId) => write_str(out, &o.customer_id),
+            (_, Field::Currency) => write_str(out, o.currency),
+            (_, Field::Items) => write_items::<C>(out, o, form, flaw),
+            (_, Field::PaymentToken) => write_str(out, o.payment_token),
         }
     }
-    if o.extra_pos as usize >= o.fields.len() {
-        write_extra(out, &mut obj, o.extra);
+    if form.extra_pos as usize >= form.fields.len() {
+        write_extra(out, &mut obj, form.extra);
     }
     out.push(b'}');
 }
@@ -943,162 +895,83 @@ fn write_extra<const C: bool>(out: &mut Vec<u8>, obj: &mut Obj<C>, extra: Extra)
 }
 
 #[inline]
-fn write_item<const C: bool>(out: &mut Vec<u8>, it: &Item) {
-    if let Some(raw) = it.raw {
-        out.extend_from_slice(raw);
-        return;
-    }
-    let mut obj = Obj::<C>::new();
-    out.push(b'{');
-    if it.omit != Some(ItemField::Sku) {
-        obj.key(out, b"sku");
-        write_sku(out, it.sku);
-    }
-    if it.omit != Some(ItemField::Qty) {
-        obj.key(out, b"qty");
-        write_num(out, it.qty);
-    }
-    if it.omit != Some(ItemField::Price) {
-        obj.key(out, b"unit_price_cents");
-        write_num(out, it.price);
-    }
-    if let Some((key, value)) = it.extra {
-        obj.key(out, key);
-        out.extend_from_slice(value);
-    }
-    out.push(b'}');
-}
-
-fn write_id(out: &mut Vec<u8>, id: Id, prefix: &[u8; 6]) {
-    match id {
-        Id::Line(line) => {
-            out.extend_from_slice(b"\"o-");
-            out.extend_from_slice(prefix);
-            out.push(b'-');
-            put_u64(out, line + 1);
-            out.push(b'"');
+fn write_items<const C: bool>(out: &mut Vec<u8>, o: &GeneratedOrder, form: &Form, flaw: Flaw) {
+    out.push(b'[');
+    for (n, &(start, end, qty, price)) in o.items.iter().enumerate() {
+        if n > 0 {
+            out.extend_from_slice(Obj::<C>::COMMA);
         }
-        Id::Empty => out.extend_from_slice(b"\"\""),
-        Id::Long(line) => {
-            out.push(b'"');
-            let start = out.len();
-            out.extend_from_slice(b"o-");
-            out.extend_from_slice(prefix);
-            out.push(b'-');
-            put_u64(out, line + 1);
-            out.push(b'-');
-            out.resize(start + 65, b'x');
-            out.push(b'"');
+        if let Some(Patch::Raw(raw)) = patch_at(flaw, At::Item(n)) {
+            out.extend_from_slice(raw);
+            continue;
         }
-        Id::Number(n) => put_u64(out, n),
-    }
-}
-
-fn write_customer(out: &mut Vec<u8>, c: Customer) {
-    out.extend_from_slice(b"\"c-");
-    match c {
-        Customer::Plain(n) => put_u64(out, n as u64),
-        Customer::EscapedQuote(n) => {
-            out.extend_from_slice(b"\\\"vip\\\"-");
-            put_u64(out, n as u64);
-        }
-        Customer::EscapedUnicode(n) => {
-            out.extend_from_slice(b"caf\\u00e9-");
-            put_u64(out, n as u64);
-        }
-        Customer::InvalidUtf8(n, bad) => {
-            put_u64(out, n as u64);
-            out.extend_from_slice(bad);
-        }
-    }
-    out.push(b'"');
-}
-
-fn write_sku(out: &mut Vec<u8>, sku: Sku) {
-    out.push(b'"');
-    match sku {
-        Sku::Num(n) => {
-            out.extend_from_slice(b"SKU-00000");
-            let len = out.len();
-            let mut n = n;
-            for c in out[len - 5..].iter_mut().rev() {
-                *c = b'0' + (n % 10) as u8;
-                n /= 10;
+        let mut obj = Obj::<C>::new();
+        out.push(b'{');
+        for field in [ItemField::Sku, ItemField::Qty, ItemField::Price] {
+            let patch = patch_at(flaw, At::ItemField(n, field));
+            if let Some(Patch::Omit) = patch {
+                continue;
+            }
+            obj.key(out, field.key());
+            match (patch, field) {
+                (Some(Patch::Raw(raw)), _) => out.extend_from_slice(raw),
+                (_, ItemField::Sku) => write_str(out, &o.skus[start..end]),
+                (_, ItemField::Qty) => write_int(out, qty),
+                (_, ItemField::Price) => write_int(out, price),
             }
         }
-        Sku::Empty => {}
-        Sku::Long => {
-            let start = out.len();
-            out.extend_from_slice(b"SKU-");
-            out.resize(start + 65, b'X');
+        if let Some((key, value)) = form.item_extra[n] {
+            obj.key(out, key);
+            out.extend_from_slice(value);
         }
-        Sku::InvalidUtf8(bad) => {
-            out.extend_from_slice(b"SKU-00042");
-            out.extend_from_slice(bad);
-        }
+        out.push(b'}');
     }
+    out.push(b']');
+}
+
+/// The bytes a JSON string holds as they are: printable ASCII but `"` and `\`.
+const PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = b' ';
+    while b <= b'~' {
+        plain[b as usize] = b != b'"' && b != b'\\';
+        b += 1;
+    }
+    plain
+};
+
+/// Appends `s` as a JSON string: `"` and `\` escaped, and every character
+/// outside printable ASCII as `\uXXXX` (lowercase hex).
+#[inline(always)]
+fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-}
-
-#[inline]
-fn write_val(out: &mut Vec<u8>, v: Val) {
-    match v {
-        Val::Str(s) => {
-            out.push(b'"');
-            out.extend_from_slice(s);
-            out.push(b'"');
-        }
-        Val::Json(raw) => out.extend_from_slice(raw),
-    }
-}
-
-#[inline]
-fn write_num(out: &mut Vec<u8>, n: Num) {
-    match n {
-        Num::Int(v) => {
-            if v < 0 {
-                out.push(b'-');
-            }
-            put_u64(out, v.unsigned_abs());
-        }
-        Num::Raw(raw) => out.extend_from_slice(raw),
-    }
-}
-
-const DIGIT_PAIRS: &[u8; 200] = b"\
-0001020304050607080910111213141516171819\
-2021222324252627282930313233343536373839\
-4041424344454647484950515253545556575859\
-6061626364656667686970717273747576777879\
-8081828384858687888990919293949596979899";
-
-/// Appends `v` in decimal.
-#[inline]
-fn put_u64(out: &mut Vec<u8>, mut v: u64) {
-    let n = v.checked_ilog10().unwrap_or(0) as usize + 1;
-    // Digits go straight into a fixed-size tail of `out` (no memcpy call, no
-    // store-forwarding stall from a stack buffer), which is then trimmed.
-    let len = out.len();
-    out.extend_from_slice(&[0u8; 20]);
-    let buf = &mut out[len..len + 20];
-    let mut p = n;
-    while v >= 100 {
-        let d = (v % 100) as usize * 2;
-        v /= 100;
-        p -= 2;
-        buf[p..p + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
-    }
-    if v >= 10 {
-        let d = v as usize * 2;
-        buf[0..2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    if s.bytes().all(|b| PLAIN[b as usize]) {
+        out.extend_from_slice(s.as_bytes());
     } else {
-        buf[0] = b'0' + v as u8;
+        for c in s.chars() {
+            match c {
+                '"' | '\\' => out.extend_from_slice(&[b'\\', c as u8]),
+                ' '..='~' => out.push(c as u8),
+                _ => {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        let hex = |shift: u16| b"0123456789abcdef"[(*unit >> shift & 0xF) as usize];
+                        out.extend_from_slice(&[b'\\', b'u', hex(12), hex(8), hex(4), hex(0)]);
+                    }
+                }
+            }
+        }
     }
-    out.truncate(len + n);
+    out.push(b'"');
+}
+
+#[inline]
+fn write_int(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 // ---------------------------------------------------------------------------
-// PRNG: splitmix64, one independent stream per (line, purpose).
+// PRNG: splitmix64, one independent stream per (line, purpose). The tests
+// that need random data use it too.
 
 #[inline]
 fn mix64(mut z: u64) -> u64 {
@@ -1107,24 +980,41 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
+    /// A stream from any seed.
+    #[cfg(test)]
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
     #[inline]
     fn for_line(key: u64, line: u64, stream: u64) -> Rng {
         Rng(key ^ mix64(line.wrapping_mul(GOLDEN) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03)))
     }
 
     #[inline]
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(GOLDEN);
         mix64(self.0)
     }
 
-    /// Uniform-enough in `0..n` (n > 0).
+    /// Uniform-enough in `0..n` (0 when n is 0).
     #[inline]
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// [`below`](Self::below) for a length or an index.
+    #[cfg(test)]
+    pub(crate) fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    #[cfg(test)]
+    pub(crate) fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
     }
 
     #[inline]
@@ -1133,7 +1023,7 @@ impl Rng {
     }
 
     #[inline]
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+    pub(crate) fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len() as u64) as usize]
     }
 
