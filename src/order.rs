@@ -1041,29 +1041,8 @@ mod tests {
         assert!(usual > 9_300, "only {usual} of 10,000 in the usual layout");
     }
 
-    /// xorshift64: deterministic, and plenty for picking mutations.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-
-        fn one_in(&mut self, n: usize) -> bool {
-            self.below(n) == 0
-        }
-
-        fn pick<'t>(&mut self, from: &[&'t str]) -> &'t str {
-            from[self.below(from.len())]
-        }
-    }
+    /// The generator's splitmix64: deterministic, and plenty for picking mutations.
+    use crate::generator::Rng;
 
     /// Bits of JSON that change what a line means when dropped in anywhere.
     const TOKENS: &[&str] = &[
@@ -1191,10 +1170,10 @@ mod tests {
 
     /// JSON whitespace, usually none or one space.
     fn ws(rng: &mut Rng) -> String {
-        match rng.below(8) {
+        match rng.index(8) {
             0..=2 => String::new(),
             3..=5 => " ".into(),
-            _ => (0..rng.below(4))
+            _ => (0..rng.index(4))
                 .map(|_| rng.pick(&[" ", "\t", "\r", "\n"]))
                 .collect(),
         }
@@ -1204,21 +1183,21 @@ mod tests {
     /// now and then one is dropped, repeated or joined by an unknown one.
     fn object(rng: &mut Rng, mut fields: Vec<(String, String)>) -> String {
         for i in (1..fields.len()).rev() {
-            fields.swap(i, rng.below(i + 1));
+            fields.swap(i, rng.index(i + 1));
         }
         if rng.one_in(25) && !fields.is_empty() {
-            fields.remove(rng.below(fields.len()));
+            fields.remove(rng.index(fields.len()));
         }
         if rng.one_in(25) && !fields.is_empty() {
-            let again = fields[rng.below(fields.len())].clone();
-            fields.insert(rng.below(fields.len() + 1), again);
+            let again = fields[rng.index(fields.len())].clone();
+            fields.insert(rng.index(fields.len() + 1), again);
         }
         if rng.one_in(6) {
             let name = rng
                 .pick(&["note", "color", "", "Order_id", "sku"])
                 .to_string();
             let value = rng.pick(UNKNOWN_VALUES).to_string();
-            fields.insert(rng.below(fields.len() + 1), (name, value));
+            fields.insert(rng.index(fields.len() + 1), (name, value));
         }
         let body: Vec<String> = fields
             .iter()
@@ -1249,14 +1228,14 @@ mod tests {
         let n = if rng.one_in(20) {
             rng.pick(INTEGERS).to_string()
         } else {
-            (rng.next() % 100_000).to_string()
+            (rng.next_u64() % 100_000).to_string()
         };
         value(rng, n, STRINGS)
     }
 
     /// A random order line, mostly well-formed.
     fn random_order(rng: &mut Rng) -> String {
-        let items: Vec<String> = (0..rng.below(4))
+        let items: Vec<String> = (0..rng.index(4))
             .map(|_| {
                 let fields = vec![
                     ("sku".into(), string(rng, "SKU-1")),
@@ -1267,7 +1246,7 @@ mod tests {
             })
             .collect();
         let items = format!("[{}{}]", ws(rng), items.join(&format!("{},", ws(rng))));
-        let id = format!("o-{}", rng.next() % 1000);
+        let id = format!("o-{}", rng.next_u64() % 1000);
         let fields = vec![
             ("order_id".into(), string(rng, &id)),
             ("customer_id".into(), string(rng, "c-9")),
@@ -1284,11 +1263,11 @@ mod tests {
     /// A position in `line`, half the time next to a structural character
     /// (where a token changes the most).
     fn position(rng: &mut Rng, line: &[u8]) -> usize {
-        let at = rng.below(line.len() + 1);
+        let at = rng.index(line.len() + 1);
         if rng.one_in(2) {
             let structural = |b: &u8| b"{}[],:\"".contains(b);
             if let Some(i) = line.iter().skip(at).position(structural) {
-                return at + i + rng.below(2);
+                return at + i + rng.index(2);
             }
         }
         at
@@ -1297,14 +1276,14 @@ mod tests {
     /// One random edit of the bytes of `line`.
     fn mutate(rng: &mut Rng, line: &mut Vec<u8>) {
         let at = position(rng, line);
-        let len = rng.below(8) + 1;
+        let len = rng.index(8) + 1;
         let end = (at + len).min(line.len());
-        match rng.below(6) {
+        match rng.index(6) {
             0 if at < line.len() => {
                 line[at] = if rng.one_in(3) {
-                    rng.next() as u8
+                    rng.next_u64() as u8
                 } else {
-                    0x20 + rng.below(95) as u8
+                    0x20 + rng.index(95) as u8
                 };
             }
             1 => {
@@ -1315,8 +1294,8 @@ mod tests {
             }
             3 => {
                 // Splice in a piece of the line itself: repeats a field or a part of one.
-                let from = rng.below(line.len() + 1);
-                let piece = line[from..(from + rng.below(48)).min(line.len())].to_vec();
+                let from = rng.index(line.len() + 1);
+                let piece = line[from..(from + rng.index(48)).min(line.len())].to_vec();
                 line.splice(at..at, piece);
             }
             4 if rng.one_in(4) => line.truncate(at),
@@ -1329,7 +1308,7 @@ mod tests {
     #[test]
     fn the_fast_path_agrees_with_the_reference_on_mutated_lines() {
         const CASES: usize = 200_000;
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         let mut generated = Vec::new();
         let mut generator = crate::generator::Generator::new(2_000, 7);
         let mut line = Vec::new();
@@ -1339,14 +1318,14 @@ mod tests {
         // Outcomes: taken by the fast path, orders left to the reference, malformed, blank.
         let (mut taken, mut declined, mut malformed, mut blank) = (0, 0, 0, 0);
         for _ in 0..CASES {
-            let mut line = match rng.below(4) {
+            let mut line = match rng.index(4) {
                 0 | 1 => random_order(&mut rng).into_bytes(),
-                2 => generated[rng.below(generated.len())].clone(),
+                2 => generated[rng.index(generated.len())].clone(),
                 _ => GOOD.as_bytes().to_vec(),
             };
             // Half the lines stay as they are (the random orders vary
             // enough), so that the fast path gets its share.
-            let edits = if rng.one_in(2) { 0 } else { 1 + rng.below(3) };
+            let edits = if rng.one_in(2) { 0 } else { 1 + rng.index(3) };
             for _ in 0..edits {
                 mutate(&mut rng, &mut line);
             }
