@@ -235,7 +235,18 @@ pub struct Connection {
     seal_buf: Vec<u8>,
     rejected: RejectLog,
     bad_frames: prometheus_client::metrics::counter::Counter,
+    /// Frames dropped on this connection (also added to `bad_frames`).
+    dropped: u64,
     last_bad_log: Option<std::time::Instant>,
+}
+
+/// The last summary of frames that failed to open, so none goes unsaid.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(summary) = self.rejected.flush() {
+            tracing::warn!("{} frames: {summary}", self.what);
+        }
+    }
 }
 
 /// How often dropped frames are logged at most.
@@ -257,6 +268,7 @@ impl Connection {
             seal_buf: Vec::new(),
             rejected: RejectLog::new(DROP_LOG_EVERY),
             bad_frames: metrics.bad_frames.clone(),
+            dropped: 0,
             last_bad_log: None,
         }
     }
@@ -264,6 +276,17 @@ impl Connection {
     /// The socket, to poll it.
     pub fn socket(&self) -> &zmq::Socket {
         &self.socket
+    }
+
+    /// How many frames this connection has dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Counts one dropped frame.
+    fn drop_one(&mut self) {
+        self.dropped += 1;
+        self.bad_frames.inc();
     }
 
     /// Encodes and sends one message without blocking; false when the
@@ -306,13 +329,13 @@ impl Connection {
                 return Ok(None);
             }
             if !identity.get_more() || !try_recv(&self.socket, &mut self.msg, self.what)? {
-                self.bad_frames.inc();
+                self.drop_one();
                 continue;
             }
             if self.msg.get_more() {
                 let mut rest = zmq::Message::new();
                 while try_recv(&self.socket, &mut rest, self.what)? && rest.get_more() {}
-                self.bad_frames.inc();
+                self.drop_one();
                 continue;
             }
             if let Some((header, start, end)) = self.check() {
@@ -343,7 +366,7 @@ impl Connection {
         let plain = match self.wire.incoming(&mut self.msg) {
             Ok(plain) => plain,
             Err(e) => {
-                self.bad_frames.inc();
+                self.drop_one();
                 if let Some(summary) = self.rejected.record(e) {
                     tracing::warn!("{} frames: {summary}", self.what);
                 }
@@ -356,7 +379,7 @@ impl Connection {
                 Some((header, start, start + body.len()))
             }
             Err(e) => {
-                self.bad_frames.inc();
+                self.drop_one();
                 let due = self
                     .last_bad_log
                     .is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY);
