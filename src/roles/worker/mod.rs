@@ -131,7 +131,7 @@ pub fn run(
     let mut worker = Worker::new(id, config, gateway, outbox);
     let mut sockets = Sockets { jobs, control };
     let served = worker.serve(&ctx, &mut sockets, shutdown);
-    worker.summary.bad_frames += sockets.jobs.dropped() + sockets.control.dropped();
+    worker.summary.bad_frames += sockets.jobs.dropped().total() + sockets.control.dropped().total();
     served?;
     tracing::info!(processed = worker.summary.processed, "worker stopped");
     Ok(worker.summary)
@@ -497,7 +497,7 @@ impl Worker<'_> {
         self.credit.heard(Instant::now());
         if self.serving.jobs != endpoint {
             let old = std::mem::replace(jobs, connect_jobs(ctx, &self.config, endpoint)?);
-            self.summary.bad_frames += old.dropped();
+            self.summary.bad_frames += old.dropped().total();
             self.serving.jobs = endpoint.to_owned();
         }
         tracing::info!(run = %run, jobs = %endpoint, "the sink started a run; taking its jobs");
