@@ -31,6 +31,7 @@ mod run;
 mod ventilator;
 
 use crate::dashboard::Board;
+use crate::journal::Tickets;
 use crate::protocol::{FrameError, Kind};
 use crate::report::{Report, SinkStats};
 use crate::shutdown::Shutdown;
@@ -135,8 +136,6 @@ struct Sockets {
     acks: Connection,
     /// PUB: run announcements to the workers.
     control: Connection,
-    /// The journal writer's tickets (inproc PAIR).
-    notify: zmq::Socket,
     /// The last ventilator frame, copied out of its connection so that
     /// the sink can answer on the same socket while it reads it.
     from_ventilator: Vec<u8>,
@@ -162,9 +161,6 @@ impl Sockets {
             results: open(zmq::PULL, &ep.results, "results")?,
             acks: open(zmq::ROUTER, &ep.acks, "acks")?,
             control: open(zmq::PUB, &ep.control, "control")?,
-            notify: ctx
-                .socket(zmq::PAIR)
-                .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?,
             from_ventilator: Vec::new(),
         })
     }
@@ -210,7 +206,8 @@ struct Sink {
     counted_drops: Dropped,
     /// When a dropped frame was last logged.
     last_bad_log: Option<Instant>,
-    notify_seq: u64,
+    /// What the active run's journal writer made durable.
+    tickets: Tickets,
     /// When the board was last refreshed with the active run's counts, and its rate.
     board_view: ProgressView,
     /// Runs waiting for their turn, first come first served (`--serve`).
@@ -233,6 +230,7 @@ pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
     let _lock = crate::statelock::StateLock::acquire(&config.state)?;
     let ctx = zmq::Context::new();
     let mut sockets = Sockets::bind(&ctx, config)?;
+    let tickets = Tickets::bind(&ctx)?;
     let mut sink = Sink {
         config: config.clone(),
         ctx,
@@ -240,32 +238,22 @@ pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
         stats: SinkStats::default(),
         counted_drops: Dropped::default(),
         last_bad_log: None,
-        notify_seq: 0,
+        tickets,
         board_view: ProgressView::new(),
         queue: Vec::new(),
         announced: None,
     };
-    let notify_ep = sink.next_notify_endpoint();
-    sockets
-        .notify
-        .bind(&notify_ep)
-        .map_err(|e| Error::zmq("cannot bind the journal notify socket", e))?;
     let ep = &config.endpoints;
     tracing::info!(results = %ep.results, acks = %ep.acks, control = %ep.control, state = %config.state.display(), serve = config.serve, "sink started");
     if let Some(id) = sink.read_active()? {
-        if let Activation::Active = sink.activate(id, None, &notify_ep)? {
+        if let Activation::Active = sink.activate(id, None)? {
             tracing::info!(run = %id, "resuming the run in progress");
         }
     }
-    sink.run_loop(&mut sockets, &notify_ep, shutdown)
+    sink.run_loop(&mut sockets, shutdown)
 }
 
 impl Sink {
-    fn next_notify_endpoint(&mut self) -> String {
-        self.notify_seq += 1;
-        format!("inproc://journal-{}", self.notify_seq)
-    }
-
     fn active_file(&self) -> PathBuf {
         self.config.state.join("active")
     }
@@ -285,12 +273,7 @@ impl Sink {
 
     /// Polls the sockets and hands what arrives to the handlers, until the
     /// run is complete (one-run sink) or a stop is requested.
-    fn run_loop(
-        &mut self,
-        s: &mut Sockets,
-        notify_ep: &str,
-        shutdown: &Shutdown,
-    ) -> Result<SinkExit> {
+    fn run_loop(&mut self, s: &mut Sockets, shutdown: &Shutdown) -> Result<SinkExit> {
         let mut msg = zmq::Message::new();
         let mut view = ProgressView::new();
         loop {
@@ -300,7 +283,7 @@ impl Sink {
             let mut items = [
                 s.results.socket().as_poll_item(zmq::POLLIN),
                 s.acks.socket().as_poll_item(zmq::POLLIN),
-                s.notify.as_poll_item(zmq::POLLIN),
+                self.tickets.socket().as_poll_item(zmq::POLLIN),
             ];
             transport::poll(&mut items, 100)?;
             let ready = items.map(|item| item.is_readable());
@@ -309,7 +292,7 @@ impl Sink {
             }
             // The ventilator's socket first: its progress tells which results are real.
             if ready[1] {
-                if let Some(done) = self.receive_from_ventilators(s, notify_ep)? {
+                if let Some(done) = self.receive_from_ventilators(s)? {
                     return Ok(done);
                 }
             }
@@ -329,20 +312,14 @@ impl Sink {
 
     /// The journal writer's tickets: what it made durable.
     fn receive_tickets(&mut self, s: &mut Sockets, msg: &mut zmq::Message) -> Result<()> {
-        while transport::try_recv(&s.notify, msg, "journal notify")? {
-            if let Ok(ticket) = <[u8; 8]>::try_from(&msg[..]) {
-                self.durable(u64::from_le_bytes(ticket), s)?;
-            }
+        while let Some(ticket) = self.tickets.try_recv(msg)? {
+            self.durable(ticket, s)?;
         }
         Ok(())
     }
 
     /// Up to [`BURST`] messages from ventilators; `Some` when the sink is done.
-    fn receive_from_ventilators(
-        &mut self,
-        s: &mut Sockets,
-        notify_ep: &str,
-    ) -> Result<Option<SinkExit>> {
+    fn receive_from_ventilators(&mut self, s: &mut Sockets) -> Result<Option<SinkExit>> {
         let mut identity = zmq::Message::new();
         let mut frame = std::mem::take(&mut s.from_ventilator);
         let mut done = None;
@@ -352,7 +329,7 @@ impl Sink {
             };
             frame.clear();
             frame.extend_from_slice(body);
-            done = self.on_ventilator_frame(&identity, header, &frame, s, notify_ep)?;
+            done = self.on_ventilator_frame(&identity, header, &frame, s)?;
             if done.is_some() {
                 break;
             }
