@@ -38,6 +38,9 @@ pub struct Grid {
     pub results: String,
     pub acks: String,
     pub control: String,
+    /// Whether [`Grid::start`] adds `--metrics 127.0.0.1:0` (true unless a
+    /// test turns it off to check a role's stderr line by line).
+    pub metrics: bool,
     counter: usize,
     logs: Logs,
 }
@@ -98,6 +101,7 @@ impl Grid {
             acks: ep("acks"),
             control: ep("control"),
             dir,
+            metrics: true,
             counter: 0,
             logs: Logs::default(),
         }
@@ -114,9 +118,13 @@ impl Grid {
 
     /// Starts `cmd` in this grid's folder as `name`; its logs are dumped
     /// with every other process's if the test fails.
-    pub fn spawn(&mut self, mut cmd: Command, name: &str) -> Proc {
+    pub fn spawn(&mut self, cmd: Command, name: &str) -> Proc {
+        self.spawn_with(cmd, name, Stdio::null())
+    }
+
+    fn spawn_with(&mut self, mut cmd: Command, name: &str, stdin: Stdio) -> Proc {
         cmd.current_dir(&self.dir);
-        let mut p = Proc::spawn(cmd, &self.dir, name);
+        let mut p = Proc::spawn_with(cmd, &self.dir, name, stdin);
         self.logs.add(&p.name, &p.stdout, &p.stderr);
         p.logs = Some(self.logs.clone());
         p
@@ -126,6 +134,15 @@ impl Grid {
     /// sink, worker or ventilator also serves its metrics on a free
     /// loopback port (unless `args` has `--metrics` or `--http`).
     pub fn start(&mut self, role: &str, args: &[&str]) -> Proc {
+        self.start_with(role, args, Stdio::null())
+    }
+
+    /// [`Grid::start`] with a pipe on its standard input ([`Proc::take_stdin`]).
+    pub fn start_piped(&mut self, role: &str, args: &[&str]) -> Proc {
+        self.start_with(role, args, Stdio::piped())
+    }
+
+    fn start_with(&mut self, role: &str, args: &[&str], stdin: Stdio) -> Proc {
         self.counter += 1;
         let name = format!("{role}-{}", self.counter);
         let mut cmd = Command::new(bin(role));
@@ -162,11 +179,11 @@ impl Grid {
                 .iter()
                 .any(|f| a == f || a.starts_with(&format!("{f}=")))
         });
-        if matches!(role, "sink" | "worker" | "ventilator") && !own {
+        if self.metrics && matches!(role, "sink" | "worker" | "ventilator") && !own {
             cmd.args(["--metrics", "127.0.0.1:0"]);
         }
         cmd.args(args);
-        self.spawn(cmd, &name)
+        self.spawn_with(cmd, &name, stdin)
     }
 
     pub fn sink(&mut self, args: &[&str]) -> Proc {
@@ -287,10 +304,15 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Proc {
+    /// Starts `cmd` alone (not in a grid's log book), its output in `dir`.
+    pub fn spawn(cmd: Command, dir: &Path, name: &str) -> Proc {
+        Proc::spawn_with(cmd, dir, name, Stdio::null())
+    }
+
+    fn spawn_with(mut cmd: Command, dir: &Path, name: &str, stdin: Stdio) -> Proc {
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
-        cmd.stdin(Stdio::null())
+        cmd.stdin(stdin)
             .stdout(fs::File::create(&stdout).unwrap())
             .stderr(fs::File::create(&stderr).unwrap())
             .env("RUST_LOG", "info")
@@ -306,6 +328,12 @@ impl Proc {
             logs: None,
             metrics_addr: None,
         }
+    }
+
+    /// Its standard input, if started with [`Grid::start_piped`].
+    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+        let child = self.child.as_mut().expect("running");
+        child.stdin.take().expect("started with a piped stdin")
     }
 
     pub fn pid(&self) -> u32 {
