@@ -8,7 +8,7 @@ mod util;
 
 use std::path::Path;
 use std::time::SystemTime;
-use util::{assert_tallies, oracle, read_json, run_id, Grid, Proc};
+use util::{assert_tallies, oracle, read_json, run_id, Grid, Proc, TALLIED};
 
 /// A submission: a ventilator for `input` whose report comes back to `report`.
 fn submit(g: &mut Grid, input: &Path, report: &str) -> Proc {
@@ -59,7 +59,7 @@ fn twenty_runs_on_one_standing_sink_with_workers_killed_between_and_during_runs(
     // Run 1 is long enough to kill a worker in the middle of it.
     let big = g.generate(20_000, 100, 0);
     let mut vent = submit(&mut g, &big, "report-1.json");
-    sink.wait_for_count("progress", "done", 3_000);
+    sink.wait_for_metric(TALLIED, 3_000);
     workers[0].kill9();
     workers[0] = g.worker(&worker_args);
     check(&g, &mut vent, &big, "report-1.json");
@@ -136,7 +136,7 @@ fn a_sink_killed_during_a_run_with_two_queued_completes_all_three_after_restart(
     assert_eq!(quitter.wait().code(), Some(130), "{}", quitter.logs());
     sink.wait_for_log(&["a queued ventilator stopped saying hello"]);
 
-    sink.wait_for_count("progress", "done", 2_000);
+    sink.wait_for_metric(TALLIED, 2_000);
     sink.kill9();
     let mut sink = g.sink(&["--serve", "--progress-ms", "50"]);
     sink.wait_for_log(&["resuming the run in progress"]);
