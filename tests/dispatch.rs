@@ -22,6 +22,7 @@ fn a_slow_gateway_gets_each_order_once() {
         Some(0),
         "{report}"
     );
+    // The ventilator's last words (it has exited, so no metrics to ask).
     let done = vent.wait_for_log(&["run complete"]);
     assert!(done.contains("redelivered=0"), "{done}");
     assert!(done.contains(&run_id(&report)), "{done}");

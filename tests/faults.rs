@@ -49,6 +49,7 @@ fn a_sink_killed_mid_run_resumes_from_its_journal() {
     sink.wait_for_metric(TALLIED, 30_000);
     sink.kill9();
     let mut sink = g.sink(&sink_args);
+    // What the restarted sink did is in its log only.
     sink.wait_for_log(&["replayed the journal"]);
     vent.success();
     sink.success();
@@ -285,6 +286,7 @@ fn orders_held_by_a_slow_worker_are_never_resent() {
         Some(0),
         "{report}"
     );
+    // The ventilator's last words (it has exited, so no metrics to ask).
     let done = vent.wait_for_log(&["run complete"]);
     assert!(done.contains("redelivered=0"), "{done}");
 }

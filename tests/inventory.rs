@@ -212,6 +212,7 @@ fn a_sink_killed_mid_run_keeps_the_stock_table_and_the_tally() {
     sink.wait_for_metric(TALLIED, 15_000);
     sink.kill9();
     let mut sink = g.sink(&sink_args);
+    // What the restarted sink did is in its log only.
     sink.wait_for_log(&["replayed the journal"]);
     vent.success();
     sink.success();
@@ -231,6 +232,7 @@ fn a_ventilator_killed_mid_run_resumes_the_same_allocation() {
     sink.wait_for_metric(TALLIED, 6_000);
     vent.kill9();
     let mut vent = ventilator(&mut g, &input, &stock, &[]);
+    // How much the sink already had is only said in this line.
     let accepted = vent.wait_for_log(&["the sink accepted the run"]);
     assert!(!accepted.contains("already_tallied=0"), "{accepted}");
     vent.success();

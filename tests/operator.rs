@@ -109,6 +109,7 @@ fn a_full_disk_holds_acknowledgements_back_and_the_run_ends_exact_once_space_ret
 fn a_second_sink_on_the_same_state_folder_is_refused_naming_the_first() {
     let mut g = Grid::new("state-lock");
     let mut first = g.sink(&SINK);
+    // Said once it holds the state folder's lock (metrics are served before).
     first.wait_for_log(&["sink started"]);
     let out = Command::new(bin("sink"))
         .args(["--results", "ipc:///nonexistent/other-results.ipc"])
@@ -258,6 +259,7 @@ fn the_total_is_known_from_the_start_and_the_run_ends_on_goodbyes() {
     let mut w1 = g.worker(&SLOW);
     let mut w2 = g.worker(&SLOW);
     let mut vent = g.ventilator(&["--generate", "8000"]);
+    // About the progress line itself: it shows the total before the end.
     let early = sink.wait_for_log(&["progress", "total=\"8000\""]);
     let done: u64 = early
         .split("done=")
