@@ -463,14 +463,15 @@ impl Proc {
     /// exits first or after [`PATIENCE`].
     pub fn wait_for_metric(&mut self, name: &str, at_least: u64) -> f64 {
         let deadline = Instant::now() + PATIENCE;
+        let mut last = None;
         loop {
-            let value = self.metric(name);
-            if let Some(v) = value.filter(|&v| v >= at_least as f64) {
+            last = self.metric(name).or(last);
+            if let Some(v) = last.filter(|&v| v >= at_least as f64) {
                 return v;
             }
             if Instant::now() > deadline || !self.is_running() {
                 panic!(
-                    "{}: {name} never reached {at_least} (last {value:?})\n{}",
+                    "{}: {name} never reached {at_least} (last seen {last:?})\n{}",
                     self.name,
                     self.all_logs()
                 );
