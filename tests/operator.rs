@@ -220,7 +220,7 @@ fn bad_endpoints_and_flags_are_refused_when_the_command_line_is_read() {
 
 #[test]
 fn a_sink_binds_localhost() {
-    let g = Grid::new("localhost");
+    let mut g = Grid::new("localhost");
     let mut cmd = Command::new(bin("sink"));
     cmd.args([
         "--results",
@@ -231,7 +231,7 @@ fn a_sink_binds_localhost() {
     .args(["--control", "tcp://localhost:*"])
     .arg("--state")
     .arg(g.path("state"));
-    let mut sink = util::Proc::spawn(cmd, &g.dir, "sink");
+    let mut sink = g.spawn(cmd, "sink");
     sink.wait_for_log(&["sink started"]);
 }
 
