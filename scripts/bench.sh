@@ -2,7 +2,7 @@
 # The throughput benchmark of issue 4: the grid side by side with the naive
 # ZeroMQ Guide pipeline (examples/naive_pipeline.rs) and a RabbitMQ work queue.
 #
-#   scripts/bench.sh [--quick] [--runs R] [--no-rabbitmq] [--only-http]
+#   scripts/bench.sh [--quick] [--runs R] [--no-rabbitmq] [--only-http] [--only-latency]
 #
 # Builds in release, runs every scenario R times (default 3; --quick: fewer
 # orders and 1 run), prints the table (median orders/s with min and max, the
@@ -35,6 +35,13 @@
 # the simulated gateway's back-off, so the flaky tokens' scripted 503s cost
 # what they cost there. --only-http runs only these rows.
 #
+# Latency under a steady stream (issue 11): scripts/bench/stream_feeder.py
+# feeds `--input -` at 10,000 and 100,000 lines/s (2 workers, no gateway
+# latency) and reads the ventilator's histogram of the time from a line read
+# to its order acknowledged (durable at the sink): p50 and p99, interpolated
+# within the histogram's buckets (1, 2, 4 … ms) as Prometheus'
+# histogram_quantile does. --only-latency runs only these rows.
+#
 # Needs: cargo, python3 (with venv), GNU time (installed with apt-get if
 # missing), rabbitmq-server (installed with apt-get if missing; --no-rabbitmq
 # skips the broker).
@@ -45,12 +52,14 @@ QUICK=0
 RUNS=""
 RABBIT=1
 ONLY_HTTP=0
+ONLY_LATENCY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --runs) RUNS=$2; shift ;;
         --no-rabbitmq) RABBIT=0 ;;
         --only-http) ONLY_HTTP=1; RABBIT=0 ;;
+        --only-latency) ONLY_LATENCY=1; RABBIT=0 ;;
         -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -59,10 +68,10 @@ done
 
 if [ "$QUICK" = 1 ]; then
     N=200000; N_RSS=1000000; N_GATEWAY=20000; N_RABBIT=20000; N_HTTP=30000; RUNS=${RUNS:-1}
-    N_SLOW=4000; N_MANY=30000
+    N_SLOW=4000; N_MANY=30000; STREAM_SECONDS=2
 else
     N=2000000; N_RSS=10000000; N_GATEWAY=100000; N_RABBIT=200000; N_HTTP=200000; RUNS=${RUNS:-3}
-    N_SLOW=20000; N_MANY=100000
+    N_SLOW=20000; N_MANY=100000; STREAM_SECONDS=6
 fi
 SCALING="1 2 4"
 QUIET_WAIT=${BENCH_QUIET_WAIT:-120}
@@ -154,7 +163,7 @@ now_ns() { date +%s%N; }
 start_role() { # name dir cmd...: start in the background under GNU time; sets STARTED
     local name=$1 dir=$2; shift 2
     nice -n "$NICE" /usr/bin/time -f '%M %e %U %S' -o "$dir/$name.time" \
-        timeout -k 5 "$TMO" "$@" >"$dir/$name.out" 2>"$dir/$name.err" &
+        timeout -k 5 "$TMO" "$@" <"${ROLE_STDIN:-/dev/null}" >"$dir/$name.out" 2>"$dir/$name.err" &
     STARTED=$!
     PIDS+=("$STARTED")
 }
@@ -371,8 +380,76 @@ http_scenarios() {
     for r in $(seq "$RUNS"); do aiohttp_run aiohttp-5ms "$N_GATEWAY" 128 "$r" 5 "$hfile"; done
 }
 
+# Latency under a steady stream: sink, 2 workers, a ventilator reading
+# `--input -` from a fifo that stream_feeder.py feeds at `rate` lines/s.
+stream_run() { # scenario rate run
+    local scenario=$1 rate=$2 run=$3
+    local lines=$((rate * STREAM_SECONDS))
+    local dir=$OUT/runs/$scenario/r$run
+    rm -rf "$dir"; mkdir -p "$dir"
+    local ep=ipc://$SOCK/$scenario-$run
+    wait_quiet
+    local snap0; snap0=$(snap)
+    local wall0; wall0=$(now_ns)
+    start_role sink "$dir" "$BIN/ordergrid-sink" --results "$ep-res" --acks "$ep-acks" \
+        --control "$ep-ctl" --state "$dir/state" --progress-ms 1000
+    local sink=$STARTED ws=() i
+    for i in 1 2; do
+        start_role "worker$i" "$dir" "$BIN/ordergrid-worker" --jobs "$ep-jobs" \
+            --results "$ep-res" --control "$ep-ctl"
+        ws+=("$STARTED")
+    done
+    mkfifo "$dir/stdin"
+    python3 "$ROOT/scripts/bench/stream_feeder.py" --input "$STREAM_FILE" --fifo "$dir/stdin" \
+        --rate "$rate" --count "$lines" --vent-log "$dir/vent.err" --out "$dir/latency.json" \
+        2>"$dir/feeder.err" &
+    local feeder=$!
+    local t0 t1 t2 vrc src wrc=0 frc
+    t0=$(now_ns)
+    ROLE_STDIN=$dir/stdin start_role vent "$dir" "$BIN/ordergrid-ventilator" --input - \
+        --run-id "$scenario-$run-$(date +%s%N)" --metrics 127.0.0.1:0 \
+        --jobs "$ep-jobs" --acks "$ep-acks" --dead-letter "$dir/dead-letter.jsonl"
+    wait_rc "$feeder"; frc=$RC
+    wait_rc "$STARTED"; vrc=$RC; t1=$(now_ns)
+    wait_rc "$sink"; src=$RC; t2=$(now_ns)
+    for i in "${ws[@]}"; do wait_rc "$i"; [ "$RC" = 0 ] || wrc=$RC; done
+    local wall1; wall1=$(now_ns)
+    local snap1; snap1=$(snap)
+    local ok=1 note=""
+    [ "$frc" = 0 ] || { ok=0; note+="feeder exit $frc; "; }
+    [ "$vrc" = 0 ] || { ok=0; note+="ventilator exit $vrc; "; }
+    [ "$src" = 0 ] || { ok=0; note+="sink exit $src; "; }
+    [ "$wrc" = 0 ] || { ok=0; note+="a worker exited $wrc; "; }
+    record --scenario "$scenario" --system grid --orders "$lines" --workers 2 \
+        --run "$run" --dir "$dir" --start-ns "$t0" --end-ns "$t1" --end2-ns "$t2" \
+        --wall-start-ns "$wall0" --wall-end-ns "$wall1" \
+        --ok "$ok" --note "$note" --busy-before "$BUSY_BEFORE" --snap0 "$snap0" --snap1 "$snap1" \
+        --report "$dir/state/report.json" --latency "$dir/latency.json"
+    [ "$ok" = 1 ] || log "FAILED: $scenario run $run: $note(logs in $dir)"
+}
+
+latency_scenarios() {
+    STREAM_FILE=$OUT/orders-stream.jsonl
+    local need=$((100000 * STREAM_SECONDS))
+    if [ ! -s "$STREAM_FILE" ] || [ "$(wc -l <"$STREAM_FILE")" -lt "$need" ]; then
+        "$BIN/ordergrid-gen" --count "$need" --seed 11 >"$STREAM_FILE"
+    fi
+    local rate
+    for rate in 10000 100000; do
+        log "latency: --input - fed at $rate lines/s for ${STREAM_SECONDS}s, 2 workers, $RUNS run(s)"
+        for r in $(seq "$RUNS"); do stream_run "stream-$((rate / 1000))k" "$rate" "$r"; done
+    done
+}
+
 # --- the scenarios --------------------------------------------------------------
 TMO=600 # seconds any one process may take before it is stopped (a hang)
+
+if [ "$ONLY_LATENCY" = 1 ]; then
+    latency_scenarios
+    python3 "$ROOT/scripts/bench/report.py" --results "$RESULTS" --docs "$DOCS" \
+        --runs "$RUNS" --nice "$NICE" $([ "$QUICK" = 1 ] && echo --quick)
+    exit 0
+fi
 
 if [ "$ONLY_HTTP" = 1 ]; then
     http_scenarios
@@ -449,6 +526,9 @@ for r in $(seq "$RUNS"); do
     grid_run grid-many "$N_MANY" 40 "$r" --generate "$N_MANY" -- \
         --concurrency 8 --gateway-latency-ms 5
 done
+
+http_scenarios
+latency_scenarios
 
 log "grid --generate $N_RSS, 2 workers, once: peak RSS"
 TMO=1800

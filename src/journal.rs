@@ -20,6 +20,8 @@
 //! fsync that fails (a full disk) is retried until it succeeds, the file cut
 //! back to its last durable length each time; meanwhile nothing new becomes
 //! durable, so nothing new is acknowledged, and [`JournalHealth`] says why.
+//! The writer tells the sink loop what became durable with tickets on an
+//! inproc socket ([`Tickets`]); a snapshot's payload is a [`Snapshot`].
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -424,6 +426,71 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// How often a write that keeps failing is logged again.
 const FAILING_LOG_EVERY: Duration = Duration::from_secs(5);
 
+/// A snapshot's payload: the run's whole tally and the workers seen
+/// (MessagePack, inside the `snapshot.bin` framing above).
+#[derive(Serialize, Deserialize)]
+pub struct Snapshot {
+    pub ledger: crate::ledger::Ledger,
+    pub workers: Vec<u64>,
+}
+
+impl Snapshot {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        rmp_serde::to_vec(self).map_err(|e| Error::State(format!("cannot encode snapshot: {e}")))
+    }
+
+    pub fn decode(payload: &[u8]) -> std::result::Result<Snapshot, String> {
+        rmp_serde::from_slice(payload).map_err(|e| format!("snapshot does not decode: {e}"))
+    }
+}
+
+/// The sink loop's end of the journal writer's tickets: an inproc PAIR,
+/// bound once per sink process; each run's writer connects its own end
+/// ([`Tickets::writer_end`]) and sends 8-byte little-endian tickets on it.
+pub struct Tickets {
+    socket: zmq::Socket,
+    endpoint: String,
+}
+
+impl Tickets {
+    pub fn bind(ctx: &zmq::Context) -> Result<Tickets> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let endpoint = format!("inproc://journal-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let socket = ctx
+            .socket(zmq::PAIR)
+            .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?;
+        socket
+            .bind(&endpoint)
+            .map_err(|e| Error::zmq("cannot bind the journal notify socket", e))?;
+        Ok(Tickets { socket, endpoint })
+    }
+
+    /// A new writer's end, to hand to [`JournalWriter::start`].
+    pub fn writer_end(&self, ctx: &zmq::Context) -> Result<zmq::Socket> {
+        let end = ctx
+            .socket(zmq::PAIR)
+            .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?;
+        end.connect(&self.endpoint)
+            .map_err(|e| Error::zmq("cannot connect the journal notify socket", e))?;
+        Ok(end)
+    }
+
+    /// The socket, to poll it.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
+    /// The next ticket waiting, without blocking.
+    pub fn try_recv(&self, msg: &mut zmq::Message) -> Result<Option<u64>> {
+        while crate::transport::try_recv(&self.socket, msg, "journal notify")? {
+            if let Ok(ticket) = <[u8; 8]>::try_from(&msg[..]) {
+                return Ok(Some(u64::from_le_bytes(ticket)));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Handle on the journal's writer thread.
 pub struct JournalWriter {
     requests: Option<mpsc::Sender<(u64, Request)>>,
@@ -434,7 +501,7 @@ pub struct JournalWriter {
 
 impl JournalWriter {
     /// Starts the writer for `run` at `generation`; it reports progress as
-    /// 8-byte tickets on `notify` (an inproc PAIR socket connected to the sink loop)
+    /// 8-byte tickets on `notify` (a [`Tickets::writer_end`])
     /// and hands the last sync's figures through `synced`.
     pub fn start(
         run: &RunDir,

@@ -235,7 +235,33 @@ pub struct Connection {
     seal_buf: Vec<u8>,
     rejected: RejectLog,
     bad_frames: prometheus_client::metrics::counter::Counter,
+    /// Frames dropped on this connection (also added to `bad_frames`).
+    dropped: Dropped,
     last_bad_log: Option<std::time::Instant>,
+}
+
+/// Frames a [`Connection`] dropped, by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Failed to open: forged, damaged, or sealed with another key.
+    pub unopened: u64,
+    /// Opened (or plain) but not a frame, or not one message of one part.
+    pub malformed: u64,
+}
+
+impl Dropped {
+    pub fn total(&self) -> u64 {
+        self.unopened + self.malformed
+    }
+}
+
+/// The last summary of frames that failed to open, so none goes unsaid.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(summary) = self.rejected.flush() {
+            tracing::warn!("{} frames: {summary}", self.what);
+        }
+    }
 }
 
 /// How often dropped frames are logged at most.
@@ -257,6 +283,7 @@ impl Connection {
             seal_buf: Vec::new(),
             rejected: RejectLog::new(DROP_LOG_EVERY),
             bad_frames: metrics.bad_frames.clone(),
+            dropped: Dropped::default(),
             last_bad_log: None,
         }
     }
@@ -264,6 +291,17 @@ impl Connection {
     /// The socket, to poll it.
     pub fn socket(&self) -> &zmq::Socket {
         &self.socket
+    }
+
+    /// What this connection has dropped so far.
+    pub fn dropped(&self) -> Dropped {
+        self.dropped
+    }
+
+    /// Counts one frame that is not a frame of ours.
+    fn drop_malformed(&mut self) {
+        self.dropped.malformed += 1;
+        self.bad_frames.inc();
     }
 
     /// Encodes and sends one message without blocking; false when the
@@ -306,19 +344,29 @@ impl Connection {
                 return Ok(None);
             }
             if !identity.get_more() || !try_recv(&self.socket, &mut self.msg, self.what)? {
-                self.bad_frames.inc();
+                self.drop_malformed();
                 continue;
             }
             if self.msg.get_more() {
                 let mut rest = zmq::Message::new();
                 while try_recv(&self.socket, &mut rest, self.what)? && rest.get_more() {}
-                self.bad_frames.inc();
+                self.drop_malformed();
                 continue;
             }
             if let Some((header, start, end)) = self.check() {
                 return Ok(Some((header, &self.msg[start..end])));
             }
         }
+    }
+
+    /// For a ROUTER: sends `frame` to the peer named `identity`, waiting
+    /// for room (for a message that must arrive whole).
+    pub fn send_routed_whole(&mut self, identity: &[u8], frame: &[u8]) -> Result<()> {
+        let bytes = self.wire.outgoing(frame, &mut self.seal_buf);
+        self.socket
+            .send(identity, zmq::SNDMORE)
+            .and_then(|()| self.socket.send(bytes, 0))
+            .map_err(|e| Error::zmq(format!("cannot send on {}", self.what), e))
     }
 
     /// For a ROUTER: sends `frame` (sealed if need be) to the peer named
@@ -343,6 +391,7 @@ impl Connection {
         let plain = match self.wire.incoming(&mut self.msg) {
             Ok(plain) => plain,
             Err(e) => {
+                self.dropped.unopened += 1;
                 self.bad_frames.inc();
                 if let Some(summary) = self.rejected.record(e) {
                     tracing::warn!("{} frames: {summary}", self.what);
@@ -356,7 +405,7 @@ impl Connection {
                 Some((header, start, start + body.len()))
             }
             Err(e) => {
-                self.bad_frames.inc();
+                self.drop_malformed();
                 let due = self
                     .last_bad_log
                     .is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY);

@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use util::{read_json, Grid, Proc, PATIENCE};
+use util::{http_get as get, read_json, Grid, Proc, PATIENCE, TALLIED};
 
 /// The address the sink's listener took (it is started on port 0).
 fn listener_addr(sink: &mut Proc) -> String {
@@ -24,30 +24,6 @@ fn listener_addr(sink: &mut Proc) -> String {
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
     url.to_string()
-}
-
-/// `GET path` with extra header lines; the status code and the body.
-fn get(addr: &str, path: &str, headers: &[&str]) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
-    for h in headers {
-        request.push_str(h);
-        request.push_str("\r\n");
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (code, body.to_string())
 }
 
 #[test]
@@ -286,13 +262,13 @@ fn a_person_sees_the_run_move_the_workers_and_the_totals_of_its_report() {
     // The active run's progress, read twice: it moves. The board copies
     // the sink's counts twice a second and workers report once a second,
     // so the page is read again until it has caught up.
-    sink.wait_for_count("progress", "done", 500);
+    sink.wait_for_metric(TALLIED, 500);
     let (done_then, first) = render_until(&browser, &profile, &url, |dom| {
         let done = shown_done(dom)?;
         (done > 0 && dom.matches("data-worker=\"").count() == 3).then_some(done)
     });
     assert!(first.contains("id=\"active-id\""), "{first}");
-    sink.wait_for_count("progress", "done", done_then + 3_000);
+    sink.wait_for_metric(TALLIED, done_then + 3_000);
     let (done_now, _) = render_until(&browser, &profile, &url, |dom| {
         shown_done(dom).filter(|&done| done > done_then)
     });

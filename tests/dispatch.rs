@@ -4,7 +4,7 @@
 
 mod util;
 
-use util::{assert_tallies, oracle, run_id, Grid};
+use util::{assert_tallies, oracle, run_id, Grid, TALLIED};
 
 const SINK: [&str; 2] = ["--progress-ms", "50"];
 
@@ -22,6 +22,7 @@ fn a_slow_gateway_gets_each_order_once() {
         Some(0),
         "{report}"
     );
+    // The ventilator's last words (it has exited, so no metrics to ask).
     let done = vent.wait_for_log(&["run complete"]);
     assert!(done.contains("redelivered=0"), "{done}");
     assert!(done.contains(&run_id(&report)), "{done}");
@@ -36,7 +37,7 @@ fn a_sink_that_comes_back_with_fewer_orders_than_it_acknowledged_gets_them_again
     let _w1 = g.worker(&slow);
     let _w2 = g.worker(&slow);
     let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
-    sink.wait_for_count("progress", "done", 15_000);
+    sink.wait_for_metric(TALLIED, 15_000);
     sink.kill9();
     // The state is gone: every acknowledgement the ventilator had is void.
     std::fs::remove_dir_all(g.path("state")).unwrap();

@@ -4,34 +4,31 @@
 
 mod util;
 
+use std::path::Path;
 use std::time::Duration;
-use util::{assert_tallies, oracle, read_json, Grid, Proc};
+use util::{assert_tallies, oracle, read_json, run_id, Grid, Proc, Running, BAD_FRAMES, TALLIED};
 
 /// Workers slow enough (a simulated gateway latency) that a run lasts a few
 /// seconds, so a fault lands in the middle of it.
 const SLOW: [&str; 4] = ["--gateway-latency-ms", "2", "--concurrency", "16"];
-const SINK: [&str; 2] = ["--progress-ms", "50"];
+
+/// A run of `input` on two slow workers, the ventilator with `vent_args` too.
+fn slow_run(g: &mut Grid, input: &Path, vent_args: &[&str]) -> Running {
+    let args = [&["--input", input.to_str().unwrap()][..], vent_args].concat();
+    g.launch(&args, 2, &SLOW)
+}
 
 #[test]
 fn a_worker_killed_mid_run_loses_nothing() {
     let mut g = Grid::new("kill-worker");
     let input = g.generate(20_000, 21, 0);
-    let mut sink = g.sink(&SINK);
-    let mut doomed = g.worker(&SLOW);
-    let _survivor = g.worker(&SLOW);
-    let mut vent = g.ventilator(&[
-        "--input",
-        input.to_str().unwrap(),
-        "--min-timeout-ms",
-        "200",
-    ]);
-    sink.wait_for_count("progress", "done", 4_000);
-    doomed.kill9();
+    let mut run = slow_run(&mut g, &input, &["--min-timeout-ms", "200"]);
+    run.sink.wait_for_metric(TALLIED, 4_000);
+    run.workers[0].kill9();
     let _late = g.worker(&SLOW);
-    vent.success();
-    sink.success();
-    assert_tallies(&g.report(), &oracle(&input));
-    let line = vent.wait_for_log(&["run complete"]);
+    assert_tallies(&run.finish(&g), &oracle(&input));
+    // The ventilator's last words (it has exited, so no metrics to ask).
+    let line = run.vent.wait_for_log(&["run complete"]);
     assert!(
         !line.contains("redelivered=0"),
         "the killed worker's orders were redelivered: {line}"
@@ -43,15 +40,16 @@ fn a_sink_killed_mid_run_resumes_from_its_journal() {
     let mut g = Grid::new("kill-sink");
     let input = g.generate(60_000, 22, 0);
     // A small compaction threshold: the restart replays a snapshot and a journal.
-    let sink_args = ["--progress-ms", "50", "--compact-mib", "1"];
+    let sink_args = ["--compact-mib", "1"];
     let mut sink = g.sink(&sink_args);
-    let _w1 = g.worker(&SLOW);
-    let _w2 = g.worker(&SLOW);
+    let _w: Vec<Proc> = (0..2).map(|_| g.worker(&SLOW)).collect();
     let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
+    // No metric counts compactions: the sink's log line says it happened.
     sink.wait_for_log(&["journal compacted"]);
-    sink.wait_for_count("progress", "done", 30_000);
+    sink.wait_for_metric(TALLIED, 30_000);
     sink.kill9();
     let mut sink = g.sink(&sink_args);
+    // What the restarted sink did is in its log only.
     sink.wait_for_log(&["replayed the journal"]);
     vent.success();
     sink.success();
@@ -64,37 +62,32 @@ fn a_sink_killed_mid_run_resumes_from_its_journal() {
 fn a_ventilator_killed_mid_run_resumes_without_tallying_twice() {
     let mut g = Grid::new("kill-vent");
     let input = g.generate(20_000, 23, 0);
-    let mut sink = g.sink(&SINK);
-    let _w1 = g.worker(&SLOW);
-    let _w2 = g.worker(&SLOW);
-    let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
-    sink.wait_for_count("progress", "done", 6_000);
-    vent.kill9();
-    let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
-    let accepted = vent.wait_for_log(&["the sink accepted the run"]);
+    let mut run = slow_run(&mut g, &input, &[]);
+    run.sink.wait_for_metric(TALLIED, 6_000);
+    run.vent.kill9();
+    run.vent = g.ventilator(&["--input", input.to_str().unwrap()]);
+    // How much the sink already had is only said in this line.
+    let accepted = run.vent.wait_for_log(&["the sink accepted the run"]);
     assert!(!accepted.contains("already_tallied=0"), "{accepted}");
-    vent.success();
-    sink.success();
-    assert_tallies(&g.report(), &oracle(&input));
+    assert_tallies(&run.finish(&g), &oracle(&input));
 }
 
 #[test]
 fn poison_orders_are_given_up_as_failed_while_workers_are_restarted() {
     let mut g = Grid::new("poison");
     let input = g.generate(6_000, 24, 2);
-    let mut sink = g.sink(&SINK);
-    let mut workers: Vec<Proc> = (0..2).map(|_| g.worker(&[])).collect();
-    let mut vent = g.ventilator(&[
+    let vent_args = [
         "--input",
         input.to_str().unwrap(),
         "--min-timeout-ms",
         "200",
-    ]);
+    ];
+    let mut run = g.launch(&vent_args, 2, &[]);
     // Supervise: restart workers that die, as a launch script would.
     let mut restarts = 0;
-    while sink.is_running() {
-        for w in workers.iter_mut() {
-            if !w.is_running() && sink.is_running() {
+    while run.sink.is_running() {
+        for w in run.workers.iter_mut() {
+            if !w.is_running() && run.sink.is_running() {
                 *w = g.worker(&[]);
                 restarts += 1;
                 assert!(restarts < 50, "workers keep dying");
@@ -102,9 +95,7 @@ fn poison_orders_are_given_up_as_failed_while_workers_are_restarted() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    sink.success();
-    vent.success();
-    let report = g.report();
+    let report = run.finish(&g);
     assert_tallies(&report, &oracle(&input));
     assert_eq!(report["orders"]["failed"].as_u64(), Some(2));
     assert!(
@@ -123,17 +114,14 @@ fn poison_orders_are_given_up_as_failed_while_workers_are_restarted() {
 fn a_worker_stopped_with_sigterm_finishes_what_it_holds_and_exits_0() {
     let mut g = Grid::new("sigterm-worker");
     let input = g.generate(15_000, 25, 0);
-    let mut sink = g.sink(&SINK);
-    let mut stopping = g.worker(&SLOW);
-    let _other = g.worker(&SLOW);
-    let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
-    sink.wait_for_count("progress", "done", 3_000);
+    let mut run = slow_run(&mut g, &input, &[]);
+    run.sink.wait_for_metric(TALLIED, 3_000);
+    let stopping = &mut run.workers[0];
     stopping.signal("-TERM");
     stopping.success();
+    // Its last words, as an operator reads them.
     stopping.wait_for_log(&["worker stopped"]);
-    vent.success();
-    sink.success();
-    assert_tallies(&g.report(), &oracle(&input));
+    assert_tallies(&run.finish(&g), &oracle(&input));
 }
 
 #[test]
@@ -141,31 +129,23 @@ fn another_input_is_another_run_and_a_completed_run_is_reprinted() {
     let mut g = Grid::new("runs");
     let a = g.generate(4_000, 26, 0);
     let b = g.generate(3_000, 27, 0);
-    let run = |g: &mut Grid, input: &std::path::Path| {
-        let mut sink = g.sink(&[]);
-        let _w = g.worker(&[]);
-        let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
-        vent.success();
-        sink.success();
-        g.report()
-    };
-    let first = run(&mut g, &a);
+    let (input_a, input_b) = (
+        ["--input", a.to_str().unwrap()],
+        ["--input", b.to_str().unwrap()],
+    );
+    let (first, _) = g.run_to_completion(&input_a, 1, &[]);
     assert_tallies(&first, &oracle(&a));
-    let second = run(&mut g, &b);
+    let (second, _) = g.run_to_completion(&input_b, 1, &[]);
     assert_tallies(&second, &oracle(&b));
-    assert_ne!(first["run"]["id"], second["run"]["id"]);
+    assert_ne!(run_id(&first), run_id(&second));
     // Input A again: the sink reprints A's stored report and tallies nothing.
-    let mut sink = g.sink(&[]);
-    let mut vent = g.ventilator(&["--input", a.to_str().unwrap()]);
-    vent.success();
-    sink.success();
-    sink.wait_for_log(&["already complete"]);
-    let again = g.report();
-    assert_eq!(again, first, "the stored report, unchanged");
+    let mut again = g.launch(&input_a, 0, &[]);
+    assert_eq!(again.finish(&g), first, "the stored report, unchanged");
+    again.sink.wait_for_log(&["already complete"]);
     let stored = read_json(
         &g.path("state")
             .join("runs")
-            .join(first["run"]["id"].as_str().unwrap())
+            .join(run_id(&first))
             .join("report.json"),
     );
     assert_eq!(stored, first);
@@ -192,7 +172,7 @@ fn header(kind: u8, run: u64) -> Vec<u8> {
 fn garbage_on_every_socket_changes_nothing_and_is_counted() {
     let mut g = Grid::new("garbage");
     let input = g.generate(20_000, 28, 0);
-    let mut sink = g.sink(&SINK);
+    let mut sink = g.sink(&[]);
     // A fake ventilator feeds the first worker garbage before the real one binds.
     let fake_ctx = zmq::Context::new();
     let fake = fake_ctx.socket(zmq::ROUTER).unwrap();
@@ -212,7 +192,7 @@ fn garbage_on_every_socket_changes_nothing_and_is_counted() {
     ] {
         fake.send_multipart([&identity[..], &frame[..]], 0).unwrap();
     }
-    w1.wait_for_log(&["dropped a job frame"]);
+    w1.wait_for_metric(BAD_FRAMES, 6);
     drop(fake);
     drop(fake_ctx);
 
@@ -220,16 +200,9 @@ fn garbage_on_every_socket_changes_nothing_and_is_counted() {
     let (_ctx2, acks) = raw_socket(zmq::DEALER, &g.acks);
     let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
     let _w2 = g.worker(&SLOW);
-    let started = sink.wait_for_log(&["run started"]);
-    let run_field = started
-        .rsplit("run=")
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let run = u64::from_str_radix(run_field, 16).unwrap();
-    sink.wait_for_count("progress", "done", 2_000);
+    // No metric carries the run id: the sink's log line names it.
+    let run = sink.run_started();
+    sink.wait_for_metric(TALLIED, 2_000);
 
     let record = |seq: u64, outcome: u8| {
         // [worker_id, [[seq, outcome, "", 0, []]]]
@@ -281,43 +254,31 @@ fn garbage_on_every_socket_changes_nothing_and_is_counted() {
 fn a_stuck_worker_does_not_stall_the_run() {
     let mut g = Grid::new("stuck-worker");
     let input = g.generate(20_000, 29, 0);
-    let mut sink = g.sink(&SINK);
-    let stuck = g.worker(&SLOW);
-    let _w = g.worker(&SLOW);
-    let mut vent = g.ventilator(&[
-        "--input",
-        input.to_str().unwrap(),
-        "--min-timeout-ms",
-        "200",
-    ]);
-    sink.wait_for_count("progress", "done", 4_000);
+    let mut run = slow_run(&mut g, &input, &["--min-timeout-ms", "200"]);
+    run.sink.wait_for_metric(TALLIED, 4_000);
     // Frozen, holding orders: they must be redelivered to the other worker.
-    stuck.signal("-STOP");
-    vent.success();
-    sink.success();
-    stuck.signal("-CONT");
-    assert_tallies(&g.report(), &oracle(&input));
+    run.workers[0].signal("-STOP");
+    let report = run.finish(&g);
+    run.workers[0].signal("-CONT");
+    assert_tallies(&report, &oracle(&input));
 }
 
 #[test]
 fn orders_held_by_a_slow_worker_are_never_resent() {
     let mut g = Grid::new("late-not-lost");
     let input = g.generate(3_000, 30, 0);
-    let mut sink = g.sink(&SINK);
     // One slow worker and a short time-out: the old dispatcher resent most
     // orders from its queue. With credit, none waits there long and none is resent.
-    let _w = g.worker(&["--gateway-latency-ms", "5", "--concurrency", "8"]);
-    let mut vent = g.ventilator(&[
+    let vent_args = [
         "--input",
         input.to_str().unwrap(),
         "--min-timeout-ms",
         "50",
         "--max-deliveries",
         "1",
-    ]);
-    vent.success();
-    sink.success();
-    let report = g.report();
+    ];
+    let worker_args = ["--gateway-latency-ms", "5", "--concurrency", "8"];
+    let (report, mut vent) = g.run_to_completion(&vent_args, 1, &worker_args);
     assert_tallies(&report, &oracle(&input));
     assert_eq!(report["orders"]["failed"].as_u64(), Some(0));
     assert_eq!(
@@ -325,6 +286,7 @@ fn orders_held_by_a_slow_worker_are_never_resent() {
         Some(0),
         "{report}"
     );
+    // The ventilator's last words (it has exited, so no metrics to ask).
     let done = vent.wait_for_log(&["run complete"]);
     assert!(done.contains("redelivered=0"), "{done}");
 }

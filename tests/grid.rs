@@ -5,7 +5,7 @@
 mod util;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use util::{assert_tallies, oracle, Grid};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/every_case.jsonl");
@@ -151,25 +151,9 @@ fn standard_input_is_streamed() {
     let input = g.generate(3_000, 4, 0);
     let mut sink = g.sink(&[]);
     let _w = g.worker(&[]);
-    let mut child = Command::new(util::bin("ventilator"))
-        .args([
-            "--jobs",
-            &g.jobs,
-            "--acks",
-            &g.acks,
-            "--input",
-            "-",
-            "--run-id",
-            "stdin-test",
-        ])
-        .current_dir(&g.dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut vent = g.start_piped("ventilator", &["--input", "-", "--run-id", "stdin-test"]);
     let data = std::fs::read(&input).unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut stdin = vent.take_stdin();
     // Trickle the first lines, then the rest: a stream that goes quiet must not stall.
     let split = data.iter().position(|&b| b == b'\n').unwrap() + 1;
     stdin.write_all(&data[..split]).unwrap();
@@ -178,7 +162,7 @@ fn standard_input_is_streamed() {
     stdin.write_all(&data[split..]).unwrap();
     drop(stdin);
     sink.success();
-    assert!(child.wait().unwrap().success());
+    vent.success();
     assert_tallies(&g.report(), &oracle(&input));
 }
 

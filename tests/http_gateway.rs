@@ -14,17 +14,15 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use util::{assert_tallies, oracle, Grid, Proc, PATIENCE};
+use util::{assert_tallies, oracle, Grid, Proc, PATIENCE, TALLIED};
 
 const SINK: [&str; 2] = ["--progress-ms", "50"];
 
 /// Starts paysim on `listen` (port 0: any) and waits for its address.
-fn paysim(g: &Grid, name: &str, listen: &str, args: &[&str]) -> (Proc, String) {
+fn paysim(g: &mut Grid, name: &str, listen: &str, args: &[&str]) -> (Proc, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ordergrid-paysim"));
-    cmd.current_dir(&g.dir)
-        .args(["--listen", listen])
-        .args(args);
-    let mut p = Proc::spawn(cmd, &g.dir, name);
+    cmd.args(["--listen", listen]).args(args);
+    let mut p = g.spawn(cmd, name);
     let deadline = Instant::now() + PATIENCE;
     loop {
         let out = std::fs::read_to_string(&p.stdout).unwrap_or_default();
@@ -34,7 +32,7 @@ fn paysim(g: &Grid, name: &str, listen: &str, args: &[&str]) -> (Proc, String) {
         assert!(
             Instant::now() < deadline && p.is_running(),
             "paysim did not start\n{}",
-            p.logs()
+            p.all_logs()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -119,7 +117,7 @@ fn paid_orders_are_charged_once_through_psp_faults_and_worker_kills() {
     let input = g.generate(20_000, 31, 0);
     let journal = g.path("paysim.jsonl");
     let (_psp, addr) = paysim(
-        &g,
+        &mut g,
         "paysim",
         "127.0.0.1:0",
         &[
@@ -141,10 +139,10 @@ fn paid_orders_are_charged_once_through_psp_faults_and_worker_kills() {
     let mut doomed = g.worker(&strs(&args));
     let _survivor = g.worker(&strs(&args));
     let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
-    sink.wait_for_count("progress", "done", 4_000);
+    sink.wait_for_metric(TALLIED, 4_000);
     doomed.kill9();
     let mut doomed = g.worker(&strs(&args));
-    sink.wait_for_count("progress", "done", 10_000);
+    sink.wait_for_metric(TALLIED, 10_000);
     doomed.kill9();
     let _late = g.worker(&strs(&args));
     vent.success();
@@ -163,7 +161,7 @@ fn a_psp_down_for_seconds_makes_orders_late_not_failed() {
     let input = g.generate(12_000, 32, 0);
     let journal = g.path("paysim.jsonl");
     let journal_arg = ["--latency-ms", "2", "--journal", journal.to_str().unwrap()];
-    let (mut psp, addr) = paysim(&g, "paysim-1", "127.0.0.1:0", &journal_arg);
+    let (mut psp, addr) = paysim(&mut g, "paysim-1", "127.0.0.1:0", &journal_arg);
     // The default back-off (1 s doubling, jittered) and 8 attempts.
     let args = [
         "--gateway".to_string(),
@@ -175,11 +173,11 @@ fn a_psp_down_for_seconds_makes_orders_late_not_failed() {
     let _w1 = g.worker(&strs(&args));
     let _w2 = g.worker(&strs(&args));
     let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
-    sink.wait_for_count("progress", "done", 3_000);
+    sink.wait_for_metric(TALLIED, 3_000);
     psp.kill9();
     std::thread::sleep(Duration::from_secs(4));
     // Back on the same address, its ledger replayed from the journal.
-    let (_psp, again) = paysim(&g, "paysim-2", &addr, &journal_arg);
+    let (_psp, again) = paysim(&mut g, "paysim-2", &addr, &journal_arg);
     assert_eq!(again, addr);
     vent.success();
     sink.success();
@@ -342,10 +340,10 @@ fn charge(addr: &str, key: &str, order: &str, amount: i64, token: &str) -> (u16,
 
 #[test]
 fn paysim_is_idempotent_and_its_ledger_exact_and_durable() {
-    let g = Grid::new("paysim-api");
+    let mut g = Grid::new("paysim-api");
     let journal = g.path("paysim.jsonl");
     let args = ["--journal", journal.to_str().unwrap()];
-    let (mut psp, addr) = paysim(&g, "paysim-1", "127.0.0.1:0", &args);
+    let (mut psp, addr) = paysim(&mut g, "paysim-1", "127.0.0.1:0", &args);
     let max = i64::MAX;
     assert_eq!(charge(&addr, "a", "a", max, "tok_visa").0, 201);
     let (status, body) = charge(&addr, "a", "a", max, "tok_visa");
@@ -387,7 +385,7 @@ fn paysim_is_idempotent_and_its_ledger_exact_and_durable() {
     assert!(ledger_text(&addr).contains(jpy), "{}", ledger_text(&addr));
     // Killed and started again: the charges and amounts come back from the journal.
     psp.kill9();
-    let (_psp, addr) = paysim(&g, "paysim-2", "127.0.0.1:0", &args);
+    let (_psp, addr) = paysim(&mut g, "paysim-2", "127.0.0.1:0", &args);
     check(&ledger(&addr), None);
     assert!(ledger_text(&addr).contains(jpy), "{}", ledger_text(&addr));
     assert_eq!(charge(&addr, "a", "a", max, "tok_visa").0, 201);

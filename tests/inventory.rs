@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use util::{assert_tallies, bin, oracle_with_stock, Grid, Proc};
+use util::{assert_tallies, bin, oracle_with_stock, Grid, Proc, TALLIED};
 
 /// Workers slow enough (a simulated gateway latency) that a run lasts a few
 /// seconds, so a fault lands in the middle of it.
@@ -187,7 +187,7 @@ fn a_worker_killed_mid_run_allocates_nothing_twice() {
     let mut doomed = g.worker(&SLOW);
     let _survivor = g.worker(&SLOW);
     let mut vent = ventilator(&mut g, &input, &stock, &["--min-timeout-ms", "200"]);
-    sink.wait_for_count("progress", "done", 4_000);
+    sink.wait_for_metric(TALLIED, 4_000);
     doomed.kill9();
     let _late = g.worker(&SLOW);
     vent.success();
@@ -209,9 +209,10 @@ fn a_sink_killed_mid_run_keeps_the_stock_table_and_the_tally() {
     let _w1 = g.worker(&SLOW);
     let _w2 = g.worker(&SLOW);
     let mut vent = ventilator(&mut g, &input, &stock, &[]);
-    sink.wait_for_count("progress", "done", 15_000);
+    sink.wait_for_metric(TALLIED, 15_000);
     sink.kill9();
     let mut sink = g.sink(&sink_args);
+    // What the restarted sink did is in its log only.
     sink.wait_for_log(&["replayed the journal"]);
     vent.success();
     sink.success();
@@ -228,9 +229,10 @@ fn a_ventilator_killed_mid_run_resumes_the_same_allocation() {
     let _w1 = g.worker(&SLOW);
     let _w2 = g.worker(&SLOW);
     let mut vent = ventilator(&mut g, &input, &stock, &[]);
-    sink.wait_for_count("progress", "done", 6_000);
+    sink.wait_for_metric(TALLIED, 6_000);
     vent.kill9();
     let mut vent = ventilator(&mut g, &input, &stock, &[]);
+    // How much the sink already had is only said in this line.
     let accepted = vent.wait_for_log(&["the sink accepted the run"]);
     assert!(!accepted.contains("already_tallied=0"), "{accepted}");
     vent.success();
@@ -318,6 +320,8 @@ fn bad_stock_files_are_refused_with_one_line() {
             "not an integer",
         ),
     ];
+    // The ventilator's stderr is counted line by line: no "serving metrics".
+    g.metrics = false;
     for (i, (text, line, what)) in cases.iter().enumerate() {
         let stock = g.path(&format!("bad-{i}.jsonl"));
         std::fs::write(&stock, text).unwrap();

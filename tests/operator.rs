@@ -8,7 +8,7 @@ mod util;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use util::{assert_tallies, bin, oracle, Grid};
+use util::{assert_tallies, bin, http_get, oracle, Grid, TALLIED};
 
 const SLOW: [&str; 4] = ["--gateway-latency-ms", "2", "--concurrency", "16"];
 const SINK: [&str; 2] = ["--progress-ms", "50"];
@@ -31,7 +31,7 @@ fn a_journal_damaged_in_the_middle_is_kept_and_the_run_still_ends_exact() {
     let _w1 = g.worker(&SLOW);
     let _w2 = g.worker(&SLOW);
     let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
-    sink.wait_for_count("progress", "done", 15_000);
+    sink.wait_for_metric(TALLIED, 15_000);
     sink.kill9();
     let journal = run_folder(&g.path("state")).join("journal-0.log");
     let mut bytes = fs::read(&journal).unwrap();
@@ -109,6 +109,7 @@ fn a_full_disk_holds_acknowledgements_back_and_the_run_ends_exact_once_space_ret
 fn a_second_sink_on_the_same_state_folder_is_refused_naming_the_first() {
     let mut g = Grid::new("state-lock");
     let mut first = g.sink(&SINK);
+    // Said once it holds the state folder's lock (metrics are served before).
     first.wait_for_log(&["sink started"]);
     let out = Command::new(bin("sink"))
         .args(["--results", "ipc:///nonexistent/other-results.ipc"])
@@ -219,7 +220,7 @@ fn bad_endpoints_and_flags_are_refused_when_the_command_line_is_read() {
 
 #[test]
 fn a_sink_binds_localhost() {
-    let g = Grid::new("localhost");
+    let mut g = Grid::new("localhost");
     let mut cmd = Command::new(bin("sink"));
     cmd.args([
         "--results",
@@ -230,7 +231,7 @@ fn a_sink_binds_localhost() {
     .args(["--control", "tcp://localhost:*"])
     .arg("--state")
     .arg(g.path("state"));
-    let mut sink = util::Proc::spawn(cmd, &g.dir, "sink");
+    let mut sink = g.spawn(cmd, "sink");
     sink.wait_for_log(&["sink started"]);
 }
 
@@ -258,6 +259,7 @@ fn the_total_is_known_from_the_start_and_the_run_ends_on_goodbyes() {
     let mut w1 = g.worker(&SLOW);
     let mut w2 = g.worker(&SLOW);
     let mut vent = g.ventilator(&["--generate", "8000"]);
+    // About the progress line itself: it shows the total before the end.
     let early = sink.wait_for_log(&["progress", "total=\"8000\""]);
     let done: u64 = early
         .split("done=")
@@ -294,13 +296,7 @@ fn a_worker_that_cannot_reach_the_sink_says_so_and_the_run_still_ends_exact() {
     let line = lost.wait_for_log(&["no answer from the sink at"]);
     assert!(line.contains(&nowhere), "{line}");
     // Its /healthz tells a load balancer or a watchdog why.
-    let served = lost.wait_for_log(&["serving metrics"]);
-    let addr = served
-        .split("healthz=http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {served:?}"));
-    let (code, why) = http_get(addr, "/healthz");
+    let (code, why) = http_get(&lost.metrics_addr(), "/healthz", &[]);
     assert_eq!(code, 503, "{why}");
     assert!(
         why.contains("no sink answering") && why.contains(&nowhere),
@@ -310,23 +306,4 @@ fn a_worker_that_cannot_reach_the_sink_says_so_and_the_run_still_ends_exact() {
     sink.success();
     good.success();
     assert_tallies(&g.report(), &oracle(&input));
-}
-
-/// `GET path` over plain HTTP/1.0: the status code and the body.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (code, body.to_string())
 }

@@ -7,7 +7,7 @@ mod util;
 
 use ordergrid::seal::{Key, Sealer};
 use std::process::Command;
-use util::{assert_tallies, oracle, Grid};
+use util::{assert_tallies, oracle, Grid, BAD_FRAMES, TALLIED};
 
 fn keygen(g: &Grid, name: &str) -> String {
     let path = g.path(name);
@@ -51,12 +51,12 @@ fn a_keyed_grid_is_exact_and_a_wrong_key_gets_nothing() {
     let key = keygen(&g, "grid.key");
     let other = keygen(&g, "other.key");
     let input = g.generate(20_000, 41, 0);
-    let mut sink = g.sink(&["--key-file", &key, "--progress-ms", "50"]);
+    let mut sink = g.sink(&["--key-file", &key]);
     // A worker with the wrong key: the ventilator cannot open its credit
     // reports, so it is sent nothing, and could open nothing anyway.
     let mut stranger = g.worker(&["--key-file", &other]);
     let mut vent = g.ventilator(&["--key-file", &key, "--input", input.to_str().unwrap()]);
-    vent.wait_for_log(&["failed to open"]);
+    vent.wait_for_metric(BAD_FRAMES, 1);
     let _good = g.worker(&["--key-file", &key]);
     vent.success();
     sink.success();
@@ -67,12 +67,15 @@ fn a_keyed_grid_is_exact_and_a_wrong_key_gets_nothing() {
         Some(1),
         "only the keyed worker's results count"
     );
-    // The stranger cannot even read "run over": it is still waiting.
+    // The stranger cannot even read "run over": it is still waiting, and
+    // processed nothing.
     assert!(stranger.is_running());
+    assert_eq!(
+        stranger.metric("ordergrid_orders_processed_total"),
+        Some(0.0)
+    );
     stranger.signal("-TERM");
     stranger.success();
-    let log = std::fs::read_to_string(&stranger.stderr).unwrap();
-    assert!(log.contains("processed=0"), "{log}");
     // The key never shows in any log or the report.
     let secret = std::fs::read_to_string(&key).unwrap();
     for proc_log in [&sink.stderr, &vent.stderr, &stranger.stderr] {
@@ -88,26 +91,13 @@ fn frames_without_the_key_or_replayed_change_nothing() {
     let mut g = Grid::new("forged");
     let key = keygen(&g, "grid.key");
     let input = g.generate(20_000, 42, 0);
-    let mut sink = g.sink(&["--key-file", &key, "--progress-ms", "50"]);
-    let _w = g.worker(&[
-        "--key-file",
-        &key,
-        "--gateway-latency-ms",
-        "2",
-        "--concurrency",
-        "16",
-    ]);
+    let mut sink = g.sink(&["--key-file", &key]);
+    let slow = ["--gateway-latency-ms", "2", "--concurrency", "16"];
+    let _w = g.worker(&[&["--key-file", &key[..]][..], &slow].concat());
     let mut vent = g.ventilator(&["--key-file", &key, "--input", input.to_str().unwrap()]);
-    let started = sink.wait_for_log(&["run started"]);
-    let run_field = started
-        .rsplit("run=")
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let run = ordergrid::protocol::RunId(u64::from_str_radix(run_field, 16).unwrap());
-    sink.wait_for_count("progress", "done", 2_000);
+    // No metric carries the run id: the sink's log line names it.
+    let run = ordergrid::protocol::RunId(sink.run_started());
+    sink.wait_for_metric(TALLIED, 2_000);
 
     let ours = Sealer::from_key_files(&[&key]).unwrap().0;
     let theirs = Sealer::new(vec![Key::generate().unwrap()]).unwrap();
@@ -149,7 +139,7 @@ fn frames_without_the_key_or_replayed_change_nothing() {
         acks.send(&frame[..], 0).unwrap();
     }
     // Replays: a genuinely sealed result for order 0 (already tallied by
-    // now, the sink says done >= 2000), sent three times.
+    // now, the sink tallied >= 2000), sent three times.
     let replay = ours.seal(&forged_result);
     for _ in 0..3 {
         results.send(&replay[..], 0).unwrap();

@@ -8,7 +8,7 @@ mod util;
 
 use std::path::Path;
 use std::time::SystemTime;
-use util::{assert_tallies, oracle, read_json, run_id, Grid, Proc};
+use util::{assert_tallies, oracle, read_json, run_id, Grid, Proc, TALLIED};
 
 /// A submission: a ventilator for `input` whose report comes back to `report`.
 fn submit(g: &mut Grid, input: &Path, report: &str) -> Proc {
@@ -59,7 +59,7 @@ fn twenty_runs_on_one_standing_sink_with_workers_killed_between_and_during_runs(
     // Run 1 is long enough to kill a worker in the middle of it.
     let big = g.generate(20_000, 100, 0);
     let mut vent = submit(&mut g, &big, "report-1.json");
-    sink.wait_for_count("progress", "done", 3_000);
+    sink.wait_for_metric(TALLIED, 3_000);
     workers[0].kill9();
     workers[0] = g.worker(&worker_args);
     check(&g, &mut vent, &big, "report-1.json");
@@ -78,6 +78,7 @@ fn twenty_runs_on_one_standing_sink_with_workers_killed_between_and_during_runs(
 
     // Runs 18 to 20 submitted at once: they queue and run in that order.
     let inputs: Vec<_> = (18..=20).map(|n| g.generate(5_000, n, 0)).collect();
+    // No metric tells a ventilator's place in the queue; its log line does.
     let mut first = submit(&mut g, &inputs[0], "report-18.json");
     first.wait_for_log(&["the sink accepted the run"]);
     let mut second = submit(&mut g, &inputs[1], "report-19.json");
@@ -123,6 +124,7 @@ fn a_sink_killed_during_a_run_with_two_queued_completes_all_three_after_restart(
         .map(|n| g.generate(if n == 1 { 16_000 } else { 4_000 }, 40 + n, 0))
         .collect();
 
+    // No metric tells a ventilator's place in the queue; its log line does.
     let mut first = submit(&mut g, &inputs[0], "report-1.json");
     first.wait_for_log(&["the sink accepted the run"]);
     let mut second = submit(&mut g, &inputs[1], "report-2.json");
@@ -136,9 +138,10 @@ fn a_sink_killed_during_a_run_with_two_queued_completes_all_three_after_restart(
     assert_eq!(quitter.wait().code(), Some(130), "{}", quitter.logs());
     sink.wait_for_log(&["a queued ventilator stopped saying hello"]);
 
-    sink.wait_for_count("progress", "done", 2_000);
+    sink.wait_for_metric(TALLIED, 2_000);
     sink.kill9();
     let mut sink = g.sink(&["--serve", "--progress-ms", "50"]);
+    // What the restarted sink did is in its log only.
     sink.wait_for_log(&["resuming the run in progress"]);
 
     let reports = [

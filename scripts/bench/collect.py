@@ -28,7 +28,7 @@ def read_time(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    for a in ("scenario", "system", "dir", "note", "report", "broker-pid", "snap0", "snap1"):
+    for a in ("scenario", "system", "dir", "note", "report", "broker-pid", "snap0", "snap1", "latency"):
         ap.add_argument("--" + a, default="")
     for a in ("orders", "workers", "run", "start-ns", "end-ns", "end2-ns", "wall-start-ns", "wall-end-ns", "ok", "busy-before"):
         ap.add_argument("--" + a, type=int, default=0)
@@ -115,6 +115,15 @@ def main():
         except (OSError, ValueError, KeyError) as e:
             rec["ok"] = False
             rec["note"] = (rec["note"] + "; " if rec["note"] else "") + f"no report: {e}"
+    if a.latency:
+        try:
+            rec["latency"] = json.load(open(a.latency))
+            if not rec["latency"].get("settled"):
+                rec["ok"] = False
+                rec["note"] = (rec["note"] + "; " if rec["note"] else "") + "the stream never settled"
+        except (OSError, ValueError) as e:
+            rec["ok"] = False
+            rec["note"] = (rec["note"] + "; " if rec["note"] else "") + f"no latency: {e}"
     print(json.dumps(rec))
 
 

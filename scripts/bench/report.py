@@ -93,6 +93,8 @@ ROWS = [
     ("grid over HTTP (paysim 5 ms), 64 in flight/worker", "grid", "grid-http-5ms", 2),
     ("Python aiohttp peer, 64 in flight (0 ms), payments/s", "aiohttp", "aiohttp-0ms", 1),
     ("Python aiohttp peer, 128 in flight (5 ms), payments/s", "aiohttp", "aiohttp-5ms", 2),
+    ("grid, --input - fed at 10,000 lines/s (latency run)", "grid", "stream-10k", 2),
+    ("grid, --input - fed at 100,000 lines/s (latency run)", "grid", "stream-100k", 2),
     ("grid --generate, 2 workers, peak RSS run", "grid", "grid-rss", 2),
     ("RabbitMQ: durable, confirms, acks", "rabbitmq", "rabbitmq", 2),
 ]
@@ -117,6 +119,7 @@ def summarise(runs):
     sink_exit = [r["orders_per_s_to_sink_exit"] for r in good if r.get("orders_per_s_to_sink_exit")]
     dups = [r["report"]["stats"].get("duplicate_results", 0) for r in good if r.get("report")]
     walls = [r["wall_seconds"] for r in good if r.get("wall_seconds")]
+    lat = [r["latency"] for r in good if r.get("latency") and r["latency"].get("p50_ms") is not None]
     return {
         "runs": len(runs),
         "good": len(good),
@@ -130,6 +133,11 @@ def summarise(runs):
         "notes": sorted({r["note"] for r in runs if r.get("note")}),
         "duplicates": statistics.median(dups) if dups else None,
         "wall": statistics.median(walls) if walls else None,
+        "p50_ms": statistics.median(l["p50_ms"] for l in lat) if lat else None,
+        "p99_ms": statistics.median(l["p99_ms"] for l in lat) if lat else None,
+        "p99_max_ms": max(l["p99_ms"] for l in lat) if lat else None,
+        "fed_per_s": statistics.median(l["fed_per_s"] for l in lat) if lat else None,
+        "samples": sum(l["samples"] for l in lat) if lat else 0,
     }
 
 
@@ -178,6 +186,26 @@ def table_lines(rows, naive):
                 f"≤{s['others_max']:.0f}%",
                 fmt(s["duplicates"]),
                 f"{s['wall']:.2f}" if s.get("wall") else "–",
+            ]
+        )
+    return head, out
+
+
+def latency_lines(rows):
+    """The latency table: rows whose runs measured it."""
+    head = ["stream", "fed lines/s (median)", "p50 ms (median)", "p99 ms (median, max)", "samples", "runs ok"]
+    out = []
+    for label, _, _, _, s in rows:
+        if s.get("p50_ms") is None:
+            continue
+        out.append(
+            [
+                label,
+                fmt(s["fed_per_s"]),
+                f"{s['p50_ms']:.2f}",
+                f"{s['p99_ms']:.2f} ({s['p99_max_ms']:.2f})",
+                f"{s['samples']:,}",
+                f"{s['good']}/{s['runs']}",
             ]
         )
     return head, out
@@ -359,6 +387,10 @@ def main():
 
     print()
     print_table(head, body)
+    lat_head, lat_body = latency_lines(rows)
+    if lat_body:
+        print()
+        print_table(lat_head, lat_body)
     print()
     for n in notes:
         print("- " + n)
@@ -378,6 +410,16 @@ def main():
     ]
     for r in body:
         md.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    if lat_body:
+        md += [
+            "",
+            "Latency under a steady stream: from a line read to its order acknowledged (tallied and durable "
+            "at the sink), one order in 16 timed, quantiles interpolated within the histogram's buckets.",
+            "",
+            "| " + " | ".join(lat_head) + " |",
+            "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(lat_head))) + " |",
+        ]
+        md += ["| " + " | ".join(r) + " |" for r in lat_body]
     md += ["", "![orders/s by scenario](throughput.svg)", ""]
     md += ["## What it shows", ""] + [f"- {n}" for n in notes]
     if failures:

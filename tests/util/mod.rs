@@ -1,6 +1,7 @@
 //! The integration-test harness: a folder and private ipc endpoints per test,
 //! the real binaries as child processes that are killed on drop, waits with
-//! time-outs that dump every log on failure, and the independent oracle.
+//! time-outs on the roles' `--metrics` counters, every role's log dumped
+//! when a test fails, and the independent oracle.
 
 #![allow(dead_code)]
 
@@ -8,6 +9,7 @@ use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long any single wait in a test may take before the test fails.
@@ -24,6 +26,11 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
+/// The sink's orders tallied, summed over outcomes (the progress line's `done`).
+pub const TALLIED: &str = "ordergrid_orders_tallied_total";
+/// Frames a role dropped because they did not open or decode.
+pub const BAD_FRAMES: &str = "ordergrid_bad_frames_total";
+
 /// One test's folder and endpoints.
 pub struct Grid {
     pub dir: PathBuf,
@@ -31,7 +38,54 @@ pub struct Grid {
     pub results: String,
     pub acks: String,
     pub control: String,
+    /// Whether [`Grid::start`] adds `--metrics 127.0.0.1:0` (true unless a
+    /// test turns it off to check a role's stderr line by line).
+    pub metrics: bool,
     counter: usize,
+    logs: Logs,
+}
+
+/// The logs of every process a grid started, dumped once when a test fails.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<LogBook>>);
+
+#[derive(Default)]
+struct LogBook {
+    /// Name, stdout, stderr of each process, in start order.
+    files: Vec<(String, PathBuf, PathBuf)>,
+    /// Already shown in a panic message.
+    dumped: bool,
+}
+
+impl Logs {
+    fn add(&self, name: &str, stdout: &Path, stderr: &Path) {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        book.files
+            .push((name.into(), stdout.to_path_buf(), stderr.to_path_buf()));
+    }
+
+    /// Every process's stdout and stderr, marked as shown.
+    pub fn all(&self) -> String {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        book.dumped = true;
+        book.files
+            .iter()
+            .map(|(name, out, err)| log_text(name, out, err))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn dumped(&self) -> bool {
+        self.0.lock().map_or(true, |b| b.dumped)
+    }
+}
+
+fn log_text(name: &str, stdout: &Path, stderr: &Path) -> String {
+    format!(
+        "--- {name} stdout\n{}\n--- {name} stderr\n{}",
+        fs::read_to_string(stdout).unwrap_or_default(),
+        fs::read_to_string(stderr).unwrap_or_default()
+    )
 }
 
 impl Grid {
@@ -47,7 +101,9 @@ impl Grid {
             acks: ep("acks"),
             control: ep("control"),
             dir,
+            metrics: true,
             counter: 0,
+            logs: Logs::default(),
         }
     }
 
@@ -55,8 +111,38 @@ impl Grid {
         self.dir.join(name)
     }
 
-    /// Starts one of the grid's binaries with this grid's endpoints.
+    /// Every log of this grid's processes so far (for a failure message).
+    pub fn logs(&self) -> String {
+        self.logs.all()
+    }
+
+    /// Starts `cmd` in this grid's folder as `name`; its logs are dumped
+    /// with every other process's if the test fails.
+    pub fn spawn(&mut self, cmd: Command, name: &str) -> Proc {
+        self.spawn_with(cmd, name, Stdio::null())
+    }
+
+    fn spawn_with(&mut self, mut cmd: Command, name: &str, stdin: Stdio) -> Proc {
+        cmd.current_dir(&self.dir);
+        let mut p = Proc::spawn_with(cmd, &self.dir, name, stdin);
+        self.logs.add(&p.name, &p.stdout, &p.stderr);
+        p.logs = Some(self.logs.clone());
+        p
+    }
+
+    /// Starts one of the grid's binaries with this grid's endpoints; a
+    /// sink, worker or ventilator also serves its metrics on a free
+    /// loopback port (unless `args` has `--metrics` or `--http`).
     pub fn start(&mut self, role: &str, args: &[&str]) -> Proc {
+        self.start_with(role, args, Stdio::null())
+    }
+
+    /// [`Grid::start`] with a pipe on its standard input ([`Proc::take_stdin`]).
+    pub fn start_piped(&mut self, role: &str, args: &[&str]) -> Proc {
+        self.start_with(role, args, Stdio::piped())
+    }
+
+    fn start_with(&mut self, role: &str, args: &[&str], stdin: Stdio) -> Proc {
         self.counter += 1;
         let name = format!("{role}-{}", self.counter);
         let mut cmd = Command::new(bin(role));
@@ -88,8 +174,16 @@ impl Grid {
             }
             _ => {}
         }
+        let own = args.iter().any(|a| {
+            ["--metrics", "--http"]
+                .iter()
+                .any(|f| a == f || a.starts_with(&format!("{f}=")))
+        });
+        if self.metrics && matches!(role, "sink" | "worker" | "ventilator") && !own {
+            cmd.args(["--metrics", "127.0.0.1:0"]);
+        }
         cmd.args(args);
-        Proc::spawn(cmd, &self.dir, &name)
+        self.spawn_with(cmd, &name, stdin)
     }
 
     pub fn sink(&mut self, args: &[&str]) -> Proc {
@@ -129,25 +223,50 @@ impl Grid {
         read_json(&self.dir.join("state").join("report.json"))
     }
 
-    /// A whole run: a sink, `workers` workers with `worker_args`, a
-    /// ventilator with `vent_args`; waits for the ventilator and the sink to
-    /// exit 0 (every log dumped if not) and returns the report and the
-    /// ventilator, whose log tells what it did.
+    /// A run started in the background: a sink, `workers` workers with
+    /// `worker_args`, a ventilator with `vent_args`.
+    pub fn launch(&mut self, vent_args: &[&str], workers: usize, worker_args: &[&str]) -> Running {
+        let sink = self.sink(&[]);
+        let workers = (0..workers).map(|_| self.worker(worker_args)).collect();
+        let vent = self.ventilator(vent_args);
+        Running {
+            sink,
+            workers,
+            vent,
+        }
+    }
+
+    /// A whole run ([`Grid::launch`]): waits for the ventilator, the sink
+    /// and the workers to exit 0 (every log dumped if not) and returns the
+    /// report and the ventilator, whose log tells what it did.
     pub fn run_to_completion(
         &mut self,
         vent_args: &[&str],
         workers: usize,
         worker_args: &[&str],
     ) -> (Value, Proc) {
-        let mut sink = self.sink(&["--progress-ms", "50"]);
-        let mut ws: Vec<Proc> = (0..workers).map(|_| self.worker(worker_args)).collect();
-        let mut vent = self.ventilator(vent_args);
-        vent.success();
-        sink.success();
-        for w in &mut ws {
+        let mut run = self.launch(vent_args, workers, worker_args);
+        let report = run.finish(self);
+        for w in &mut run.workers {
             w.success();
         }
-        (self.report(), vent)
+        (report, run.vent)
+    }
+}
+
+/// The roles of a run in progress.
+pub struct Running {
+    pub sink: Proc,
+    pub workers: Vec<Proc>,
+    pub vent: Proc,
+}
+
+impl Running {
+    /// Waits for the ventilator and the sink to exit 0; the report.
+    pub fn finish(&mut self, g: &Grid) -> Value {
+        self.vent.success();
+        self.sink.success();
+        g.report()
     }
 }
 
@@ -160,6 +279,8 @@ impl Drop for Grid {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
+        } else if !self.logs.dumped() {
+            eprintln!("{}", self.logs.all());
         }
     }
 }
@@ -176,13 +297,22 @@ pub struct Proc {
     child: Option<Child>,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// Its grid's logs, when a grid started it.
+    logs: Option<Logs>,
+    /// Where it serves `/metrics`, once read from its log.
+    metrics_addr: Option<String>,
 }
 
 impl Proc {
-    pub fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Proc {
+    /// Starts `cmd` alone (not in a grid's log book), its output in `dir`.
+    pub fn spawn(cmd: Command, dir: &Path, name: &str) -> Proc {
+        Proc::spawn_with(cmd, dir, name, Stdio::null())
+    }
+
+    fn spawn_with(mut cmd: Command, dir: &Path, name: &str, stdin: Stdio) -> Proc {
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
-        cmd.stdin(Stdio::null())
+        cmd.stdin(stdin)
             .stdout(fs::File::create(&stdout).unwrap())
             .stderr(fs::File::create(&stderr).unwrap())
             .env("RUST_LOG", "info")
@@ -195,21 +325,32 @@ impl Proc {
             child: Some(child),
             stdout,
             stderr,
+            logs: None,
+            metrics_addr: None,
         }
+    }
+
+    /// Its standard input, if started with [`Grid::start_piped`].
+    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+        let child = self.child.as_mut().expect("running");
+        child.stdin.take().expect("started with a piped stdin")
     }
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
+    /// This process's stdout and stderr.
     pub fn logs(&self) -> String {
-        format!(
-            "--- {} stdout\n{}\n--- {} stderr\n{}",
-            self.name,
-            fs::read_to_string(&self.stdout).unwrap_or_default(),
-            self.name,
-            fs::read_to_string(&self.stderr).unwrap_or_default()
-        )
+        log_text(&self.name, &self.stdout, &self.stderr)
+    }
+
+    /// Every log of its grid (or its own, started alone), for a failure message.
+    pub fn all_logs(&self) -> String {
+        match &self.logs {
+            Some(logs) => logs.all(),
+            None => self.logs(),
+        }
     }
 
     /// Waits for the exit, failing the test (with the logs) after [`PATIENCE`].
@@ -226,7 +367,7 @@ impl Proc {
                 panic!(
                     "{} did not exit in {PATIENCE:?}\n{}",
                     self.name,
-                    self.logs()
+                    self.all_logs()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -240,7 +381,7 @@ impl Proc {
             status.success(),
             "{} exited with {status}\n{}",
             self.name,
-            self.logs()
+            self.all_logs()
         );
     }
 
@@ -277,43 +418,131 @@ impl Proc {
                 return line.to_string();
             }
             if Instant::now() > deadline {
-                panic!("{} never logged {needles:?}\n{}", self.name, self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until a numeric `key=N` field in a log line containing `needle` reaches `at_least`.
-    pub fn wait_for_count(&mut self, needle: &str, key: &str, at_least: u64) {
-        let deadline = Instant::now() + PATIENCE;
-        let pat = format!("{key}=");
-        loop {
-            let text = fs::read_to_string(&self.stderr).unwrap_or_default();
-            let best = text
-                .lines()
-                .filter(|l| l.contains(needle))
-                .filter_map(|l| l.split(&pat).nth(1))
-                .filter_map(|rest| {
-                    rest.split(|c: char| !c.is_ascii_digit())
-                        .next()?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .max()
-                .unwrap_or(0);
-            if best >= at_least {
-                return;
-            }
-            if Instant::now() > deadline || !self.is_running() {
                 panic!(
-                    "{} never logged {needle} with {key} >= {at_least}\n{}",
+                    "{} never logged {needles:?}\n{}",
                     self.name,
-                    self.logs()
+                    self.all_logs()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Where it serves `/metrics` (`127.0.0.1:PORT`), read once from its
+    /// log's "serving metrics" (or the sink's "serving the dashboard and
+    /// metrics") line.
+    pub fn metrics_addr(&mut self) -> String {
+        if let Some(addr) = &self.metrics_addr {
+            return addr.clone();
+        }
+        let line = self.wait_for_log(&["metrics=http://"]);
+        let addr = line
+            .split("metrics=http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+            .replace("0.0.0.0", "127.0.0.1");
+        self.metrics_addr = Some(addr.clone());
+        addr
+    }
+
+    /// A metric's value now: `name{label="value",…}` exactly, or a bare
+    /// name summed over its labels; `None` if it is not served (or the
+    /// process does not answer).
+    pub fn metric(&mut self, name: &str) -> Option<f64> {
+        let addr = self.metrics_addr();
+        let (code, text) = try_http_get(&addr, "/metrics", &[]).ok()?;
+        if code != 200 {
+            return None;
+        }
+        metric_value(&text, name)
+    }
+
+    /// Waits until `name` (see [`Proc::metric`]) is at least `at_least` and
+    /// returns its value; fails the test with every log if the process
+    /// exits first or after [`PATIENCE`].
+    pub fn wait_for_metric(&mut self, name: &str, at_least: u64) -> f64 {
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = None;
+        loop {
+            last = self.metric(name).or(last);
+            if let Some(v) = last.filter(|&v| v >= at_least as f64) {
+                return v;
+            }
+            if Instant::now() > deadline || !self.is_running() {
+                panic!(
+                    "{}: {name} never reached {at_least} (last seen {last:?})\n{}",
+                    self.name,
+                    self.all_logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The sink's "run started" line: the id of the run it started.
+    pub fn run_started(&mut self) -> u64 {
+        let line = self.wait_for_log(&["run started"]);
+        // The last `run=`: the span before the message carries one too.
+        line.rsplit("run=")
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|id| u64::from_str_radix(id, 16).ok())
+            .unwrap_or_else(|| panic!("no run id in {line:?}"))
+    }
+}
+
+/// A metric's value in Prometheus text: the series `name` exactly when it
+/// has labels, else every series of that name summed.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let bare = series.split('{').next().unwrap_or(series);
+        let matches = if name.contains('{') {
+            series == name
+        } else {
+            bare == name
+        };
+        if let (true, Ok(v)) = (matches, value.parse::<f64>()) {
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
+
+/// `GET path` over plain HTTP/1.0 with extra header lines: the status code
+/// and the body.
+pub fn http_get(addr: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    try_http_get(addr, path, headers).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+fn try_http_get(addr: &str, path: &str, headers: &[&str]) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {response:?}"))?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((code, body.to_string()))
 }
 
 impl Drop for Proc {
@@ -322,7 +551,8 @@ impl Drop for Proc {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if std::thread::panicking() {
+        // A grid's processes are dumped together by the grid.
+        if std::thread::panicking() && self.logs.is_none() {
             eprintln!("{}", self.logs());
         }
     }

@@ -3,9 +3,9 @@
 //! each one heard from has said goodbye, and stopping on a signal with the
 //! journal durable.
 
-use super::{open, Sink, SinkExit, Sockets};
+use super::{Sink, SinkExit, Sockets};
 use crate::journal::{self, RunDir};
-use crate::protocol::{self, Hello, Kind, RunId};
+use crate::protocol::{self, Header, Hello, Kind, RunId};
 use crate::report::Report;
 use crate::{transport, Result};
 use std::collections::HashSet;
@@ -66,15 +66,14 @@ impl Sink {
         let mut waiting = workers.clone();
         let deadline = Instant::now() + self.config.run_over_for;
         let mut last_published: Option<Instant> = None;
-        let mut msg = zmq::Message::new();
         loop {
             if last_published.is_none_or(|t| t.elapsed() >= RUN_OVER_EVERY) {
                 s.publish(&over);
                 last_published = Some(Instant::now());
             }
-            self.answer_late_ventilators(id, s, &mut msg)?;
-            while transport::try_recv(&s.results, &mut msg, "results")? {
-                if let Some(worker) = goodbye(s, &mut msg, id) {
+            self.answer_late_ventilators(id, s)?;
+            while let Some((header, body)) = s.results.recv()? {
+                if let Some(worker) = goodbye(header, body, id) {
                     waiting.remove(&worker);
                 }
             }
@@ -86,8 +85,8 @@ impl Sink {
                 return Ok(());
             }
             let mut items = [
-                s.results.as_poll_item(zmq::POLLIN),
-                s.acks.as_poll_item(zmq::POLLIN),
+                s.results.socket().as_poll_item(zmq::POLLIN),
+                s.acks.socket().as_poll_item(zmq::POLLIN),
             ];
             transport::poll(&mut items, 20)?;
         }
@@ -95,18 +94,10 @@ impl Sink {
 
     /// While the sink waits for goodbyes: whatever a ventilator of run
     /// `id` sends is answered "complete" (with the report if it asks).
-    fn answer_late_ventilators(
-        &mut self,
-        id: RunId,
-        s: &mut Sockets,
-        msg: &mut zmq::Message,
-    ) -> Result<()> {
+    fn answer_late_ventilators(&mut self, id: RunId, s: &mut Sockets) -> Result<()> {
         let mut identity = zmq::Message::new();
-        while transport::try_recv(&s.acks, &mut identity, "acks")? {
-            if !identity.get_more() || !transport::try_recv(&s.acks, msg, "acks")? {
-                continue;
-            }
-            let report = if wants_report(s, msg, id) {
+        while let Some((header, body)) = s.acks.recv_routed(&mut identity)? {
+            let report = if wants_report(header, body, id) {
                 RunDir::new(&self.config.state, &id.to_string()).report()?
             } else {
                 None
@@ -133,18 +124,14 @@ impl Sink {
 }
 
 /// True when `msg` is a hello for run `id` that asks for the report.
-fn wants_report(s: &Sockets, msg: &mut zmq::Message, id: RunId) -> bool {
-    let Ok((header, body)) = open(&s.wire, msg) else {
-        return false;
-    };
+fn wants_report(header: Header, body: &[u8], id: RunId) -> bool {
     header.kind == Kind::Hello
         && header.run == id
         && protocol::decode::<Hello>(body).is_ok_and(|h| h.want_report)
 }
 
-/// The worker id of a worker's goodbye for run `id`, if `msg` is one.
-fn goodbye(s: &Sockets, msg: &mut zmq::Message, id: RunId) -> Option<u64> {
-    let (header, body) = open(&s.wire, msg).ok()?;
+/// The worker id of a worker's goodbye for run `id`, if this frame is one.
+fn goodbye(header: Header, body: &[u8], id: RunId) -> Option<u64> {
     if header.kind != Kind::Bye || header.run != id {
         return None;
     }

@@ -31,11 +31,11 @@ mod run;
 mod ventilator;
 
 use crate::dashboard::Board;
-use crate::protocol::{FrameError, Header, Kind};
+use crate::journal::Tickets;
+use crate::protocol::{FrameError, Kind};
 use crate::report::{Report, SinkStats};
-use crate::seal::{OpenError, RejectLog};
 use crate::shutdown::Shutdown;
-use crate::transport::{self, SocketTuning, Wire};
+use crate::transport::{self, Connection, Dropped, SocketTuning, Wire};
 use crate::{Error, Result};
 use commits::HandOver;
 use progress::ProgressView;
@@ -126,17 +126,19 @@ pub enum SinkExit {
 /// Messages taken from one socket before the others are served.
 const BURST: usize = 256;
 
-/// The sink's sockets and the wire they speak. Every frame goes out
-/// through [`Sockets::send_to_ventilator`] or [`Sockets::publish`], and comes in
-/// through [`open`]: nothing else seals, opens or splits.
+/// The sink's sockets. Every frame goes in and out through their
+/// [`Connection`]s, which seal, open, split and count what they drop:
+/// nothing in the sink does it by hand.
 struct Sockets {
-    results: zmq::Socket,
-    acks: zmq::Socket,
-    control: zmq::Socket,
-    /// The journal writer's tickets (inproc PAIR).
-    notify: zmq::Socket,
-    wire: Wire,
-    seal_buf: Vec<u8>,
+    /// PULL: workers' results, statuses and goodbyes.
+    results: Connection,
+    /// ROUTER: ventilators' hellos and progress; acks, welcomes and reports back.
+    acks: Connection,
+    /// PUB: run announcements to the workers.
+    control: Connection,
+    /// The last ventilator frame, copied out of its connection so that
+    /// the sink can answer on the same socket while it reads it.
+    from_ventilator: Vec<u8>,
 }
 
 impl Sockets {
@@ -146,15 +148,20 @@ impl Sockets {
             recv_hwm: 10_000,
         };
         let ep = &config.endpoints;
+        let open = |kind, endpoint: &str, what: &'static str| -> Result<Connection> {
+            let socket = transport::bind(ctx, kind, endpoint, tuning, what)?;
+            Ok(Connection::new(
+                socket,
+                config.wire.clone(),
+                what,
+                &config.metrics,
+            ))
+        };
         Ok(Sockets {
-            results: transport::bind(ctx, zmq::PULL, &ep.results, tuning, "results")?,
-            acks: transport::bind(ctx, zmq::ROUTER, &ep.acks, tuning, "acks")?,
-            control: transport::bind(ctx, zmq::PUB, &ep.control, tuning, "control")?,
-            notify: ctx
-                .socket(zmq::PAIR)
-                .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?,
-            wire: config.wire.clone(),
-            seal_buf: Vec::new(),
+            results: open(zmq::PULL, &ep.results, "results")?,
+            acks: open(zmq::ROUTER, &ep.acks, "acks")?,
+            control: open(zmq::PUB, &ep.control, "control")?,
+            from_ventilator: Vec::new(),
         })
     }
 
@@ -162,12 +169,7 @@ impl Sockets {
     /// ROUTER drops messages to peers that are gone (or full); the
     /// ventilator asks again.
     fn send_to_ventilator(&mut self, identity: &[u8], frame: &[u8]) -> Result<()> {
-        let bytes = self.wire.outgoing(frame, &mut self.seal_buf);
-        let sent = self
-            .acks
-            .send(identity, zmq::SNDMORE | zmq::DONTWAIT)
-            .and_then(|()| self.acks.send(bytes, zmq::DONTWAIT));
-        match sent {
+        match self.acks.send_routed(identity, frame) {
             Ok(()) | Err(zmq::Error::EAGAIN) | Err(zmq::Error::EHOSTUNREACH) => Ok(()),
             Err(e) => Err(Error::zmq("cannot send to the ventilator", e)),
         }
@@ -176,36 +178,23 @@ impl Sockets {
     /// Sends `frame` to the ventilator, waiting for room (the welcome's
     /// bitmap must arrive whole).
     fn send_whole_to_ventilator(&mut self, identity: &[u8], frame: &[u8]) -> Result<()> {
-        let bytes = self.wire.outgoing(frame, &mut self.seal_buf);
-        self.acks
-            .send(identity, zmq::SNDMORE)
-            .and_then(|()| self.acks.send(bytes, 0))
-            .map_err(|e| Error::zmq("cannot send to the ventilator", e))
+        self.acks.send_routed_whole(identity, frame)
     }
 
     /// Publishes `frame` to the workers; a worker not listening misses it
     /// (every announcement is repeated).
     fn publish(&mut self, frame: &[u8]) {
-        let bytes = self.wire.outgoing(frame, &mut self.seal_buf);
-        let _ = self.control.send(bytes, zmq::DONTWAIT);
+        let _ = self.control.send_frame(frame);
     }
-}
 
-/// Why a received message was dropped.
-enum Unopened {
-    /// It did not open (forged, damaged, another key).
-    Seal(OpenError),
-    /// It opened, but is not a frame.
-    Frame(FrameError),
-}
-
-/// Opens (in place, if sealed) and splits a received message.
-fn open<'m>(
-    wire: &Wire,
-    msg: &'m mut zmq::Message,
-) -> std::result::Result<(Header, &'m [u8]), Unopened> {
-    let plain = wire.incoming(msg).map_err(Unopened::Seal)?;
-    crate::protocol::split_frame(plain).map_err(Unopened::Frame)
+    /// What the sockets that receive have dropped.
+    fn dropped(&self) -> Dropped {
+        let (r, a) = (self.results.dropped(), self.acks.dropped());
+        Dropped {
+            unopened: r.unopened + a.unopened,
+            malformed: r.malformed + a.malformed,
+        }
+    }
 }
 
 struct Sink {
@@ -213,11 +202,12 @@ struct Sink {
     ctx: zmq::Context,
     active: Option<ActiveRun>,
     stats: SinkStats,
-    /// Frames that failed to open, summarised once in a while.
-    rejected: RejectLog,
+    /// What the connections had dropped when last counted in `stats`.
+    counted_drops: Dropped,
     /// When a dropped frame was last logged.
     last_bad_log: Option<Instant>,
-    notify_seq: u64,
+    /// What the active run's journal writer made durable.
+    tickets: Tickets,
     /// When the board was last refreshed with the active run's counts, and its rate.
     board_view: ProgressView,
     /// Runs waiting for their turn, first come first served (`--serve`).
@@ -240,43 +230,30 @@ pub fn run(config: &SinkConfig, shutdown: &Shutdown) -> Result<SinkExit> {
     let _lock = crate::statelock::StateLock::acquire(&config.state)?;
     let ctx = zmq::Context::new();
     let mut sockets = Sockets::bind(&ctx, config)?;
+    let tickets = Tickets::bind(&ctx)?;
     let mut sink = Sink {
         config: config.clone(),
         ctx,
         active: None,
         stats: SinkStats::default(),
-        rejected: RejectLog::new(Duration::from_secs(5)),
+        counted_drops: Dropped::default(),
         last_bad_log: None,
-        notify_seq: 0,
+        tickets,
         board_view: ProgressView::new(),
         queue: Vec::new(),
         announced: None,
     };
-    let notify_ep = sink.next_notify_endpoint();
-    sockets
-        .notify
-        .bind(&notify_ep)
-        .map_err(|e| Error::zmq("cannot bind the journal notify socket", e))?;
     let ep = &config.endpoints;
     tracing::info!(results = %ep.results, acks = %ep.acks, control = %ep.control, state = %config.state.display(), serve = config.serve, "sink started");
     if let Some(id) = sink.read_active()? {
-        if let Activation::Active = sink.activate(id, None, &notify_ep)? {
+        if let Activation::Active = sink.activate(id, None)? {
             tracing::info!(run = %id, "resuming the run in progress");
         }
     }
-    let exit = sink.run_loop(&mut sockets, &notify_ep, shutdown);
-    if let Some(summary) = sink.rejected.flush() {
-        tracing::warn!("{summary}");
-    }
-    exit
+    sink.run_loop(&mut sockets, shutdown)
 }
 
 impl Sink {
-    fn next_notify_endpoint(&mut self) -> String {
-        self.notify_seq += 1;
-        format!("inproc://journal-{}", self.notify_seq)
-    }
-
     fn active_file(&self) -> PathBuf {
         self.config.state.join("active")
     }
@@ -296,12 +273,7 @@ impl Sink {
 
     /// Polls the sockets and hands what arrives to the handlers, until the
     /// run is complete (one-run sink) or a stop is requested.
-    fn run_loop(
-        &mut self,
-        s: &mut Sockets,
-        notify_ep: &str,
-        shutdown: &Shutdown,
-    ) -> Result<SinkExit> {
+    fn run_loop(&mut self, s: &mut Sockets, shutdown: &Shutdown) -> Result<SinkExit> {
         let mut msg = zmq::Message::new();
         let mut view = ProgressView::new();
         loop {
@@ -309,9 +281,9 @@ impl Sink {
                 return self.stop();
             }
             let mut items = [
-                s.results.as_poll_item(zmq::POLLIN),
-                s.acks.as_poll_item(zmq::POLLIN),
-                s.notify.as_poll_item(zmq::POLLIN),
+                s.results.socket().as_poll_item(zmq::POLLIN),
+                s.acks.socket().as_poll_item(zmq::POLLIN),
+                self.tickets.socket().as_poll_item(zmq::POLLIN),
             ];
             transport::poll(&mut items, 100)?;
             let ready = items.map(|item| item.is_readable());
@@ -320,13 +292,14 @@ impl Sink {
             }
             // The ventilator's socket first: its progress tells which results are real.
             if ready[1] {
-                if let Some(done) = self.receive_from_ventilators(s, &mut msg, notify_ep)? {
+                if let Some(done) = self.receive_from_ventilators(s)? {
                     return Ok(done);
                 }
             }
             if ready[0] {
-                self.receive_results(s, &mut msg)?;
+                self.receive_results(s)?;
             }
+            self.count_drops(s);
             self.hand_over(s)?;
             self.chores(s, &mut view)?;
             if self.active.as_ref().is_some_and(ActiveRun::is_complete) {
@@ -339,67 +312,58 @@ impl Sink {
 
     /// The journal writer's tickets: what it made durable.
     fn receive_tickets(&mut self, s: &mut Sockets, msg: &mut zmq::Message) -> Result<()> {
-        while transport::try_recv(&s.notify, msg, "journal notify")? {
-            if let Ok(ticket) = <[u8; 8]>::try_from(&msg[..]) {
-                self.durable(u64::from_le_bytes(ticket), s)?;
-            }
+        while let Some(ticket) = self.tickets.try_recv(msg)? {
+            self.durable(ticket, s)?;
         }
         Ok(())
     }
 
     /// Up to [`BURST`] messages from ventilators; `Some` when the sink is done.
-    fn receive_from_ventilators(
-        &mut self,
-        s: &mut Sockets,
-        msg: &mut zmq::Message,
-        notify_ep: &str,
-    ) -> Result<Option<SinkExit>> {
+    fn receive_from_ventilators(&mut self, s: &mut Sockets) -> Result<Option<SinkExit>> {
         let mut identity = zmq::Message::new();
+        let mut frame = std::mem::take(&mut s.from_ventilator);
+        let mut done = None;
         for _ in 0..BURST {
-            if !transport::try_recv(&s.acks, &mut identity, "acks")? {
+            let Some((header, body)) = s.acks.recv_routed(&mut identity)? else {
+                break;
+            };
+            frame.clear();
+            frame.extend_from_slice(body);
+            done = self.on_ventilator_frame(&identity, header, &frame, s)?;
+            if done.is_some() {
                 break;
             }
-            if !identity.get_more() || !transport::try_recv(&s.acks, msg, "acks")? {
-                continue;
-            }
-            // Drop any further parts of a multi-part message.
-            let mut extra = msg.get_more();
-            while extra {
-                let mut rest = zmq::Message::new();
-                if !transport::try_recv(&s.acks, &mut rest, "acks")? {
-                    break;
-                }
-                extra = rest.get_more();
-            }
-            match open(&s.wire, msg) {
-                Ok((header, body)) => {
-                    let done = self.on_ventilator_frame(&identity, header, body, s, notify_ep)?;
-                    if done.is_some() {
-                        return Ok(done);
-                    }
-                }
-                Err(e) => self.unopened("acks", e),
-            }
         }
-        Ok(None)
+        s.from_ventilator = frame;
+        Ok(done)
     }
 
     /// Up to [`BURST`] messages from workers (bounded, so the ventilator's
     /// socket is served too).
-    fn receive_results(&mut self, s: &mut Sockets, msg: &mut zmq::Message) -> Result<()> {
+    fn receive_results(&mut self, s: &mut Sockets) -> Result<()> {
         for _ in 0..BURST {
-            if !transport::try_recv(&s.results, msg, "results")? {
-                break;
-            }
-            match open(&s.wire, msg) {
-                Ok((header, body)) if header.kind == Kind::WorkerStatus => {
+            match s.results.recv()? {
+                None => break,
+                Some((header, body)) if header.kind == Kind::WorkerStatus => {
                     self.on_worker_status(body)
                 }
-                Ok((header, body)) => self.on_results(header, body, false),
-                Err(e) => self.unopened("results", e),
+                Some((header, body)) => self.on_results(header, body, false),
             }
         }
         Ok(())
+    }
+
+    /// Adds what the connections dropped since last time to the report's
+    /// stats and the metrics (the connections log it).
+    fn count_drops(&mut self, s: &Sockets) {
+        let now = s.dropped();
+        let unopened = now.unopened - self.counted_drops.unopened;
+        if unopened > 0 {
+            self.stats.unauthenticated_frames += unopened;
+            self.config.metrics.drop_result("unauthenticated", unopened);
+        }
+        self.stats.bad_frames += now.malformed - self.counted_drops.malformed;
+        self.counted_drops = now;
     }
 
     /// Hands tallied records to the journal writer (checkpointing the tally
@@ -474,21 +438,6 @@ impl Sink {
         self.board_view = ProgressView::new();
         tracing::info!(queued = self.queue.len(), "serving: ready for the next run");
         Ok(None)
-    }
-
-    /// Counts a message that was dropped before it could be read; logs
-    /// once in a while.
-    fn unopened(&mut self, what: &str, why: Unopened) {
-        match why {
-            Unopened::Seal(error) => {
-                self.stats.unauthenticated_frames += 1;
-                self.config.metrics.drop_result("unauthenticated", 1);
-                if let Some(summary) = self.rejected.record(error) {
-                    tracing::warn!(socket = what, "{summary}");
-                }
-            }
-            Unopened::Frame(error) => self.bad_frame(what, &error),
-        }
     }
 
     fn bad_frame(&mut self, what: &str, error: &FrameError) {

@@ -4,23 +4,15 @@
 
 use super::commits::Commits;
 use super::{now_unix, Sink};
-use crate::journal::{self, JournalWriter, RunDir, RunMeta};
+use crate::journal::{self, JournalWriter, RunDir, RunMeta, Snapshot};
 use crate::ledger::Ledger;
 use crate::protocol::{Progress, ResultsView, RunId};
 use crate::report::{Report, RunSection};
 use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs;
 use std::sync::mpsc;
 use std::time::Instant;
-
-/// The snapshot payload: the whole tally and the workers seen.
-#[derive(Serialize, Deserialize)]
-pub(super) struct Snapshot {
-    pub ledger: Ledger,
-    pub workers: Vec<u64>,
-}
 
 pub(super) struct ActiveRun {
     pub id: RunId,
@@ -106,12 +98,11 @@ impl ActiveRun {
 
     /// The whole tally, encoded for the journal.
     pub fn snapshot(&self) -> Result<Vec<u8>> {
-        let snapshot = Snapshot {
+        Snapshot {
             ledger: self.ledger.clone(),
             workers: self.workers.iter().copied().collect(),
-        };
-        rmp_serde::to_vec(&snapshot)
-            .map_err(|e| Error::State(format!("cannot encode snapshot: {e}")))
+        }
+        .encode()
     }
 }
 
@@ -134,12 +125,7 @@ pub(super) enum Activation {
 
 impl Sink {
     /// Makes `id` the active run: loads it from its journal, or creates it.
-    pub(super) fn activate(
-        &mut self,
-        id: RunId,
-        input: Option<&str>,
-        notify_ep: &str,
-    ) -> Result<Activation> {
+    pub(super) fn activate(&mut self, id: RunId, input: Option<&str>) -> Result<Activation> {
         let dir = RunDir::new(&self.config.state, &id.to_string());
         if let Some(report) = dir.report()? {
             let _ = fs::remove_file(self.active_file());
@@ -167,7 +153,7 @@ impl Sink {
             tracing::info!(run = %id, generation, replayed = records, tallied = ledger.tallied(), restarts, "replayed the journal");
         }
         let (tx, rx) = mpsc::channel();
-        let notifier = self.journal_notifier(notify_ep)?;
+        let notifier = self.tickets.writer_end(&self.ctx)?;
         let writer = JournalWriter::start(&dir, generation, notifier, tx)?;
         // Compaction counts what earlier sink processes wrote too.
         let commits = Commits::new(writer, rx, dir.journal_len(generation));
@@ -218,9 +204,8 @@ impl Sink {
         let state = std::cell::RefCell::new((Ledger::new(), HashSet::new()));
         let replayed = dir.replay(
             |snapshot| {
-                let s: Snapshot = rmp_serde::from_slice(snapshot).map_err(|e| {
-                    Error::State(format!("run {id}: snapshot does not decode: {e}"))
-                })?;
+                let s = Snapshot::decode(snapshot)
+                    .map_err(|e| Error::State(format!("run {id}: {e}")))?;
                 *state.borrow_mut() = (s.ledger, s.workers.into_iter().collect());
                 Ok(())
             },
@@ -246,18 +231,6 @@ impl Sink {
             generation: replayed.generation,
             records: replayed.records,
         })
-    }
-
-    /// The PAIR the journal writer tells its tickets on.
-    fn journal_notifier(&self, notify_ep: &str) -> Result<zmq::Socket> {
-        let notifier = self
-            .ctx
-            .socket(zmq::PAIR)
-            .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?;
-        notifier
-            .connect(notify_ep)
-            .map_err(|e| Error::zmq("cannot connect the journal notify socket", e))?;
-        Ok(notifier)
     }
 
     pub(super) fn build_report(&self, run: &ActiveRun) -> Report {

@@ -23,7 +23,6 @@ impl Sink {
         header: Header,
         body: &[u8],
         s: &mut Sockets,
-        notify_ep: &str,
     ) -> Result<Option<SinkExit>> {
         match header.kind {
             Kind::Results => {
@@ -34,7 +33,7 @@ impl Sink {
                 self.on_results(header, body, true);
             }
             Kind::Hello => match protocol::decode::<Hello>(body) {
-                Ok(hello) => return self.on_hello(identity, header.run, &hello, s, notify_ep),
+                Ok(hello) => return self.on_hello(identity, header.run, &hello, s),
                 Err(e) => self.bad_frame("acks", &e),
             },
             Kind::Progress => match protocol::decode::<Progress>(body) {
@@ -95,7 +94,6 @@ impl Sink {
         id: RunId,
         hello: &Hello,
         s: &mut Sockets,
-        notify_ep: &str,
     ) -> Result<Option<SinkExit>> {
         match self.active.as_ref().map(|a| a.id) {
             Some(active) if active != id => {
@@ -107,9 +105,7 @@ impl Sink {
                 if !self.take_turn(identity, id, hello, s)? {
                     return Ok(None);
                 }
-                if let Activation::Completed(stored) =
-                    self.activate(id, Some(&hello.input), notify_ep)?
-                {
+                if let Activation::Completed(stored) = self.activate(id, Some(&hello.input))? {
                     return self.reprint(identity, id, hello, stored, s).map(Some);
                 }
                 tracing::info!(run = %id, input = %hello.input, "run started");

@@ -22,7 +22,6 @@ use crate::flow::CreditReporter;
 use crate::gateway::PaymentGateway;
 use crate::payments::{Payments, RetryPolicy, Verdict};
 use crate::protocol::{self, FrameError, Kind, RunId};
-use crate::seal::{OpenError, RejectLog};
 use crate::shutdown::Shutdown;
 use crate::transport::{self, Connection, SocketTuning, Wire};
 use crate::Result;
@@ -130,15 +129,9 @@ pub fn run(
     tracing::info!(worker = format!("{id:016x}"), jobs = %config.jobs, results = %config.results, concurrency = config.concurrency, "worker started");
     let outbox = Outbox::new(results, id, config, shutdown);
     let mut worker = Worker::new(id, config, gateway, outbox);
-    let mut sockets = Sockets {
-        jobs,
-        control,
-        msg: zmq::Message::new(),
-    };
+    let mut sockets = Sockets { jobs, control };
     let served = worker.serve(&ctx, &mut sockets, shutdown);
-    if let Some(summary) = worker.drops.rejected.flush() {
-        tracing::warn!("job frames: {summary}");
-    }
+    worker.summary.bad_frames += sockets.jobs.dropped().total() + sockets.control.dropped().total();
     served?;
     tracing::info!(processed = worker.summary.processed, "worker stopped");
     Ok(worker.summary)
@@ -168,38 +161,28 @@ fn connect_results(ctx: &zmq::Context, config: &WorkerConfig) -> Result<Connecti
 }
 
 /// The control SUB, subscribed to everything the sink announces.
-fn connect_control(ctx: &zmq::Context, config: &WorkerConfig) -> Result<zmq::Socket> {
+fn connect_control(ctx: &zmq::Context, config: &WorkerConfig) -> Result<Connection> {
     let tuning = SocketTuning::default();
     let control = transport::connect(ctx, zmq::SUB, &config.control, tuning, "control")?;
     control
         .set_subscribe(b"")
         .map_err(|e| crate::Error::zmq("cannot subscribe to control", e))?;
-    Ok(control)
+    let wire = config.wire.clone();
+    Ok(Connection::new(control, wire, "control", &config.metrics))
 }
 
 /// The sockets the serve loop reads. The results PUSH is the outbox's.
+/// Frames that fail to open or split are dropped, counted and logged by
+/// the [`Connection`]s; a frame from a stranger never reaches the worker.
 struct Sockets {
-    /// DEALER: jobs in, credit out. Credit goes through the [`Connection`];
-    /// jobs are received by hand (see [`JobDrops`]).
+    /// DEALER: jobs in, credit out.
     jobs: Connection,
-    /// SUB: the sink's run announcements, opened and split by hand: a
-    /// frame there that fails to open is counted in the summary only, not
-    /// in the metrics nor the log (a [`Connection`] would do both).
-    control: zmq::Socket,
-    /// The message received last, on either socket.
-    msg: zmq::Message,
+    /// SUB: the sink's run announcements.
+    control: Connection,
 }
 
-/// Job frames dropped: received by hand rather than with
-/// [`Connection::recv`] (which costs no copy either) because the worker
-/// counts them in its summary and logs them in its own words ("job frames:
-/// …", "dropped a job frame", which tests wait for).
-struct JobDrops {
-    /// Frames that failed to open, logged once in a while.
-    rejected: RejectLog,
-    /// When a frame that opened but did not decode was last logged.
-    last_log: Instant,
-}
+/// How often a job frame that opened but did not decode is logged at most.
+const UNDECODED_LOG_EVERY: Duration = Duration::from_secs(5);
 
 struct Worker<'g> {
     id: u64,
@@ -219,8 +202,8 @@ struct Worker<'g> {
     /// Serving: the run the sink says is active, and the jobs endpoint
     /// this worker is connected to.
     serving: Serving,
-    /// Job frames dropped, counted and logged.
-    drops: JobDrops,
+    /// When a job frame that did not decode was last logged.
+    undecoded_logged: Option<Instant>,
 }
 
 /// What a serving worker knows of the runs.
@@ -267,10 +250,7 @@ impl<'g> Worker<'g> {
                 jobs: config.jobs.clone(),
                 idle_said: None,
             },
-            drops: JobDrops {
-                rejected: RejectLog::new(Duration::from_secs(5)),
-                last_log: Instant::now() - Duration::from_secs(60),
-            },
+            undecoded_logged: None,
         }
     }
 }
@@ -346,7 +326,7 @@ impl Worker<'_> {
         };
         let mut items = [
             s.jobs.socket().as_poll_item(jobs_events),
-            s.control.as_poll_item(zmq::POLLIN),
+            s.control.socket().as_poll_item(zmq::POLLIN),
             self.gateway_wake(),
         ];
         let polled = if self.payments.wake_fd().is_some() {
@@ -361,15 +341,9 @@ impl Worker<'_> {
     /// The sink's announcements waiting on the control socket; true when
     /// the run is over and this worker (not serving) exits now.
     fn on_control(&mut self, ctx: &zmq::Context, s: &mut Sockets) -> Result<bool> {
-        while transport::try_recv(&s.control, &mut s.msg, "control")? {
-            let Ok(plain) = self.config.wire.incoming(&mut s.msg) else {
-                // Not from our sink: ignored (a forged "run over" must not stop us).
-                self.summary.bad_frames += 1;
-                continue;
-            };
-            let Ok((h, body)) = protocol::split_frame(plain) else {
-                continue;
-            };
+        // A frame not from our sink never gets here (a forged "run over"
+        // must not stop us): the connection drops it.
+        while let Some((h, body)) = s.control.recv()? {
             match h.kind {
                 Kind::RunOver if !self.config.serve => {
                     // Every order of the run is tallied: whatever this
@@ -405,18 +379,11 @@ impl Worker<'_> {
         }
     }
 
-    /// The job frames waiting: each opened and checked here (see
-    /// [`JobDrops`]), in place, without a copy; its orders started.
+    /// The job frames waiting (opened in place, without a copy): their
+    /// orders started.
     fn take_jobs(&mut self, s: &mut Sockets) -> Result<()> {
-        while transport::try_recv(s.jobs.socket(), &mut s.msg, "jobs")? {
-            let plain = match self.config.wire.incoming(&mut s.msg) {
-                Ok(plain) => plain,
-                Err(e) => {
-                    self.unopened(e);
-                    continue;
-                }
-            };
-            if let Err(e) = self.take_frame(plain)? {
+        while let Some((header, body)) = s.jobs.recv()? {
+            if let Err(e) = self.take_frame(header, body)? {
                 self.undecoded(&e);
             }
             if self.outbox.count >= self.config.batch {
@@ -426,23 +393,17 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Counts a job frame that failed to open, and logs it once in a while.
-    fn unopened(&mut self, e: OpenError) {
-        self.summary.bad_frames += 1;
-        self.config.metrics.bad_frames.inc();
-        if let Some(summary) = self.drops.rejected.record(e) {
-            tracing::warn!("job frames: {summary}");
-        }
-    }
-
     /// Counts a job frame that opened but did not decode, and logs it at
     /// most every 5 s.
     fn undecoded(&mut self, e: &FrameError) {
         self.config.metrics.bad_frames.inc();
         self.summary.bad_frames += 1;
-        if self.drops.last_log.elapsed() > Duration::from_secs(5) {
+        if self
+            .undecoded_logged
+            .is_none_or(|t| t.elapsed() >= UNDECODED_LOG_EVERY)
+        {
             tracing::warn!(error = %e, dropped_so_far = self.summary.bad_frames, "dropped a job frame");
-            self.drops.last_log = Instant::now();
+            self.undecoded_logged = Some(Instant::now());
         }
     }
 
@@ -535,7 +496,8 @@ impl Worker<'_> {
         self.serving.active = Some(run);
         self.credit.heard(Instant::now());
         if self.serving.jobs != endpoint {
-            *jobs = connect_jobs(ctx, &self.config, endpoint)?;
+            let old = std::mem::replace(jobs, connect_jobs(ctx, &self.config, endpoint)?);
+            self.summary.bad_frames += old.dropped().total();
             self.serving.jobs = endpoint.to_owned();
         }
         tracing::info!(run = %run, jobs = %endpoint, "the sink started a run; taking its jobs");

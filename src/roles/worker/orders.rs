@@ -7,7 +7,7 @@
 use super::Worker;
 use crate::gateway::PaymentRequest;
 use crate::payments::{Payable, Verdict};
-use crate::protocol::{self, FrameError, Kind, RunId};
+use crate::protocol::{self, FrameError, Header, Kind, RunId};
 use crate::rules::{self, Outcome};
 use crate::{transport, Result};
 use std::time::{Duration, Instant};
@@ -38,11 +38,11 @@ impl Payable for Task {
 impl Worker<'_> {
     /// Decodes one job frame and starts its orders. A frame that does not
     /// decode is returned as the inner error (dropped and counted).
-    pub(super) fn take_frame(&mut self, frame: &[u8]) -> Result<Result<(), FrameError>> {
-        let (header, body) = match protocol::split_frame(frame) {
-            Ok(x) => x,
-            Err(e) => return Ok(Err(e)),
-        };
+    pub(super) fn take_frame(
+        &mut self,
+        header: Header,
+        body: &[u8],
+    ) -> Result<Result<(), FrameError>> {
         if header.kind != Kind::Jobs {
             return Ok(Err(FrameError::Kind(header.kind as u8)));
         }
