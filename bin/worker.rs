@@ -96,6 +96,7 @@ fn run(args: Args) -> ordergrid::Result<()> {
             Box::new(HttpGateway::new(
                 url,
                 Duration::from_millis(args.gateway_timeout_ms),
+                args.concurrency as usize,
             )?)
         }
     };

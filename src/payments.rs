@@ -86,6 +86,9 @@ pub struct Payments<'g, T> {
     gateway: &'g mut dyn PaymentGateway,
     policy: RetryPolicy,
     concurrency: usize,
+    /// How many attempts the gateway is given at once: `concurrency`, or
+    /// all of them for a gateway that queues them itself.
+    handed_over: usize,
     next_ticket: u64,
     in_flight: HashMap<u64, Entry<T>>,
     waiting: VecDeque<Entry<T>>,
@@ -100,17 +103,26 @@ pub struct Payments<'g, T> {
 
 impl<'g, T: Payable> Payments<'g, T> {
     /// At most `concurrency` (at least 1) attempts in flight at `gateway`;
-    /// `seed` varies the jitter from one worker to the next.
+    /// `seed` varies the jitter from one worker to the next. A gateway that
+    /// [limits itself](PaymentGateway::limits_itself) is handed every
+    /// attempt at once and keeps the limit itself.
     pub fn new(
         gateway: &'g mut dyn PaymentGateway,
         policy: RetryPolicy,
         concurrency: usize,
         seed: u64,
     ) -> Payments<'g, T> {
+        let concurrency = concurrency.max(1);
+        let handed_over = if gateway.limits_itself() {
+            usize::MAX
+        } else {
+            concurrency
+        };
         Payments {
             gateway,
             policy,
-            concurrency: concurrency.max(1),
+            concurrency,
+            handed_over,
             next_ticket: 0,
             in_flight: HashMap::new(),
             waiting: VecDeque::new(),
@@ -143,9 +155,10 @@ impl<'g, T: Payable> Payments<'g, T> {
         self.gateway.wake_fd()
     }
 
-    /// Payment attempts at the gateway now (at most the concurrency).
+    /// Payment attempts at the gateway now (at most the concurrency; a
+    /// gateway that limits itself queues the others).
     pub fn at_gateway(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.len().min(self.concurrency)
     }
 
     /// Payments backing off before their next attempt.
@@ -180,7 +193,7 @@ impl<'g, T: Payable> Payments<'g, T> {
         request: &PaymentRequest<'_>,
         own: impl FnOnce() -> T,
     ) -> Option<Verdict> {
-        if self.in_flight.len() >= self.concurrency {
+        if self.in_flight.len() >= self.handed_over {
             self.waiting.push_back(Entry {
                 task: own(),
                 attempts: 0,
@@ -235,7 +248,7 @@ impl<'g, T: Payable> Payments<'g, T> {
             }
             self.ready = replies;
             let mut started = false;
-            while self.in_flight.len() < self.concurrency {
+            while self.in_flight.len() < self.handed_over {
                 let Some(mut entry) = self.waiting.pop_front() else {
                     break;
                 };
@@ -323,6 +336,8 @@ mod tests {
         pending: VecDeque<(Instant, u64, GatewayReply)>,
         attempts: Vec<String>,
         now: Instant,
+        /// Says it keeps its own limit (as the HTTP gateway does).
+        limits_itself: bool,
     }
 
     impl Scripted {
@@ -333,6 +348,7 @@ mod tests {
                 pending: VecDeque::new(),
                 attempts: Vec::new(),
                 now,
+                limits_itself: false,
             }
         }
         fn answer(mut self, key: &str, replies: Vec<GatewayReply>) -> Scripted {
@@ -369,6 +385,9 @@ mod tests {
         }
         fn pending(&self) -> usize {
             self.pending.len()
+        }
+        fn limits_itself(&self) -> bool {
+            self.limits_itself
         }
     }
 
@@ -509,6 +528,27 @@ mod tests {
         assert_eq!(done.len(), 10);
         // Four rounds of 5 ms: 3 + 3 + 3 + 1.
         assert_eq!(t - now, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_gateway_that_limits_itself_is_handed_every_attempt() {
+        let now = Instant::now();
+        let mut g = Scripted::new(now, Duration::from_millis(5));
+        g.limits_itself = true;
+        let mut p = Payments::new(&mut g, POLICY, 3, 1);
+        for i in 0..10 {
+            let t = Task(format!("k{i}"));
+            assert_eq!(p.start(now, &t.request(), || Task(format!("k{i}"))), None);
+        }
+        assert_eq!(p.waiting(), 0);
+        assert_eq!(p.gateway.pending(), 10);
+        assert_eq!(
+            p.at_gateway(),
+            3,
+            "the gateway queues what is over the limit"
+        );
+        let (done, _) = run_out(&mut p, now);
+        assert_eq!(done.len(), 10);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! A PSP over HTTP or HTTPS (`--gateway http[s]://HOST:PORT`): each attempt
 //! is one `POST {URL}/v1/charges` on hyper's pooled keep-alive client, run on
 //! a current-thread tokio runtime of its own thread, so the worker's thread
-//! keeps hundreds of payments in flight and only collects replies. https
+//! keeps hundreds of payments in flight and only collects replies. That
+//! thread also keeps the `--concurrency` limit: the worker hands it every
+//! attempt at once and it starts the next the moment a reply frees a slot,
+//! so no slot idles while the worker's thread is busy or descheduled. https
 //! goes through rustls (ring), the server checked against Mozilla's roots
 //! (webpki-roots); a failed handshake is a connection error: transient.
 //!
@@ -33,6 +36,7 @@ use hyper_util::rt::TokioExecutor;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -42,25 +46,37 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The HTTP gateway. Dropping it stops its runtime and abandons pending
 /// attempts (their orders are redelivered or retried under the same key).
 pub struct HttpGateway {
-    handle: tokio::runtime::Handle,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     charges: hyper::Uri,
-    timeout: Duration,
-    tx: mpsc::Sender<(u64, GatewayReply)>,
-    rx: mpsc::Receiver<(u64, GatewayReply)>,
-    /// A byte is written to `wake_tx` after each reply; the worker polls
-    /// `wake_rx` with its sockets (see [`PaymentGateway::wake_fd`]).
-    wake_tx: Arc<UnixStream>,
+    /// Attempts for the runtime's thread (see [`dispatch`]); dropping it
+    /// ends that thread.
+    queue: Option<tokio::sync::mpsc::UnboundedSender<(u64, Charge)>>,
+    /// The `concurrency` slots at the PSP; closed on drop, so the thread
+    /// does not wait for a slot to free first.
+    slots: Arc<tokio::sync::Semaphore>,
+    replies: mpsc::Receiver<(u64, GatewayReply)>,
+    /// Rung after each reply; the worker polls `wake_rx` with its sockets
+    /// (see [`PaymentGateway::wake_fd`]).
+    wake: Arc<WakeUp>,
     wake_rx: UnixStream,
     pending: usize,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+type Charge = Request<Full<Bytes>>;
+
+/// What the runtime's thread makes attempts with.
+struct Caller {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+    replies: mpsc::Sender<(u64, GatewayReply)>,
+    wake: Arc<WakeUp>,
+}
+
 impl HttpGateway {
-    /// A client of the PSP at `base` (`http://HOST:PORT[/PATH]`), giving
-    /// each attempt `timeout` for the whole answer.
-    pub fn new(base: &str, timeout: Duration) -> Result<HttpGateway> {
+    /// A client of the PSP at `base` (`http://HOST:PORT[/PATH]`) with at
+    /// most `concurrency` attempts in flight, giving each attempt `timeout`
+    /// for the whole answer from the moment it is sent.
+    pub fn new(base: &str, timeout: Duration, concurrency: usize) -> Result<HttpGateway> {
         let url = format!("{}/v1/charges", base.trim_end_matches('/'));
         let charges: hyper::Uri = url
             .parse()
@@ -70,29 +86,6 @@ impl HttpGateway {
             .enable_time()
             .build()
             .map_err(|e| Error::Config(format!("cannot start the HTTP gateway's runtime: {e}")))?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("gateway-http".into())
-            .spawn(move || {
-                runtime.block_on(async {
-                    let _ = stopped.await;
-                });
-            })
-            .map_err(|e| Error::Config(format!("cannot start the HTTP gateway's thread: {e}")))?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        let (tx, rx) = mpsc::channel();
         let (wake_tx, wake_rx) = UnixStream::pair()
             .and_then(|(a, b)| {
                 a.set_nonblocking(true)
@@ -102,27 +95,141 @@ impl HttpGateway {
             .map_err(|e| {
                 Error::Config(format!("cannot make the HTTP gateway's wake-up pipe: {e}"))
             })?;
-        Ok(HttpGateway {
-            wake_tx: Arc::new(wake_tx),
-            wake_rx,
-            handle,
-            client,
-            charges,
+        let wake = Arc::new(WakeUp {
+            tx: wake_tx,
+            rung: AtomicBool::new(false),
+        });
+        let (replies_tx, replies) = mpsc::channel();
+        let caller = Caller {
+            client: pooled_client(timeout),
             timeout,
-            tx,
-            rx,
+            replies: replies_tx,
+            wake: wake.clone(),
+        };
+        let (queue, attempts) = tokio::sync::mpsc::unbounded_channel();
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let thread_slots = slots.clone();
+        let thread = std::thread::Builder::new()
+            .name("gateway-http".into())
+            .spawn(move || runtime.block_on(dispatch(attempts, caller, thread_slots)))
+            .map_err(|e| Error::Config(format!("cannot start the HTTP gateway's thread: {e}")))?;
+        Ok(HttpGateway {
+            charges,
+            queue: Some(queue),
+            slots,
+            replies,
+            wake,
+            wake_rx,
             pending: 0,
-            stop: Some(stop),
             thread: Some(thread),
         })
     }
 }
 
+/// hyper's keep-alive pool over plain TCP or rustls, no Nagle delay.
+fn pooled_client(timeout: Duration) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// The runtime's thread: takes the attempts in order and starts each as
+/// soon as one of the slots is free. A reply frees its slot here,
+/// so the next attempt starts without waiting for the worker's thread to
+/// see that reply; and a burst of attempts from the worker wakes this
+/// thread once, not once each. Ends when the gateway is dropped.
+async fn dispatch(
+    mut attempts: tokio::sync::mpsc::UnboundedReceiver<(u64, Charge)>,
+    caller: Caller,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
+    let caller = Arc::new(caller);
+    while let Some((ticket, charge)) = attempts.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            let reply = caller.attempt(charge).await;
+            drop(slot);
+            // The worker may be gone (stopping): nothing to tell then.
+            if caller.replies.send((ticket, reply)).is_ok() {
+                caller.wake.ring();
+            }
+        });
+    }
+}
+
+impl Caller {
+    /// One attempt, to its reply.
+    async fn attempt(&self, charge: Charge) -> GatewayReply {
+        let exchange = async {
+            let response = self
+                .client
+                .request(charge)
+                .await
+                .map_err(|e| describe(&e))?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer to HTTP {}: {e}", status.as_u16()))?
+                .to_bytes();
+            Ok::<_, String>((status, retry_after, body))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok((status, retry_after, body))) => classify(status, retry_after, &body),
+            Ok(Err(reason)) => GatewayReply::Transient {
+                reason,
+                retry_after: None,
+            },
+            Err(_) => GatewayReply::Transient {
+                reason: format!("no answer within {} ms", self.timeout.as_millis()),
+                retry_after: None,
+            },
+        }
+    }
+}
+
+/// Wakes the worker's poll when replies arrive: one byte per batch of
+/// replies rather than one per reply, so a busy worker is not woken (nor a
+/// system call made) for each of hundreds of replies.
+struct WakeUp {
+    tx: UnixStream,
+    /// A byte is written and the worker has not drained it yet.
+    rung: AtomicBool,
+}
+
+impl WakeUp {
+    /// After a reply is queued: writes a byte unless one is already waiting
+    /// (a full buffer also holds one: nothing is lost).
+    fn ring(&self) {
+        if !self.rung.swap(true, Ordering::SeqCst) {
+            let _ = (&self.tx).write(&[1]);
+        }
+    }
+}
+
 impl Drop for HttpGateway {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        // The runtime's thread ends when its queue closes; the attempts in
+        // flight are abandoned with the runtime.
+        self.queue.take();
+        self.slots.close();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -158,53 +265,27 @@ impl PaymentGateway for HttpGateway {
                 )))
             }
         };
-        let client = self.client.clone();
-        let tx = self.tx.clone();
-        let wake = self.wake_tx.clone();
-        let timeout = self.timeout;
+        let queued = self
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.send((ticket, req)).is_ok());
+        if !queued {
+            return Some(GatewayReply::Transient {
+                reason: "the HTTP gateway's thread is gone".into(),
+                retry_after: None,
+            });
+        }
         self.pending += 1;
-        self.handle.spawn(async move {
-            let attempt = async {
-                let response = client.request(req).await.map_err(|e| describe(&e))?;
-                let status = response.status();
-                let retry_after = response
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after);
-                let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
-                    .collect()
-                    .await
-                    .map_err(|e| format!("reading the answer to HTTP {}: {e}", status.as_u16()))?
-                    .to_bytes();
-                Ok::<_, String>((status, retry_after, body))
-            };
-            let reply = match tokio::time::timeout(timeout, attempt).await {
-                Ok(Ok((status, retry_after, body))) => classify(status, retry_after, &body),
-                Ok(Err(reason)) => GatewayReply::Transient {
-                    reason,
-                    retry_after: None,
-                },
-                Err(_) => GatewayReply::Transient {
-                    reason: format!("no answer within {} ms", timeout.as_millis()),
-                    retry_after: None,
-                },
-            };
-            // The worker may be gone (stopping): nothing to tell then. A
-            // full wake-up buffer already holds a wake-up: nothing lost.
-            if tx.send((ticket, reply)).is_ok() {
-                let _ = (&*wake).write(&[1]);
-            }
-        });
         None
     }
 
     fn poll(&mut self, _now: Instant, ready: &mut Vec<(u64, GatewayReply)>) {
-        // Drain the wake-ups first: a reply sent after this is seen now or
-        // wakes the next poll.
+        // Drain the wake-up, then re-arm it, then take the replies: a reply
+        // queued after the re-arming rings again, so none waits unseen.
         let mut sink = [0u8; 256];
         while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
-        while let Ok(reply) = self.rx.try_recv() {
+        self.wake.rung.store(false, Ordering::SeqCst);
+        while let Ok(reply) = self.replies.try_recv() {
             self.pending = self.pending.saturating_sub(1);
             ready.push(reply);
         }
@@ -221,6 +302,10 @@ impl PaymentGateway for HttpGateway {
 
     fn wake_fd(&self) -> Option<RawFd> {
         Some(self.wake_rx.as_raw_fd())
+    }
+
+    fn limits_itself(&self) -> bool {
+        true
     }
 }
 
@@ -381,7 +466,7 @@ mod tests {
             }
         });
         let url = format!("https://localhost:{port}");
-        let mut g = HttpGateway::new(&url, Duration::from_secs(5)).unwrap();
+        let mut g = HttpGateway::new(&url, Duration::from_secs(5), 8).unwrap();
         assert_eq!(g.begin(9, &REQUEST), None);
         match one_reply(&mut g) {
             GatewayReply::Transient { reason, .. } => {
@@ -398,8 +483,12 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
-        let mut g =
-            HttpGateway::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)).unwrap();
+        let mut g = HttpGateway::new(
+            &format!("http://127.0.0.1:{port}"),
+            Duration::from_secs(5),
+            8,
+        )
+        .unwrap();
         assert_eq!(g.begin(9, &REQUEST), None);
         match one_reply(&mut g) {
             GatewayReply::Transient { reason, .. } => {
@@ -407,5 +496,82 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A PSP that holds each request a while and records the most it held
+    /// at once; answers 200 with keep-alive.
+    fn holding_psp(hold: Duration) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::BufRead;
+        use std::sync::atomic::AtomicUsize;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let seen = most.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (open, most) = (open.clone(), most.clone());
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    loop {
+                        let mut length = 0;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let lower = line.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now_open, Ordering::SeqCst);
+                        std::thread::sleep(hold);
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                        if writer.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    #[test]
+    fn never_more_attempts_at_the_psp_than_the_concurrency() {
+        let (port, most) = holding_psp(Duration::from_millis(20));
+        let url = format!("http://127.0.0.1:{port}");
+        let mut g = HttpGateway::new(&url, Duration::from_secs(5), 2).unwrap();
+        assert!(g.limits_itself());
+        // All eight are handed over at once; the gateway queues six.
+        for ticket in 0..8 {
+            assert_eq!(g.begin(ticket, &REQUEST), None);
+        }
+        assert_eq!(g.pending(), 8);
+        let mut ready = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ready.len() < 8 && Instant::now() < deadline {
+            let mut items = [zmq::PollItem::from_fd(g.wake_fd().unwrap(), zmq::POLLIN)];
+            zmq::poll(&mut items, 100).unwrap();
+            g.poll(Instant::now(), &mut ready);
+        }
+        let mut tickets: Vec<u64> = ready.iter().map(|r| r.0).collect();
+        tickets.sort_unstable();
+        assert_eq!(tickets, (0..8).collect::<Vec<_>>());
+        assert!(
+            ready.iter().all(|r| r.1 == GatewayReply::Approved),
+            "{ready:?}"
+        );
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&most), "{most} requests held at once");
     }
 }

@@ -67,6 +67,13 @@ pub trait PaymentGateway {
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// True for a gateway that keeps its own limit of attempts in flight and
+    /// queues the rest: the state machine then hands it every attempt at
+    /// once, so a slot freed by a reply is filled in the gateway's own
+    /// thread, without waiting for the worker's thread to see the reply.
+    fn limits_itself(&self) -> bool {
+        false
+    }
 }
 
 /// Which gateway `--gateway` names.
