@@ -118,6 +118,8 @@ def main():
         "p50_ms": quantile(bks, 0.50),
         "p99_ms": quantile(bks, 0.99),
         "settled": stable >= 3,
+        # The histogram itself: [upper bound in ms ("+Inf" last), cumulative count].
+        "buckets": [["+Inf" if le == float("inf") else le * 1000, int(c)] for le, c in bks],
     }
     with open(a.out, "w") as f:
         json.dump(result, f)

@@ -76,6 +76,13 @@ pub struct Prepared {
     pub read_at: Instant,
 }
 
+impl Prepared {
+    /// True when no line went into this batch yet.
+    fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.locals.is_empty() && self.records.is_empty()
+    }
+}
+
 /// The reader's stock: the allocator, and the demands of the orders whose
 /// duplicate lookup is pending (reused, cleared per batch).
 pub struct ReaderStock {
@@ -249,6 +256,12 @@ impl Reader {
             let Some((number, line)) = next_line(&mut source)? else {
                 break;
             };
+            if out.is_empty() {
+                // The clock starts when the batch's first line arrives, not
+                // when the last batch left: a quiet stream's wait for its
+                // next line is not the grid's latency.
+                out.read_at = Instant::now();
+            }
             let this = seq;
             let order_id: &str = match &line {
                 Parsed::Line(Line::Blank) => continue,
@@ -517,4 +530,91 @@ fn doorbell(ctx: &zmq::Context, name: &str) -> Result<(zmq::Socket, zmq::Socket)
     ring.connect(&endpoint)
         .map_err(zerr("cannot connect the doorbell"))?;
     Ok((bell, ring))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A stream whose second line arrives only when the test releases it,
+    /// and which records when it handed that line over.
+    struct LateSecondLine {
+        reads: usize,
+        release: mpsc::Receiver<()>,
+        released_at: Arc<Mutex<Option<Instant>>>,
+    }
+
+    fn order_line(id: &str) -> String {
+        format!(
+            "{{\"order_id\": \"{id}\", \"customer_id\": \"c-1\", \"currency\": \"USD\", \"items\": [{{\"sku\": \"SKU-1\", \"qty\": 1, \"unit_price_cents\": 100}}], \"payment_token\": \"tok_visa\"}}\n"
+        )
+    }
+
+    impl Read for LateSecondLine {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            let line = match self.reads {
+                1 => order_line("o-1"),
+                2 => {
+                    let _ = self.release.recv();
+                    *self.released_at.lock().unwrap() = Some(Instant::now());
+                    order_line("o-2")
+                }
+                _ => return Ok(0),
+            };
+            buf[..line.len()].copy_from_slice(line.as_bytes());
+            Ok(line.len())
+        }
+    }
+
+    #[test]
+    fn a_quiet_streams_wait_is_not_counted_in_the_next_orders_latency() {
+        let ctx = zmq::Context::new();
+        let dir = std::env::temp_dir().join(format!("ordergrid-reader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (release, released) = mpsc::channel();
+        let released_at = Arc::new(Mutex::new(None));
+        let source = LineSource::stream(Box::new(LateSecondLine {
+            reads: 0,
+            release: released,
+            released_at: released_at.clone(),
+        }));
+        let setup = ReaderSetup {
+            ctx: &ctx,
+            input: &InputSpec::Stdin,
+            dead_letter: &dir.join("dead-letter.jsonl"),
+            batch: 1024,
+            stock: None,
+            name: "latency-test".into(),
+        };
+        let mut reader = ReaderHandle::start(&setup, source, SeqSet::default()).unwrap();
+        let wait = Duration::from_secs(10);
+        let first = reader
+            .rx
+            .recv_timeout(wait)
+            .expect("the first line's batch");
+        assert_eq!(first.jobs.len(), 1, "a quiet stream hands over what it has");
+        // The stream stays quiet a while after the first batch left.
+        std::thread::sleep(Duration::from_millis(20));
+        release.send(()).unwrap();
+        let second = reader
+            .rx
+            .recv_timeout(wait)
+            .expect("the second line's batch");
+        assert_eq!(second.jobs.len(), 1);
+        let arrived = released_at
+            .lock()
+            .unwrap()
+            .expect("the second line was read");
+        assert!(
+            second.read_at >= arrived,
+            "the second batch's clock started {:?} before its line arrived",
+            arrived - second.read_at
+        );
+        reader.stop().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
