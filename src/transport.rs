@@ -96,6 +96,9 @@ impl Default for SocketTuning {
     }
 }
 
+/// The longest pause between two attempts to reach a peer that is not there.
+pub const RECONNECT_MAX_MS: i32 = 250;
+
 fn configure(socket: &zmq::Socket, tuning: SocketTuning, what: &str) -> Result<()> {
     let set = |r: zmq::Result<()>, option: &str| {
         r.map_err(|e| Error::zmq(format!("cannot set {option} on the {what} socket"), e))
@@ -111,9 +114,16 @@ fn configure(socket: &zmq::Socket, tuning: SocketTuning, what: &str) -> Result<(
     set(socket.set_sndhwm(tuning.send_hwm), "ZMQ_SNDHWM")?;
     set(socket.set_rcvhwm(tuning.recv_hwm), "ZMQ_RCVHWM")?;
     // Quick to find a peer that starts a moment later (roles start in any
-    // order), backing off to 2 s for one that stays away.
+    // order), backing off to RECONNECT_MAX_MS for one that stays away: a
+    // worker started long before its ventilator (the usual order) connects
+    // at most that long after the ventilator binds, and its first orders
+    // wait no longer (with a 2 s cap, a stream's first orders waited up to
+    // 2 s for a worker that had been up a while).
     set(socket.set_reconnect_ivl(10), "ZMQ_RECONNECT_IVL")?;
-    set(socket.set_reconnect_ivl_max(2000), "ZMQ_RECONNECT_IVL_MAX")?;
+    set(
+        socket.set_reconnect_ivl_max(RECONNECT_MAX_MS),
+        "ZMQ_RECONNECT_IVL_MAX",
+    )?;
     // TCP keepalive closes connections to a host that went silent. Not ZMTP
     // heartbeats: with libzmq 4.3.4 they trip assertions in the stream
     // engine when a paused connection times out (libzmq #3937, #4841),
