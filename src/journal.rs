@@ -526,6 +526,7 @@ impl JournalWriter {
             generation,
             file,
             durable_len,
+            unsure_len: false,
         };
         let thread = thread::Builder::new()
             .name("journal".into())
@@ -604,6 +605,10 @@ struct JournalFiles {
     /// whole group written again (a failed fsync may have dropped pages that
     /// a later fsync would not report: only a rewrite is safe).
     durable_len: u64,
+    /// Set after a failed attempt: the file may be longer than
+    /// `durable_len`, so the next append looks (otherwise it need not ask
+    /// the file system for the length before every group).
+    unsure_len: bool,
 }
 
 impl JournalFiles {
@@ -614,17 +619,20 @@ impl JournalFiles {
     /// Writes `groups` (framed records) and fsyncs once: group commit.
     fn append(&mut self, groups: &[Vec<u8>]) -> Result<()> {
         let path = self.path();
-        let len = self
-            .file
-            .metadata()
-            .map_err(|e| Error::io("cannot read the length of", &path, e))?
-            .len();
-        if len != self.durable_len {
-            // Left over from a failed attempt: the file is opened for append,
-            // so later writes land right after the durable part.
-            self.file
-                .set_len(self.durable_len)
-                .map_err(|e| Error::io("cannot cut back", &path, e))?;
+        if self.unsure_len {
+            let len = self
+                .file
+                .metadata()
+                .map_err(|e| Error::io("cannot read the length of", &path, e))?
+                .len();
+            if len != self.durable_len {
+                // Left over from a failed attempt: the file is opened for
+                // append, so later writes land right after the durable part.
+                self.file
+                    .set_len(self.durable_len)
+                    .map_err(|e| Error::io("cannot cut back", &path, e))?;
+            }
+            self.unsure_len = false;
         }
         let mut written = 0;
         for bytes in groups {
@@ -709,6 +717,7 @@ fn until_written(
                 return Ok(());
             }
             Err(e) => {
+                files.unsure_len = true;
                 if health.closing.load(Ordering::Relaxed) {
                     return Err(e);
                 }
@@ -986,6 +995,7 @@ mod tests {
                 .open(&path)
                 .unwrap(),
             durable_len: 0,
+            unsure_len: false,
         };
         files.append(&[framed(&[b"kept"])]).unwrap();
         let health = JournalHealth::default();
