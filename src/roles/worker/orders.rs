@@ -50,7 +50,8 @@ impl Worker<'_> {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
-        if self.outbox.run != Some(header.run) && !self.config.serve {
+        // Once per run: the log span's field is appended at each record.
+        if self.credit.run() != header.run && !self.config.serve {
             crate::cli::record_run(&header.run);
         }
         self.credit.received(batch.jobs.len(), header.run);
