@@ -68,10 +68,10 @@ done
 
 if [ "$QUICK" = 1 ]; then
     N=200000; N_RSS=1000000; N_GATEWAY=20000; N_RABBIT=20000; N_HTTP=30000; RUNS=${RUNS:-1}
-    N_SLOW=4000; N_MANY=30000; STREAM_SECONDS=2
+    N_SLOW=4000; N_MANY=30000; STREAM_SECONDS=2; N_CUT=30000; CUT="1 3"
 else
     N=2000000; N_RSS=10000000; N_GATEWAY=100000; N_RABBIT=200000; N_HTTP=200000; RUNS=${RUNS:-3}
-    N_SLOW=20000; N_MANY=100000; STREAM_SECONDS=6
+    N_SLOW=20000; N_MANY=100000; STREAM_SECONDS=6; N_CUT=200000; CUT="2 15"
 fi
 SCALING="1 2 4"
 QUIET_WAIT=${BENCH_QUIET_WAIT:-120}
@@ -213,7 +213,13 @@ grid_run() { # scenario orders workers run input-args... -- worker-args...
     t0=$(now_ns)
     start_role vent "$dir" "$BIN/ordergrid-ventilator" "${vent_args[@]}" --jobs "$ep-jobs" \
         --acks "$ep-acks" --dead-letter "$dir/dead-letter.jsonl"
-    wait_rc "$STARTED"; vrc=$RC; t1=$(now_ns)
+    local vent=$STARTED freezer=""
+    if [ -n "${FREEZE_SINK:-}" ]; then
+        freeze_sink "$dir" "$ep" $FREEZE_SINK &
+        freezer=$!
+    fi
+    wait_rc "$vent"; vrc=$RC; t1=$(now_ns)
+    [ -z "$freezer" ] || wait "$freezer" || true
     wait_rc "$sink"; src=$RC; t2=$(now_ns)
     for i in "${ws[@]}"; do wait_rc "$i"; [ "$RC" = 0 ] || wrc=$RC; done
     local wall1; wall1=$(now_ns)
@@ -226,8 +232,30 @@ grid_run() { # scenario orders workers run input-args... -- worker-args...
         --run "$run" --dir "$dir" --start-ns "$t0" --end-ns "$t1" --end2-ns "$t2" \
         --wall-start-ns "$wall0" --wall-end-ns "$wall1" \
         --ok "$ok" --note "$note" --busy-before "$BUSY_BEFORE" --snap0 "$snap0" --snap1 "$snap1" \
-        --report "$dir/state/report.json"
+        --report "$dir/state/report.json" --freeze "$dir/freeze.json"
     [ "$ok" = 1 ] || log "FAILED: $scenario w=$workers run $run: $note(logs in $dir)"
+}
+
+# The sink cut off mid-run (FREEZE_SINK="AT FOR" in grid_run): AT seconds
+# after the ventilator's start, SIGSTOP for FOR seconds, then SIGCONT. Writes
+# the ventilator's orders in flight at that moment (its --metrics) to
+# $dir/freeze.json.
+freeze_sink() { # dir endpoint at for
+    local dir=$1 ep=$2 at=$3 for=$4 pid
+    sleep "$at"
+    pid=$(pgrep -f "^$BIN/ordergrid-sink --results $ep-res" | head -n 1)
+    [ -n "$pid" ] || { log "freeze: no sink for $ep"; return 0; }
+    python3 - "$dir/vent.err" "$dir/freeze.json" "$for" <<'PY'
+import json, re, sys, urllib.request
+log, out, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
+m = re.search(r"metrics=(http://[^\s\x1b]+/metrics)", open(log, errors="replace").read())
+text = urllib.request.urlopen(m.group(1), timeout=5).read().decode() if m else ""
+vals = [l.rsplit(" ", 1)[1] for l in text.splitlines() if l.startswith("ordergrid_orders_in_flight ")]
+json.dump({"in_flight": int(float(vals[0])) if vals else None, "frozen_seconds": secs}, open(out, "w"))
+PY
+    kill -STOP "$pid"
+    sleep "$for"
+    kill -CONT "$pid"
 }
 
 naive_run() { # scenario orders workers run
@@ -525,6 +553,14 @@ log "grid --generate $N_MANY, 40 workers x --concurrency 8, --gateway-latency-ms
 for r in $(seq "$RUNS"); do
     grid_run grid-many "$N_MANY" 40 "$r" --generate "$N_MANY" -- \
         --concurrency 8 --gateway-latency-ms 5
+done
+
+# A sink cut off for 15 s mid-run (SIGSTOP, then SIGCONT), 2 x 64 at 5 ms:
+# the ventilator must wait for it rather than resend what the workers hold.
+log "grid --generate $N_CUT, 2 workers x 64 at 5 ms, the sink frozen (at, for: $CUT s), $RUNS run(s)"
+for r in $(seq "$RUNS"); do
+    FREEZE_SINK=$CUT grid_run grid-cutoff "$N_CUT" 2 "$r" --generate "$N_CUT" \
+        --metrics 127.0.0.1:0 -- --concurrency 64 --gateway-latency-ms 5
 done
 
 http_scenarios

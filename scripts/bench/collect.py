@@ -28,7 +28,7 @@ def read_time(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    for a in ("scenario", "system", "dir", "note", "report", "broker-pid", "snap0", "snap1", "latency"):
+    for a in ("scenario", "system", "dir", "note", "report", "broker-pid", "snap0", "snap1", "latency", "freeze"):
         ap.add_argument("--" + a, default="")
     for a in ("orders", "workers", "run", "start-ns", "end-ns", "end2-ns", "wall-start-ns", "wall-end-ns", "ok", "busy-before"):
         ap.add_argument("--" + a, type=int, default=0)
@@ -115,6 +115,18 @@ def main():
         except (OSError, ValueError, KeyError) as e:
             rec["ok"] = False
             rec["note"] = (rec["note"] + "; " if rec["note"] else "") + f"no report: {e}"
+    # Orders the ventilator sent again (its last line: "... redelivered=N").
+    try:
+        done = re.findall(r"run complete.*?redelivered=(\d+)", open(os.path.join(a.dir, "vent.err"), errors="replace").read())
+        if done:
+            rec["redelivered"] = int(done[-1])
+    except OSError:
+        pass
+    if a.freeze and os.path.exists(a.freeze):
+        try:
+            rec["freeze"] = json.load(open(a.freeze))
+        except (OSError, ValueError):
+            pass
     if a.latency:
         try:
             rec["latency"] = json.load(open(a.latency))

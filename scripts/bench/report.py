@@ -89,6 +89,7 @@ ROWS = [
     ("grid, gateway 5 ms, 4 workers", "grid", "grid-gateway", 4),
     ("grid, gateway 200 ms, 3 workers x 64 (bound 960/s)", "grid", "grid-gateway200", 3),
     ("grid, gateway 5 ms, 40 workers x 8 (bound 64,000/s)", "grid", "grid-many", 40),
+    ("grid, sink frozen mid-run, 2 workers x 64 at 5 ms", "grid", "grid-cutoff", 2),
     ("grid over HTTP (paysim 0 ms), 1 worker x 64", "grid", "grid-http-0ms", 1),
     ("grid over HTTP (paysim 5 ms), 64 in flight/worker", "grid", "grid-http-5ms", 2),
     ("Python aiohttp peer, 64 in flight (0 ms), payments/s", "aiohttp", "aiohttp-0ms", 1),
@@ -119,6 +120,8 @@ def summarise(runs):
     sink_exit = [r["orders_per_s_to_sink_exit"] for r in good if r.get("orders_per_s_to_sink_exit")]
     dups = [r["report"]["stats"].get("duplicate_results", 0) for r in good if r.get("report")]
     walls = [r["wall_seconds"] for r in good if r.get("wall_seconds")]
+    resent = [r["redelivered"] for r in good if r.get("redelivered") is not None]
+    frozen = [r["freeze"] for r in good if r.get("freeze") and r["freeze"].get("in_flight") is not None]
     lat = [r["latency"] for r in good if r.get("latency") and r["latency"].get("p50_ms") is not None]
     return {
         "runs": len(runs),
@@ -133,6 +136,10 @@ def summarise(runs):
         "notes": sorted({r["note"] for r in runs if r.get("note")}),
         "duplicates": statistics.median(dups) if dups else None,
         "wall": statistics.median(walls) if walls else None,
+        "resent": statistics.median(resent) if resent else None,
+        "resent_max": max(resent) if resent else None,
+        "in_flight_at_freeze": statistics.median(f["in_flight"] for f in frozen) if frozen else None,
+        "frozen_seconds": frozen[0]["frozen_seconds"] if frozen else None,
         "p50_ms": statistics.median(l["p50_ms"] for l in lat) if lat else None,
         "p99_ms": statistics.median(l["p99_ms"] for l in lat) if lat else None,
         "p99_max_ms": max(l["p99_ms"] for l in lat) if lat else None,
@@ -162,6 +169,7 @@ def table_lines(rows, naive):
         "runs ok",
         "others' CPU",
         "dup. results (median)",
+        "resent (median)",
         "whole run s (median)",
     ]
     out = []
@@ -185,6 +193,7 @@ def table_lines(rows, naive):
                 f"{s['good']}/{s['runs']}",
                 f"≤{s['others_max']:.0f}%",
                 fmt(s["duplicates"]),
+                fmt(s["resent"]),
                 f"{s['wall']:.2f}" if s.get("wall") else "–",
             ]
         )
@@ -254,6 +263,31 @@ def findings(rows, naive, quick):
         lines.append(
             f"Slow gateway: {fmt(g)} orders/s = {g / GATEWAY_IDEAL:.1%} of the ideal 2 × 64 / 5 ms = 25,600/s; "
             f"must be ≥ 80%: {'met' if g >= 0.8 * GATEWAY_IDEAL else 'NOT met'}."
+        )
+    slow = by.get(("grid-gateway200", 3))
+    if slow and slow["median"]:
+        share = slow["median"] / 960
+        met = share >= 0.9 and not slow["duplicates"]
+        lines.append(
+            f"Slow payment provider (200 ms, 3 workers x 64): {fmt(slow['median'])} orders/s = {share:.1%} of the "
+            f"960/s bound, {fmt(slow['duplicates'])} duplicate results; must be ≥ 90% with none: "
+            f"{'met' if met else 'NOT met'}."
+        )
+    many = by.get(("grid-many", 40))
+    if many and many["median"]:
+        share = many["median"] / 64000
+        lines.append(
+            f"Many workers (40 x 8 at 5 ms, default flags): {fmt(many['median'])} orders/s = {share:.1%} of the "
+            f"64,000/s bound, {fmt(many['duplicates'])} duplicate results; must be ≥ 60%: "
+            f"{'met' if share >= 0.6 else 'NOT met'}."
+        )
+    c = by.get(("grid-cutoff", 2))
+    if c and c.get("in_flight_at_freeze") is not None and c.get("resent") is not None:
+        met = c["resent_max"] < c["in_flight_at_freeze"]
+        lines.append(
+            f"Sink cut off (SIGSTOP) for {c['frozen_seconds']:.0f} s mid-run: {fmt(c['resent'])} orders resent "
+            f"(median; at most {fmt(c['resent_max'])}) against {fmt(c['in_flight_at_freeze'])} in flight when it "
+            f"went away (median), {fmt(c['duplicates'])} duplicate results; must be fewer: {'met' if met else 'NOT met'}."
         )
     h0 = med(("grid-http-0ms", 1))
     if h0:
