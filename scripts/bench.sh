@@ -15,8 +15,8 @@
 # orders/s = orders / wall-clock seconds, from the start of the ventilator to
 # the end of the run: for the grid, the ventilator's exit, which comes once
 # the sink has tallied every order, synced its journal and written the report
-# (the sink itself lingers ~1.5 s after that to tell the workers; that later
-# exit is recorded too, as "to sink exit"). For the naive pipeline and the
+# (the sink exits once its workers said goodbye; that exit is recorded too,
+# as "to sink exit", and the whole run, first process started to last exited). For the naive pipeline and the
 # broker, whose ventilator/publisher first builds its orders in memory (not
 # timed), from its start signal to the last result tallied.
 #

@@ -338,7 +338,7 @@ def findings(rows, naive, quick):
     sink = by.get(("grid-generate", 2))
     if sink and sink.get("median_to_sink_exit"):
         lines.append(
-            f"Counted to the sink's own exit instead of the ventilator's (the sink lingers to tell the workers), "
+            f"Counted to the sink's own exit instead of the ventilator's (it exits once its workers said goodbye), "
             f"grid --generate with 2 workers gives {fmt(sink['median_to_sink_exit'])} orders/s."
         )
     if quick:
@@ -466,8 +466,11 @@ def main():
         "`--state` folder on the repo's disk, so the sink's journal fsyncs for real. Acknowledgements, "
         "deduplication and the journal are always on in the grid.",
         "- Grid: seconds from starting the ventilator to its exit, which comes once the sink has tallied every "
-        "order, closed its journal and written the report (the sink then lingers about 1.5 s to tell the "
-        "workers, not counted; the figure counted to the sink's exit is in the findings and the raw data).",
+        "order, closed its journal and written the report (the sink exits once its workers said goodbye; "
+        "the figure counted to the sink's exit is in the findings and the raw data). \"whole run s\" is what a "
+        "user waits for: the first process started (the sink) to the last one exited.",
+        "- \"dup. results\" is the sink's count of results it had tallied already (each a second gateway call "
+        "for a paid order); \"resent\" the orders the ventilator sent a second time (its `redelivered`).",
         "- Naive Guide pipeline (`examples/naive_pipeline.rs`): one MessagePack order per ZeroMQ message, "
         "workers decode, validate, price and encode one result per message, the sink decodes and tallies per "
         "currency and SKU; no acks, no journal. Its orders are built in memory first (not timed); seconds from "
@@ -483,6 +486,18 @@ def main():
         "- The slow-gateway scenario runs `--gateway-latency-ms 5 --concurrency 64` on each of 2 workers; its "
         "ideal is 2 × 64 / 5 ms = 25,600 orders/s. The same with 1 and 4 workers shows how workers scale when "
         "they wait for the gateway rather than for the CPU (ideal: workers × 12,800 orders/s).",
+        "- Issue 11's rows, with default dispatch flags: a slow payment provider (`--gateway-latency-ms 200`, "
+        "3 workers x 64: a 960/s bound), many small workers (40 x `--concurrency 8` at 5 ms: 64,000/s), and "
+        "the sink cut off: 200,000 orders at 2 x 64 x 5 ms, the sink SIGSTOPped 2 s into the run for 15 s, "
+        "the ventilator's orders in flight (sent, not acknowledged) read from its metrics just before.",
+        "- Over HTTP: each run has its own `ordergrid-paysim` on a free loopback port; workers retry with "
+        "`--gateway-backoff-ms 5`. paysim keeps its mean delay at `--latency-ms` (it logs the mean when it "
+        "stops: 5.00 ms at 5 ms), so 2 x 64 / 5 ms = 25,600/s is the true bound. The Python peer "
+        "(`scripts/bench/aiohttp_peer.py`) pays the same orders with the same concurrency, nothing else.",
+        "- Latency: `scripts/bench/stream_feeder.py` feeds `--input -` at a fixed rate in 10 ms ticks, 2 "
+        "workers, no gateway delay; the ventilator's `ordergrid_ack_latency_seconds` histogram (one order in "
+        "16, from its line read to its acknowledgement, i.e. durable at the sink) gives p50 and p99, "
+        "interpolated within buckets of 1, 2, 4, 8 … ms as Prometheus' histogram_quantile does.",
         "- \"others' CPU\" is the largest share of the machine's CPU used by processes outside the benchmark "
         "during a run of that row; the script waits for a quiet machine before each run, but the numbers of a "
         "run with a high share are pessimistic.",
