@@ -30,7 +30,10 @@
 //!   it; a frozen worker's stays open) while the sink was answering. A gone
 //!   worker's orders are first *suspects* for `quick_liveness` of the sink
 //!   answering: the worker may have finished some since its last `holds`,
-//!   and their acknowledgements clear them; only the rest go out again. Lost orders go out again in small *isolated* groups (the
+//!   and their acknowledgements clear them; only the rest go out again
+//!   (so an order whose result is on the way, unacknowledged after that
+//!   grace, counts as lost too: it cannot be told from one held). Lost
+//!   orders go out again in small *isolated* groups (the
 //!   worker finishes everything else first), on their last delivery alone
 //!   in the grid; after `max_deliveries` losses the order is poison:
 //!   dead-lettered and tallied `failed`. Orders of a frozen worker are
