@@ -16,9 +16,10 @@
 # the end of the run: for the grid, the ventilator's exit, which comes once
 # the sink has tallied every order, synced its journal and written the report
 # (the sink exits once its workers said goodbye; that exit is recorded too,
-# as "to sink exit", and the whole run, first process started to last exited). For the naive pipeline and the
-# broker, whose ventilator/publisher first builds its orders in memory (not
-# timed), from its start signal to the last result tallied.
+# as "to sink exit", and the whole run, first process started to last
+# exited). For the naive pipeline and the broker, whose ventilator/publisher
+# first builds its orders in memory (not timed), from its start signal to
+# the last result tallied.
 #
 # The machine may be shared: before each run the script waits (up to
 # BENCH_QUIET_WAIT seconds, default 120) for the other processes to use less
@@ -245,14 +246,9 @@ freeze_sink() { # dir endpoint at for
     sleep "$at"
     pid=$(pgrep -f "^$BIN/ordergrid-sink --results $ep-res" | head -n 1)
     [ -n "$pid" ] || { log "freeze: no sink for $ep"; return 0; }
-    python3 - "$dir/vent.err" "$dir/freeze.json" "$for" <<'PY'
-import json, re, sys, urllib.request
-log, out, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
-m = re.search(r"metrics=(http://[^\s\x1b]+/metrics)", open(log, errors="replace").read())
-text = urllib.request.urlopen(m.group(1), timeout=5).read().decode() if m else ""
-vals = [l.rsplit(" ", 1)[1] for l in text.splitlines() if l.startswith("ordergrid_orders_in_flight ")]
-json.dump({"in_flight": int(float(vals[0])) if vals else None, "frozen_seconds": secs}, open(out, "w"))
-PY
+    local in_flight
+    in_flight=$(python3 "$ROOT/scripts/bench/vent_metrics.py" "$dir/vent.err" ordergrid_orders_in_flight || true)
+    echo "{\"in_flight\": ${in_flight:-null}, \"frozen_seconds\": $for}" >"$dir/freeze.json"
     kill -STOP "$pid"
     sleep "$for"
     kill -CONT "$pid"

@@ -15,36 +15,11 @@ Closing the stream then ends the run.
 import argparse
 import json
 import re
-import sys
 import time
-import urllib.request
+
+from vent_metrics import metrics_url, scrape, value
 
 TICK = 0.01
-
-
-def metrics_url(vent_log, deadline):
-    pat = re.compile(r"metrics=(http://[^\s\x1b]+/metrics)")
-    while time.monotonic() < deadline:
-        try:
-            m = pat.search(open(vent_log, errors="replace").read())
-        except OSError:
-            m = None
-        if m:
-            return m.group(1)
-        time.sleep(0.05)
-    sys.exit(f"stream_feeder: the ventilator never logged its metrics address in {vent_log}")
-
-
-def scrape(url):
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return r.read().decode()
-
-
-def value(text, name):
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def buckets(text):

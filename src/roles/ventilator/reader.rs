@@ -247,7 +247,7 @@ impl Reader {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            if (!out.jobs.is_empty() || !out.locals.is_empty()) && source.may_block() {
+            if !out.is_empty() && source.may_block() {
                 // A stream went quiet: do not hold what we have.
                 if !self.hand_over(&mut pending, &mut out, seq) {
                     return Ok(());
