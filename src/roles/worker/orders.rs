@@ -55,14 +55,17 @@ impl Worker<'_> {
             crate::cli::record_run(&header.run);
         }
         self.credit.received(batch.jobs.len(), header.run);
-        self.credit.heard(Instant::now());
         if batch.isolate {
             // Possibly a poison order: let everything else finish and its
             // results leave first, so a crash takes nothing else with it.
             self.finish_all()?;
         }
+        // One clock read per frame, not per order: it only dates the start
+        // of a back-off, and a frame's orders start within a millisecond.
+        let now = Instant::now();
+        self.credit.heard(now);
         for job in &batch.jobs {
-            self.start(header.run, job)?;
+            self.start(now, header.run, job)?;
         }
         if batch.isolate {
             self.finish_all()?;
@@ -71,8 +74,9 @@ impl Worker<'_> {
         Ok(Ok(()))
     }
 
-    /// Applies the rules to one order and starts its payment.
-    fn start(&mut self, run: RunId, job: &protocol::Job<'_>) -> Result<()> {
+    /// Applies the rules to one order and starts its payment (`now`: when
+    /// its frame arrived).
+    fn start(&mut self, now: Instant, run: RunId, job: &protocol::Job<'_>) -> Result<()> {
         self.summary.processed += 1;
         let order = &job.order;
         let at = (run, job.seq);
@@ -86,7 +90,7 @@ impl Worker<'_> {
             currency: priced.currency,
             amount_cents: priced.amount_cents,
         };
-        let verdict = self.payments.start(Instant::now(), &request, || {
+        let verdict = self.payments.start(now, &request, || {
             owned_task(run, job, priced.currency, priced.amount_cents)
         });
         match verdict {
