@@ -60,8 +60,10 @@ impl Worker<'_> {
             // results leave first, so a crash takes nothing else with it.
             self.finish_all()?;
         }
-        // One clock read per frame, not per order: it only dates the start
-        // of a back-off, and a frame's orders start within a millisecond.
+        // The only wait in the loop below (a run's first frame sends the
+        // last run's results, and the sink may take none for a while) is
+        // taken first, so one clock read dates every back-off of the frame.
+        self.outbox.switch_run(header.run)?;
         let now = Instant::now();
         self.credit.heard(now);
         for job in &batch.jobs {

@@ -68,8 +68,9 @@ impl Outbox {
         let _ = self.results.send(kind, run, body);
     }
 
-    /// Starts a new frame when the run changes.
-    fn switch_run(&mut self, run: RunId) -> Result<()> {
+    /// Starts a new frame when the run changes (sending the last run's
+    /// records first, which may wait for the sink).
+    pub(super) fn switch_run(&mut self, run: RunId) -> Result<()> {
         if self.run != Some(run) {
             self.flush()?;
             self.run = Some(run);
