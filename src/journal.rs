@@ -23,6 +23,7 @@
 //! The writer tells the sink loop what became durable with tickets on an
 //! inproc socket ([`Tickets`]); a snapshot's payload is a [`Snapshot`].
 
+use crate::transport::{self, SocketSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -453,26 +454,18 @@ pub struct Tickets {
 }
 
 impl Tickets {
+    const SPEC: SocketSpec<'static> = SocketSpec::new(zmq::PAIR, "journal notify");
+
     pub fn bind(ctx: &zmq::Context) -> Result<Tickets> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let endpoint = format!("inproc://journal-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let socket = ctx
-            .socket(zmq::PAIR)
-            .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?;
-        socket
-            .bind(&endpoint)
-            .map_err(|e| Error::zmq("cannot bind the journal notify socket", e))?;
+        let socket = transport::bind(ctx, Self::SPEC, &endpoint)?;
         Ok(Tickets { socket, endpoint })
     }
 
     /// A new writer's end, to hand to [`JournalWriter::start`].
     pub fn writer_end(&self, ctx: &zmq::Context) -> Result<zmq::Socket> {
-        let end = ctx
-            .socket(zmq::PAIR)
-            .map_err(|e| Error::zmq("cannot create the journal notify socket", e))?;
-        end.connect(&self.endpoint)
-            .map_err(|e| Error::zmq("cannot connect the journal notify socket", e))?;
-        Ok(end)
+        transport::connect(ctx, Self::SPEC, &self.endpoint)
     }
 
     /// The socket, to poll it.
@@ -831,10 +824,7 @@ mod tests {
     fn records_survive_and_torn_tail_is_cut() {
         let (state, run) = fresh_run("torn", "r1");
         let (mut w, notify, _synced, _ctx) = writer(&run, 0);
-        let mut buf = Vec::new();
-        push_record(&mut buf, b"one");
-        push_record(&mut buf, b"two");
-        let t = w.append(buf).unwrap();
+        let t = w.append(framed(&[b"one", b"two"])).unwrap();
         let mut got = [0u8; 8];
         notify.recv_into(&mut got, 0).unwrap();
         assert_eq!(u64::from_le_bytes(got), t);
@@ -860,13 +850,9 @@ mod tests {
     fn compaction_starts_a_new_generation() {
         let (state, run) = fresh_run("compact", "r2");
         let (mut w, notify, _synced, _ctx) = writer(&run, 0);
-        let mut buf = Vec::new();
-        push_record(&mut buf, b"before");
-        w.append(buf).unwrap();
+        w.append(framed(&[b"before"])).unwrap();
         w.compact(b"SNAP".to_vec()).unwrap();
-        let mut buf = Vec::new();
-        push_record(&mut buf, b"after");
-        let last = w.append(buf).unwrap();
+        let last = w.append(framed(&[b"after"])).unwrap();
         let mut got = [0u8; 8];
         loop {
             notify.recv_into(&mut got, 0).unwrap();

@@ -87,12 +87,17 @@ pub struct SocketTuning {
     pub recv_hwm: i32,
 }
 
+impl SocketTuning {
+    /// ZeroMQ's own defaults.
+    pub const DEFAULT: SocketTuning = SocketTuning {
+        send_hwm: 1000,
+        recv_hwm: 1000,
+    };
+}
+
 impl Default for SocketTuning {
     fn default() -> Self {
-        SocketTuning {
-            send_hwm: 1000,
-            recv_hwm: 1000,
-        }
+        SocketTuning::DEFAULT
     }
 }
 
@@ -136,32 +141,47 @@ fn configure(socket: &zmq::Socket, tuning: SocketTuning, what: &str) -> Result<(
     Ok(())
 }
 
-/// A new socket of `kind` with every option set.
-fn configured(
-    ctx: &zmq::Context,
-    kind: zmq::SocketType,
-    tuning: SocketTuning,
-    what: &str,
-) -> Result<zmq::Socket> {
-    let socket = ctx
-        .socket(kind)
-        .map_err(|e| Error::zmq(format!("cannot create the {what} socket"), e))?;
-    configure(&socket, tuning, what)?;
-    Ok(socket)
+/// What a socket is: its type, its name in errors ("jobs") and its tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketSpec<'a> {
+    pub kind: zmq::SocketType,
+    pub what: &'a str,
+    pub tuning: SocketTuning,
 }
 
-/// A socket of `kind` bound to `endpoint`; `what` names it in errors ("jobs").
-pub fn bind(
-    ctx: &zmq::Context,
-    kind: zmq::SocketType,
-    endpoint: &str,
-    tuning: SocketTuning,
-    what: &str,
-) -> Result<zmq::Socket> {
-    let socket = configured(ctx, kind, tuning, what)?;
-    socket
-        .bind(&bindable(endpoint))
-        .map_err(|e| Error::zmq(format!("cannot bind the {what} socket to {endpoint}"), e))?;
+impl<'a> SocketSpec<'a> {
+    /// A `kind` socket named `what`, with the default tuning.
+    pub const fn new(kind: zmq::SocketType, what: &'a str) -> SocketSpec<'a> {
+        SocketSpec {
+            kind,
+            what,
+            tuning: SocketTuning::DEFAULT,
+        }
+    }
+
+    /// The same socket with `tuning`.
+    pub fn tuned(self, tuning: SocketTuning) -> SocketSpec<'a> {
+        SocketSpec { tuning, ..self }
+    }
+
+    /// A new socket with every option set.
+    fn open(self, ctx: &zmq::Context) -> Result<zmq::Socket> {
+        let what = self.what;
+        let socket = ctx
+            .socket(self.kind)
+            .map_err(|e| Error::zmq(format!("cannot create the {what} socket"), e))?;
+        configure(&socket, self.tuning, what)?;
+        Ok(socket)
+    }
+}
+
+/// A socket as `spec` says, bound to `endpoint`.
+pub fn bind(ctx: &zmq::Context, spec: SocketSpec<'_>, endpoint: &str) -> Result<zmq::Socket> {
+    let socket = spec.open(ctx)?;
+    socket.bind(&bindable(endpoint)).map_err(|e| {
+        let what = spec.what;
+        Error::zmq(format!("cannot bind the {what} socket to {endpoint}"), e)
+    })?;
     Ok(socket)
 }
 
@@ -175,17 +195,12 @@ fn bindable(endpoint: &str) -> String {
     }
 }
 
-/// A socket of `kind` connected to `endpoint`. Connecting succeeds before the
-/// peer exists; ZeroMQ reconnects by itself.
-pub fn connect(
-    ctx: &zmq::Context,
-    kind: zmq::SocketType,
-    endpoint: &str,
-    tuning: SocketTuning,
-    what: &str,
-) -> Result<zmq::Socket> {
-    let socket = configured(ctx, kind, tuning, what)?;
-    if kind == zmq::PUSH {
+/// A socket as `spec` says, connected to `endpoint`. Connecting succeeds
+/// before the peer exists; ZeroMQ reconnects by itself.
+pub fn connect(ctx: &zmq::Context, spec: SocketSpec<'_>, endpoint: &str) -> Result<zmq::Socket> {
+    let socket = spec.open(ctx)?;
+    let what = spec.what;
+    if spec.kind == zmq::PUSH {
         // Queue only towards completed connections: a PUSH with no peer blocks
         // instead of filling a pipe that may never connect.
         socket
@@ -476,8 +491,8 @@ mod tests {
         let ctx = zmq::Context::new();
         let ep = format!("inproc://connection-test-{name}");
         let metrics = crate::metrics::Metrics::default();
-        let router = bind(&ctx, zmq::ROUTER, &ep, SocketTuning::default(), "jobs").unwrap();
-        let dealer = connect(&ctx, zmq::DEALER, &ep, SocketTuning::default(), "credit").unwrap();
+        let router = bind(&ctx, SocketSpec::new(zmq::ROUTER, "jobs"), &ep).unwrap();
+        let dealer = connect(&ctx, SocketSpec::new(zmq::DEALER, "credit"), &ep).unwrap();
         let router = Connection::new(router, wire.clone(), "jobs", &metrics);
         let dealer = Connection::new(dealer, wire, "credit", &metrics);
         (ctx, router, dealer)
@@ -528,16 +543,10 @@ mod tests {
     #[test]
     fn endpoint_in_use_is_a_clear_error() {
         let ctx = zmq::Context::new();
-        let first = bind(
-            &ctx,
-            zmq::PULL,
-            "tcp://127.0.0.1:*",
-            SocketTuning::default(),
-            "results",
-        )
-        .unwrap();
+        let results = SocketSpec::new(zmq::PULL, "results");
+        let first = bind(&ctx, results, "tcp://127.0.0.1:*").unwrap();
         let ep = first.get_last_endpoint().unwrap().unwrap();
-        let Err(err) = bind(&ctx, zmq::PULL, &ep, SocketTuning::default(), "results") else {
+        let Err(err) = bind(&ctx, results, &ep) else {
             panic!("second bind to {ep} succeeded")
         };
         let text = err.to_string();

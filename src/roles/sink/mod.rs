@@ -35,7 +35,7 @@ use crate::journal::Tickets;
 use crate::protocol::{FrameError, Kind};
 use crate::report::{Report, SinkStats};
 use crate::shutdown::Shutdown;
-use crate::transport::{self, Connection, Dropped, SocketTuning, Wire};
+use crate::transport::{self, Connection, Dropped, SocketSpec, SocketTuning, Wire};
 use crate::{Error, Result};
 use commits::HandOver;
 use progress::ProgressView;
@@ -149,7 +149,7 @@ impl Sockets {
         };
         let ep = &config.endpoints;
         let open = |kind, endpoint: &str, what: &'static str| -> Result<Connection> {
-            let socket = transport::bind(ctx, kind, endpoint, tuning, what)?;
+            let socket = transport::bind(ctx, SocketSpec::new(kind, what).tuned(tuning), endpoint)?;
             Ok(Connection::new(
                 socket,
                 config.wire.clone(),

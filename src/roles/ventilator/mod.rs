@@ -24,7 +24,7 @@ use crate::inventory::StockTable;
 use crate::ledger::SeqSet;
 use crate::protocol::{self, Acks, Credit, Hello, Kind, Progress, RunId};
 use crate::shutdown::Shutdown;
-use crate::transport::{self, Connection, SocketTuning, Wire};
+use crate::transport::{self, Connection, SocketSpec, SocketTuning, Wire};
 use crate::{Error, Result};
 use dispatch::{Action, Dispatch, DispatchConfig, Payload, Peer};
 use handshake::Greeting;
@@ -161,7 +161,8 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         send_hwm: 10_000,
         recv_hwm: 10_000,
     };
-    let sink = transport::connect(&ctx, zmq::DEALER, &config.acks, tuning, "acks")?;
+    let acks = SocketSpec::new(zmq::DEALER, "acks").tuned(tuning);
+    let sink = transport::connect(&ctx, acks, &config.acks)?;
     let mut sink = Connection::new(sink, config.wire.clone(), "acks", &config.metrics);
     tracing::info!(run = %run, input = %config.input.describe(), jobs = %config.jobs, acks = %config.acks, "ventilator started");
     let hello = hello_frame(config, run);
@@ -310,7 +311,11 @@ fn bind_jobs(
                 zmq::Error::EADDRINUSE,
             ))
         } else {
-            transport::bind(ctx, zmq::ROUTER, &config.jobs, tuning, "jobs")
+            transport::bind(
+                ctx,
+                SocketSpec::new(zmq::ROUTER, "jobs").tuned(tuning),
+                &config.jobs,
+            )
         };
         match attempt {
             Ok(jobs) => break jobs,
@@ -351,13 +356,7 @@ fn monitor_jobs(ctx: &zmq::Context, jobs: &zmq::Socket, run: RunId) -> Result<zm
     let endpoint = format!("inproc://ventilator-jobs-monitor-{run}");
     jobs.monitor(&endpoint, zmq::SocketEvent::DISCONNECTED as i32)
         .map_err(|e| Error::zmq("cannot monitor the jobs socket", e))?;
-    let monitor = ctx
-        .socket(zmq::PAIR)
-        .map_err(|e| Error::zmq("cannot create the jobs monitor", e))?;
-    monitor
-        .connect(&endpoint)
-        .map_err(|e| Error::zmq("cannot connect the jobs monitor", e))?;
-    Ok(monitor)
+    transport::connect(ctx, SocketSpec::new(zmq::PAIR, "jobs monitor"), &endpoint)
 }
 
 /// ROUTER identities of the workers, as the core's [`Peer`] numbers.

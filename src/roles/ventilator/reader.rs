@@ -18,6 +18,7 @@ use crate::ledger::SeqSet;
 use crate::order::{self, Line, Malformed};
 use crate::protocol;
 use crate::rules::{self, Outcome, Rejection};
+use crate::transport::{self, SocketSpec, SocketTuning};
 use crate::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -516,19 +517,13 @@ impl ReaderHandle {
 /// reader rings it with (connected; one pending ring at most).
 fn doorbell(ctx: &zmq::Context, name: &str) -> Result<(zmq::Socket, zmq::Socket)> {
     let endpoint = format!("inproc://ventilator-doorbell-{name}");
-    let zerr = |what: &'static str| move |e| Error::zmq(what, e);
-    let bell = ctx
-        .socket(zmq::PAIR)
-        .map_err(zerr("cannot create the doorbell"))?;
-    bell.bind(&endpoint)
-        .map_err(zerr("cannot bind the doorbell"))?;
-    let ring = ctx
-        .socket(zmq::PAIR)
-        .map_err(zerr("cannot create the doorbell"))?;
-    ring.set_sndhwm(1)
-        .map_err(zerr("cannot set the doorbell's HWM"))?;
-    ring.connect(&endpoint)
-        .map_err(zerr("cannot connect the doorbell"))?;
+    let spec = SocketSpec::new(zmq::PAIR, "doorbell");
+    let bell = transport::bind(ctx, spec, &endpoint)?;
+    let one_ring = SocketTuning {
+        send_hwm: 1,
+        ..spec.tuning
+    };
+    let ring = transport::connect(ctx, spec.tuned(one_ring), &endpoint)?;
     Ok((bell, ring))
 }
 

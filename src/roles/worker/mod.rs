@@ -23,7 +23,7 @@ use crate::gateway::PaymentGateway;
 use crate::payments::{Payments, RetryPolicy, Verdict};
 use crate::protocol::{self, FrameError, Kind, RunId};
 use crate::shutdown::Shutdown;
-use crate::transport::{self, Connection, SocketTuning, Wire};
+use crate::transport::{self, Connection, SocketSpec, SocketTuning, Wire};
 use crate::Result;
 use orders::Task;
 use outbox::Outbox;
@@ -143,7 +143,11 @@ fn connect_jobs(ctx: &zmq::Context, config: &WorkerConfig, endpoint: &str) -> Re
         send_hwm: 1000,
         recv_hwm: config.recv_hwm,
     };
-    let socket = transport::connect(ctx, zmq::DEALER, endpoint, tuning, "jobs")?;
+    let socket = transport::connect(
+        ctx,
+        SocketSpec::new(zmq::DEALER, "jobs").tuned(tuning),
+        endpoint,
+    )?;
     Ok(Connection::new(
         socket,
         config.wire.clone(),
@@ -154,16 +158,14 @@ fn connect_jobs(ctx: &zmq::Context, config: &WorkerConfig, endpoint: &str) -> Re
 
 /// The results PUSH to the sink: results, status and goodbyes out.
 fn connect_results(ctx: &zmq::Context, config: &WorkerConfig) -> Result<Connection> {
-    let tuning = SocketTuning::default();
-    let socket = transport::connect(ctx, zmq::PUSH, &config.results, tuning, "results")?;
+    let socket = transport::connect(ctx, SocketSpec::new(zmq::PUSH, "results"), &config.results)?;
     let wire = config.wire.clone();
     Ok(Connection::new(socket, wire, "results", &config.metrics))
 }
 
 /// The control SUB, subscribed to everything the sink announces.
 fn connect_control(ctx: &zmq::Context, config: &WorkerConfig) -> Result<Connection> {
-    let tuning = SocketTuning::default();
-    let control = transport::connect(ctx, zmq::SUB, &config.control, tuning, "control")?;
+    let control = transport::connect(ctx, SocketSpec::new(zmq::SUB, "control"), &config.control)?;
     control
         .set_subscribe(b"")
         .map_err(|e| crate::Error::zmq("cannot subscribe to control", e))?;
