@@ -55,9 +55,18 @@ const RECENT_CAP: usize = 4_096;
 const RESERVOIR_CAP: usize = 1_024;
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-const STREAM_KIND: u64 = 1;
-const STREAM_CONTENT: u64 = 2;
-const STREAM_ALTERED: u64 = 3;
+
+/// A line's independent random streams (the numbers seed them: changing one
+/// changes every generated file).
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    /// Whether the line is ordinary, rejected, malformed or a duplicate.
+    Kind = 1,
+    /// The order itself.
+    Content = 2,
+    /// What a rejected or altered copy changes.
+    Altered = 3,
+}
 
 /// The token of a poison order.
 const POISON_TOKEN: &str = "tok_crash";
@@ -224,7 +233,7 @@ impl Generator {
         }
 
         let head = &self.id_head;
-        let mut content = Rng::for_line(self.key, i, STREAM_CONTENT);
+        let mut content = Rng::for_line(self.key, i, Stream::Content);
         if i == self.poison_at {
             self.poison_k += 1;
             self.poison_at = self.poison_position(self.poison_k);
@@ -240,7 +249,7 @@ impl Generator {
             return Some(Made::Written);
         }
 
-        let mut k = Rng::for_line(self.key, i, STREAM_KIND);
+        let mut k = Rng::for_line(self.key, i, Stream::Kind);
         let r = k.below(1_000_000);
         if r < REJECT_PPM {
             Some(Made::Order(rejected(&mut k, &mut content, i, head, o)))
@@ -253,9 +262,9 @@ impl Generator {
         {
             let form = if k.below(10) < 6 {
                 // Byte-exact repeat: line j was written from exactly this.
-                ordinary(&mut Rng::for_line(self.key, j, STREAM_CONTENT), j, head, o)
+                ordinary(&mut Rng::for_line(self.key, j, Stream::Content), j, head, o)
             } else {
-                ordinary(&mut Rng::for_line(self.key, i, STREAM_ALTERED), j, head, o)
+                ordinary(&mut Rng::for_line(self.key, i, Stream::Altered), j, head, o)
             };
             Some(Made::Order(form))
         } else {
@@ -474,7 +483,7 @@ impl Generator {
                 if k.below(2) == 0 {
                     out.push(b' ');
                 }
-                let altered = &mut Rng::for_line(self.key, i, STREAM_ALTERED);
+                let altered = &mut Rng::for_line(self.key, i, Stream::Altered);
                 let form = ordinary(altered, i, &self.id_head, o);
                 write_json(out, o, &form, None);
             }
@@ -990,7 +999,8 @@ impl Rng {
     }
 
     #[inline]
-    fn for_line(key: u64, line: u64, stream: u64) -> Rng {
+    fn for_line(key: u64, line: u64, stream: Stream) -> Rng {
+        let stream = stream as u64;
         Rng(key ^ mix64(line.wrapping_mul(GOLDEN) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03)))
     }
 
@@ -1549,23 +1559,29 @@ mod tests {
 
             // Marker substrings of the rarer features.
             let has = |m: &[u8]| ls.iter().any(|l| l.windows(m.len()).any(|w| w == m));
-            assert!(has(b"\"note\": \"gift\""));
-            assert!(has(b"\"meta\": {"));
-            assert!(has(b"\"gift_wrap\": true"));
-            assert!(has(b"\"customer_id\": \"c-\\\"vip\\\"-"));
-            assert!(has(b"c-caf\\u00e9-"));
-            assert!(has(b"\"unit_price_cents\": 0}"));
-            assert!(has(b"{\"order_id\":\"o-"), "compact");
-            assert!(has(b"{\"payment_token\": \"tok_"), "reordered");
-            assert!(has(
-                b"\"qty\": 1000, \"unit_price_cents\": 9223372036854775807"
-            ));
-            assert!(has(b"\"unit_price_cents\": 9223372036854775808"));
-            assert!(has(b"\"qty\": 1e3"));
-            assert!(has(b"\"items\": [1]"));
-            assert!(has(b"\"items\": []"));
-            assert!(has(b"\xFF"));
-            assert!(has(b"garbage"));
+            let rare_valid: [&[u8]; 8] = [
+                b"\"note\": \"gift\"",
+                b"\"meta\": {",
+                b"\"gift_wrap\": true",
+                b"\"customer_id\": \"c-\\\"vip\\\"-",
+                b"c-caf\\u00e9-",
+                b"\"unit_price_cents\": 0}",
+                b"{\"order_id\":\"o-",         // compact
+                b"{\"payment_token\": \"tok_", // reordered
+            ];
+            let rare_invalid: [&[u8]; 7] = [
+                b"\"qty\": 1000, \"unit_price_cents\": 9223372036854775807",
+                b"\"unit_price_cents\": 9223372036854775808",
+                b"\"qty\": 1e3",
+                b"\"items\": [1]",
+                b"\"items\": []",
+                b"\xFF",
+                b"garbage",
+            ];
+            for marker in rare_valid.iter().chain(&rare_invalid) {
+                let text = String::from_utf8_lossy(marker);
+                assert!(has(marker), "no line has {text}");
+            }
         }
     }
 

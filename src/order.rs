@@ -712,7 +712,9 @@ mod tests {
 
     #[test]
     fn every_malformed_shape() {
-        let cases = [
+        let two = format!("{GOOD}{GOOD}");
+        let trailing = format!("{GOOD} x");
+        let whole_lines = [
             "garbage",
             "{",
             r#"{"order_id": "o-1""#,
@@ -720,46 +722,40 @@ mod tests {
             "\"str\"",
             "42",
             "null",
-            &format!("{GOOD}{GOOD}"),
-            &format!("{GOOD} x"),
-            &GOOD.replace(r#""order_id": "o-1", "#, ""),
-            &GOOD.replace(r#""customer_id": "c-9", "#, ""),
-            &GOOD.replace(r#""currency": "USD", "#, ""),
-            &GOOD.replace(r#", "payment_token": "tok_visa""#, ""),
-            &GOOD.replace(
-                r#""items": [{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}], "#,
-                "",
-            ),
-            &GOOD.replace("\"qty\": 2", "\"qty\": 2.0"),
-            &GOOD.replace("\"qty\": 2", "\"qty\": 1e3"),
-            &GOOD.replace("\"qty\": 2", "\"qty\": \"2\""),
-            &GOOD.replace("\"qty\": 2", "\"qty\": true"),
-            &GOOD.replace("\"qty\": 2", "\"qty\": null"),
-            &GOOD.replace("1999", "9223372036854775808"),
-            &GOOD.replace("1999", "-9223372036854775809"),
-            &GOOD.replace("\"USD\"", "5"),
-            &GOOD.replace("\"USD\"", "null"),
-            &GOOD.replace("\"c-9\"", "[\"c\"]"),
-            &GOOD.replace("\"tok_visa\"", "{}"),
-            &GOOD.replace("\"o-1\"", "1"),
-            &GOOD.replace(
-                r#"[{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}]"#,
-                "{}",
-            ),
-            &GOOD.replace(
-                r#"[{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}]"#,
-                "[1]",
-            ),
-            &GOOD.replace(
-                r#"[{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}]"#,
-                "null",
-            ),
-            &GOOD.replace(r#""sku": "SKU-1", "#, ""),
-            &GOOD.replace(r#""qty": 2, "#, ""),
-            &GOOD.replace(r#", "unit_price_cents": 1999"#, ""),
-            &GOOD.replace(r#""sku": "SKU-1""#, r#""sku": 7"#),
+            &two,
+            &trailing,
         ];
-        for case in cases {
+        // Pieces of the good line whose absence makes it malformed.
+        let required = [
+            r#""order_id": "o-1", "#,
+            r#""customer_id": "c-9", "#,
+            r#""currency": "USD", "#,
+            r#", "payment_token": "tok_visa""#,
+            r#""items": [{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}], "#,
+            r#""sku": "SKU-1", "#,
+            r#""qty": 2, "#,
+            r#", "unit_price_cents": 1999"#,
+        ];
+        // A piece of the good line, and values of the wrong type or range for it.
+        let items = r#"[{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1999}]"#;
+        let wrong: [(&str, &[&str]); 8] = [
+            ("2,", &["2.0,", "1e3,", "\"2\",", "true,", "null,"]),
+            ("1999", &["9223372036854775808", "-9223372036854775809"]),
+            ("\"USD\"", &["5", "null"]),
+            ("\"c-9\"", &["[\"c\"]"]),
+            ("\"tok_visa\"", &["{}"]),
+            ("\"o-1\"", &["1"]),
+            (items, &["{}", "[1]", "null"]),
+            (r#""SKU-1""#, &["7"]),
+        ];
+        let mut cases: Vec<String> = whole_lines.iter().map(|l| l.to_string()).collect();
+        cases.extend(required.iter().map(|piece| GOOD.replace(piece, "")));
+        for (piece, values) in wrong {
+            assert!(GOOD.contains(piece), "{piece}");
+            cases.extend(values.iter().map(|v| GOOD.replace(piece, v)));
+        }
+        for case in &cases {
+            assert_ne!(case, GOOD);
             assert!(malformed(case), "should be malformed: {case}");
         }
     }

@@ -111,6 +111,23 @@ pub struct SinkStats {
     pub journal_damage: u64,
 }
 
+/// `[(name, value)]` of the named fields of a struct, named as in the JSON.
+macro_rules! named_fields {
+    ($s:expr; $($field:ident),+) => {
+        [$((stringify!($field), $s.$field)),+]
+    };
+}
+
+/// A block of the human summary: a blank line, `heading` over "count", one
+/// row per name.
+fn count_rows(t: &mut String, heading: &str, rows: &[(&str, u64)]) {
+    let _ = writeln!(t);
+    let _ = writeln!(t, "{heading:<18} {:>14}", "count");
+    for (name, n) in rows {
+        let _ = writeln!(t, "{name:<18} {n:>14}");
+    }
+}
+
 impl Report {
     /// The report as pretty JSON with a trailing newline.
     pub fn to_json(&self) -> String {
@@ -133,34 +150,14 @@ impl Report {
             self.run.orders_per_second,
             if workers == 1 { "" } else { "s" }
         );
-        let _ = writeln!(t);
-        let _ = writeln!(t, "{:<18} {:>14}", "orders", "count");
-        for (name, n) in [
-            ("lines", o.lines),
-            ("paid", o.paid),
-            ("declined", o.declined),
-            ("rejected", o.rejected),
-            ("failed", o.failed),
-            ("duplicate", o.duplicate),
-            ("malformed", o.malformed),
-        ] {
-            let _ = writeln!(t, "{name:<18} {n:>14}");
-        }
-        let _ = writeln!(t);
-        let _ = writeln!(t, "{:<18} {:>14}", "rejected", "count");
-        for (name, n) in [
-            ("bad_currency", r.bad_currency),
-            ("no_items", r.no_items),
-            ("bad_sku", r.bad_sku),
-            ("bad_quantity", r.bad_quantity),
-            ("bad_price", r.bad_price),
-            ("amount_overflow", r.amount_overflow),
-        ] {
-            let _ = writeln!(t, "{name:<18} {n:>14}");
-        }
-        if let Some(n) = r.out_of_stock {
-            let _ = writeln!(t, "{:<18} {n:>14}", "out_of_stock");
-        }
+        let orders =
+            named_fields!(o; lines, paid, declined, rejected, failed, duplicate, malformed);
+        count_rows(&mut t, "orders", &orders);
+        let mut reasons = Vec::from(named_fields!(
+            r; bad_currency, no_items, bad_sku, bad_quantity, bad_price, amount_overflow
+        ));
+        reasons.extend(r.out_of_stock.map(|n| ("out_of_stock", n)));
+        count_rows(&mut t, "rejected", &reasons);
         let _ = writeln!(t);
         let _ = writeln!(t, "{:<8} {:>12} {:>28}", "currency", "orders", "captured");
         for (currency, p) in &self.payments {
@@ -258,5 +255,70 @@ mod tests {
             major_units(i128::MIN, 2),
             "-1701411834604692317316873037158841057.28"
         );
+    }
+
+    fn report(out_of_stock: Option<u64>) -> Report {
+        let n = |i: u64| i * 11;
+        Report {
+            orders: OrderCounts {
+                lines: n(1),
+                paid: n(2),
+                declined: n(3),
+                rejected: n(4),
+                failed: n(5),
+                duplicate: n(6),
+                malformed: n(7),
+            },
+            rejected: RejectedCounts {
+                bad_currency: n(8),
+                no_items: n(9),
+                bad_sku: n(10),
+                bad_quantity: n(11),
+                bad_price: n(12),
+                amount_overflow: n(13),
+                out_of_stock,
+            },
+            payments: BTreeMap::new(),
+            stock: BTreeMap::new(),
+            inventory: None,
+            run: RunSection {
+                id: "00000000000000aa".into(),
+                input: "stdin".into(),
+                elapsed_seconds: 1.0,
+                orders_per_second: 11.0,
+                workers_seen: 1,
+                sink_restarts: 0,
+            },
+            stats: SinkStats::default(),
+        }
+    }
+
+    #[test]
+    fn the_tables_rows_are_the_json_fields() {
+        for out_of_stock in [None, Some(7)] {
+            let r = report(out_of_stock);
+            let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+            let table = r.to_table(5);
+            let mut rows = table.lines();
+            for section in ["orders", "rejected"] {
+                rows.find(|l| l.split_whitespace().eq([section, "count"]))
+                    .unwrap_or_else(|| panic!("no {section} heading in\n{table}"));
+                let got: BTreeMap<String, serde_json::Value> = rows
+                    .by_ref()
+                    .take_while(|l| !l.is_empty())
+                    .map(|l| {
+                        let (name, n) = l.split_once(' ').unwrap();
+                        (name.to_owned(), n.trim().parse::<u64>().unwrap().into())
+                    })
+                    .collect();
+                let want: BTreeMap<String, serde_json::Value> = json[section]
+                    .as_object()
+                    .unwrap()
+                    .clone()
+                    .into_iter()
+                    .collect();
+                assert_eq!(got, want, "{section} in\n{table}");
+            }
+        }
     }
 }

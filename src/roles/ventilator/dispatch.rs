@@ -575,13 +575,8 @@ impl Dispatch {
         if !self.sink_answering(now) {
             return actions;
         }
-        let back = self.sink_back;
-        while let Some(&(at, seq)) = self.suspects.front() {
-            let since = back.map_or(at, |b| b.max(at));
-            if now.saturating_duration_since(since) < self.config.quick_liveness {
-                break;
-            }
-            self.suspects.pop_front();
+        let grace = self.config.quick_liveness;
+        while let Some((_, seq)) = pop_due(&mut self.suspects, now, self.sink_back, grace) {
             if let Some(Place::Suspect { lost }) = self.orders.get(&seq).map(|s| s.place) {
                 actions.extend(self.requeue(seq, lost));
             }
@@ -625,13 +620,8 @@ impl Dispatch {
         if !self.sink_answering(now) {
             return;
         }
-        let back = self.sink_back;
-        while let Some(&(at, seq)) = self.waiting_acks.front() {
-            let since = back.map_or(at, |b| b.max(at));
-            if now.saturating_duration_since(since) < self.config.ack_timeout {
-                break;
-            }
-            self.waiting_acks.pop_front();
+        let wait = self.config.ack_timeout;
+        while let Some((at, seq)) = pop_due(&mut self.waiting_acks, now, self.sink_back, wait) {
             let Some(slot) = self.orders.get_mut(&seq) else {
                 continue;
             };
@@ -777,6 +767,23 @@ fn take_live(lane: &mut VecDeque<u64>, n: usize, live: impl Fn(&u64) -> bool) ->
         }
     }
     seqs
+}
+
+/// The front of a queue of (since, seq), oldest first, once it has waited
+/// `wait`; the clock of an entry from before the sink came `back` starts then.
+fn pop_due(
+    queue: &mut VecDeque<(Instant, u64)>,
+    now: Instant,
+    back: Option<Instant>,
+    wait: Duration,
+) -> Option<(Instant, u64)> {
+    let &(at, seq) = queue.front()?;
+    let since = back.map_or(at, |b| b.max(at));
+    if now.saturating_duration_since(since) < wait {
+        return None;
+    }
+    queue.pop_front();
+    Some((at, seq))
 }
 
 #[cfg(test)]

@@ -47,6 +47,15 @@ fn ms(t0: Instant, n: u64) -> Instant {
     t0 + Duration::from_millis(n)
 }
 
+/// `orders` jobs admitted now, and sent to worker 1 on its credit of `capacity`.
+fn held_by_worker_1(orders: u64, capacity: u64) -> (Instant, Dispatch, Vec<Action>) {
+    let t0 = Instant::now();
+    let mut d = core_with(t0, orders);
+    d.on_credit(t0, 1, &credit(capacity, 0, 0, None));
+    let actions = d.poll(t0);
+    (t0, d, actions)
+}
+
 fn core_with(t0: Instant, orders: u64) -> Dispatch {
     let mut d = Dispatch::new(config());
     for seq in 0..orders {
@@ -58,10 +67,8 @@ fn core_with(t0: Instant, orders: u64) -> Dispatch {
 
 #[test]
 fn credit_bounds_what_is_in_flight() {
-    let t0 = Instant::now();
-    let mut d = core_with(t0, 100);
-    d.on_credit(t0, 1, &credit(10, 0, 0, None));
-    let first = sent(&d.poll(t0));
+    let (t0, mut d, first) = held_by_worker_1(100, 10);
+    let first = sent(&first);
     assert_eq!(first[&1].len(), 10, "no more than the credit");
     assert!(d.poll(t0).is_empty(), "no room left");
     // Four finished: room for four more, wherever they were in transit.
@@ -88,10 +95,8 @@ fn frames_are_spread_round_robin_in_batches() {
 
 #[test]
 fn an_order_held_by_a_live_worker_is_never_resent_however_slow() {
-    let t0 = Instant::now();
-    let mut d = core_with(t0, 5);
-    d.on_credit(t0, 1, &credit(5, 0, 0, None));
-    let held = sent(&d.poll(t0))[&1].clone();
+    let (t0, mut d, held) = held_by_worker_1(5, 5);
+    let held = sent(&held)[&1].clone();
     d.on_credit(t0, 2, &credit(100, 0, 0, None));
     // An hour of heartbeats from a worker that holds all five.
     for s in 1..=14_400 {
@@ -105,10 +110,7 @@ fn an_order_held_by_a_live_worker_is_never_resent_however_slow() {
 
 #[test]
 fn a_silent_worker_is_gone_and_its_orders_are_late_not_lost() {
-    let t0 = Instant::now();
-    let mut d = core_with(t0, 6);
-    d.on_credit(t0, 1, &credit(6, 0, 0, None));
-    d.poll(t0);
+    let (t0, mut d, _) = held_by_worker_1(6, 6);
     let mut now = t0;
     let mut again = Vec::new();
     for s in 1..=20 {
@@ -131,10 +133,7 @@ fn a_silent_worker_is_gone_and_its_orders_are_late_not_lost() {
 
 #[test]
 fn a_sink_outage_makes_no_worker_gone() {
-    let t0 = Instant::now();
-    let mut d = core_with(t0, 6);
-    d.on_credit(t0, 1, &credit(6, 0, 0, None));
-    d.poll(t0);
+    let (t0, mut d, _) = held_by_worker_1(6, 6);
     d.on_credit(t0, 2, &credit(100, 0, 0, None));
     // Worker 1 blocks on its results while the sink is away: silent, not gone.
     for s in 1..=120 {
@@ -184,10 +183,7 @@ fn isolated(actions: &[Action]) -> Vec<Vec<u64>> {
 
 #[test]
 fn lost_orders_go_out_isolated_in_groups_then_alone_then_are_poison() {
-    let t0 = Instant::now();
-    let mut d = core_with(t0, 40);
-    d.on_credit(t0, 1, &credit(40, 0, 0, None));
-    d.poll(t0);
+    let (t0, mut d, _) = held_by_worker_1(40, 40);
     // Worker 1 crashes: its 40 orders go out in isolated groups of at most 32.
     let (first, t1) = crash(&mut d, 1, 2, ms(t0, 10));
     let groups = isolated(&first);
@@ -211,10 +207,7 @@ fn lost_orders_go_out_isolated_in_groups_then_alone_then_are_poison() {
 
 #[test]
 fn a_crashed_workers_orders_acknowledged_within_the_grace_are_not_lost() {
-    let t0 = Instant::now();
-    let mut d = core_with(t0, 4);
-    d.on_credit(t0, 1, &credit(4, 0, 0, None));
-    d.poll(t0);
+    let (t0, mut d, _) = held_by_worker_1(4, 4);
     // It finished 0 and 1 just before it crashed; their results get acknowledged.
     d.on_disconnect(ms(t0, 10));
     d.on_sink_heard(ms(t0, 10));
@@ -229,10 +222,7 @@ fn a_crashed_workers_orders_acknowledged_within_the_grace_are_not_lost() {
 
 #[test]
 fn an_overdue_order_of_an_isolated_group_frees_its_place() {
-    let t0 = Instant::now();
-    let mut d = core_with(t0, 5 * GROUP_SIZE as u64);
-    d.on_credit(t0, 1, &credit(1000, 0, 0, None));
-    d.poll(t0);
+    let (t0, mut d, _) = held_by_worker_1(5 * GROUP_SIZE as u64, 1000);
     // Worker 1 crashes: its orders go out in five isolated groups, four at once.
     let (first, mut t) = crash(&mut d, 1, 2, ms(t0, 10));
     assert_eq!(isolated(&first).len(), GROUPS_IN_FLIGHT);
@@ -261,10 +251,7 @@ fn an_overdue_order_of_an_isolated_group_frees_its_place() {
 
 #[test]
 fn answered_orders_are_resent_only_when_their_ack_is_overdue_and_the_sink_answers() {
-    let t0 = Instant::now();
-    let mut d = core_with(t0, 4);
-    d.on_credit(t0, 1, &credit(4, 0, 0, None));
-    d.poll(t0);
+    let (t0, mut d, _) = held_by_worker_1(4, 4);
     // The worker finished them all: they are with the sink.
     d.on_credit(ms(t0, 5), 1, &credit(4, 4, 4, Some(vec![])));
     assert!(matches!(d.place(0), Some(Place::Answered { .. })));
@@ -294,10 +281,7 @@ fn answered_orders_are_resent_only_when_their_ack_is_overdue_and_the_sink_answer
 
 #[test]
 fn acknowledged_orders_are_forgotten_and_measured() {
-    let t0 = Instant::now();
-    let mut d = core_with(t0, 3);
-    d.on_credit(t0, 1, &credit(3, 0, 0, None));
-    d.poll(t0);
+    let (t0, mut d, _) = held_by_worker_1(3, 3);
     let mut acks = Acks::default();
     acks.push(0);
     acks.push(1);
@@ -313,10 +297,7 @@ fn acknowledged_orders_are_forgotten_and_measured() {
 
 #[test]
 fn a_send_to_a_closed_connection_gives_the_frame_back_and_loses_the_rest() {
-    let t0 = Instant::now();
-    let mut d = core_with(t0, 8);
-    d.on_credit(t0, 1, &credit(4, 0, 0, None));
-    d.poll(t0); // 0..4 held by 1
+    let (t0, mut d, _) = held_by_worker_1(8, 4); // 0..4 held by 1
     d.on_credit(ms(t0, 1), 1, &credit(8, 0, 0, None));
     let frame = sent(&d.poll(ms(t0, 1)))[&1].clone();
     d.on_sink_heard(ms(t0, 2));
