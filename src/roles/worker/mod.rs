@@ -320,7 +320,10 @@ impl Worker<'_> {
     /// Waits for jobs (when taking them), the control socket or the
     /// gateway, at most until a payment is due; says which socket is readable.
     fn wait(&self, s: &Sockets, take_jobs: bool) -> Result<(bool, bool)> {
-        let timeout = self.poll_timeout(take_jobs);
+        let (timeout, then_sleep) = match self.poll_timeout(take_jobs) {
+            Timeout::Ms(ms) => (ms, None),
+            Timeout::Exactly(rest) => (0, Some(rest)),
+        };
         let jobs_events = if take_jobs {
             zmq::POLLIN
         } else {
@@ -336,7 +339,11 @@ impl Worker<'_> {
         } else {
             2
         };
-        transport::poll(&mut items[..polled], timeout)?;
+        let ready = transport::poll(&mut items[..polled], timeout)?;
+        if let (0, Some(rest)) = (ready, then_sleep) {
+            // Nothing to read: sleep out the rest before a payment is due.
+            std::thread::sleep(rest);
+        }
         Ok((items[0].is_readable(), items[1].is_readable()))
     }
 
@@ -533,22 +540,27 @@ impl Worker<'_> {
 
     /// How long to wait for sockets and the gateway: until the next
     /// payment is due, at most 100 ms (20 ms when not taking jobs).
-    fn poll_timeout(&self, take_jobs: bool) -> i64 {
+    fn poll_timeout(&self, take_jobs: bool) -> Timeout {
         let now = Instant::now();
-        let next = self.payments.next_due();
         // Short enough to notice a stop request or new work promptly.
         let cap = if take_jobs { 100 } else { 20 };
-        match next {
-            Some(due) if due <= now => 0,
-            Some(due) if due - now < Duration::from_millis(1) => {
-                // ZeroMQ polls in whole milliseconds: rounding a reply due in
-                // 0.2 ms up to 1 ms would idle the gateway slots ~10% of the
-                // time at 5 ms latency. Sleep the exact rest instead.
-                std::thread::sleep(due - now);
-                0
-            }
-            Some(due) => (((due - now).as_micros() / 1000) as i64).clamp(1, cap),
-            None => cap,
+        match self.payments.next_due() {
+            Some(due) if due <= now => Timeout::Ms(0),
+            // ZeroMQ polls in whole milliseconds: rounding a reply due in
+            // 0.2 ms up to 1 ms would idle the gateway slots ~10% of the
+            // time at 5 ms latency.
+            Some(due) if due - now < Duration::from_millis(1) => Timeout::Exactly(due - now),
+            Some(due) => Timeout::Ms((((due - now).as_micros() / 1000) as i64).clamp(1, cap)),
+            None => Timeout::Ms(cap),
         }
     }
+}
+
+/// How long [`Worker::wait`] waits.
+enum Timeout {
+    /// A ZeroMQ poll of this many milliseconds.
+    Ms(i64),
+    /// Less than a millisecond: a poll that does not wait, then, when
+    /// nothing is readable, a sleep of exactly this long.
+    Exactly(Duration),
 }

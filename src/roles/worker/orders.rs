@@ -4,7 +4,7 @@
 //! gateway goes straight from its frame to the outbox; only one that has to
 //! wait is copied into an owned [`Task`].
 
-use super::Worker;
+use super::{Timeout, Worker};
 use crate::gateway::PaymentRequest;
 use crate::payments::{Payable, Verdict};
 use crate::protocol::{self, FrameError, Header, Kind, RunId};
@@ -121,14 +121,13 @@ impl Worker<'_> {
     /// Runs everything held to completion and sends the results.
     fn finish_all(&mut self) -> Result<()> {
         while self.busy() > 0 {
-            let timeout = self.poll_timeout(false);
-            if timeout > 0 {
-                match self.payments.wake_fd() {
-                    Some(_) => {
-                        transport::poll(&mut [self.gateway_wake()], timeout)?;
-                    }
-                    None => std::thread::sleep(Duration::from_millis(timeout as u64)),
+            match (self.poll_timeout(false), self.payments.wake_fd()) {
+                (Timeout::Ms(0), _) => {}
+                (Timeout::Ms(ms), Some(_)) => {
+                    transport::poll(&mut [self.gateway_wake()], ms)?;
                 }
+                (Timeout::Ms(ms), None) => std::thread::sleep(Duration::from_millis(ms as u64)),
+                (Timeout::Exactly(rest), _) => std::thread::sleep(rest),
             }
             self.advance()?;
         }
