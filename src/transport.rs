@@ -95,12 +95,6 @@ impl SocketTuning {
     };
 }
 
-impl Default for SocketTuning {
-    fn default() -> Self {
-        SocketTuning::DEFAULT
-    }
-}
-
 /// The longest pause between two attempts to reach a peer that is not there.
 pub const RECONNECT_MAX_MS: i32 = 250;
 
