@@ -16,9 +16,10 @@
 //!                  Transient at the last attempt ──▶ Failed("gave up after N attempts: …")
 //! ```
 
+use crate::fasthash::SeqMap;
 use crate::gateway::{GatewayReply, PaymentGateway, PaymentRequest};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The longest `Retry-After` honoured: a gateway asking for more gets this.
@@ -90,10 +91,10 @@ pub struct Payments<'g, T> {
     /// all of them for a gateway that queues them itself.
     handed_over: usize,
     next_ticket: u64,
-    in_flight: HashMap<u64, Entry<T>>,
+    in_flight: SeqMap<u64, Entry<T>>,
     waiting: VecDeque<Entry<T>>,
     backing_off: BinaryHeap<Reverse<(Instant, u64)>>,
-    retrying: HashMap<u64, Entry<T>>,
+    retrying: SeqMap<u64, Entry<T>>,
     ready: Vec<(u64, GatewayReply)>,
     /// xorshift64 state for the jitter.
     rng: u64,
@@ -124,10 +125,10 @@ impl<'g, T: Payable> Payments<'g, T> {
             concurrency,
             handed_over,
             next_ticket: 0,
-            in_flight: HashMap::new(),
+            in_flight: SeqMap::default(),
             waiting: VecDeque::new(),
             backing_off: BinaryHeap::new(),
-            retrying: HashMap::new(),
+            retrying: SeqMap::default(),
             ready: Vec::new(),
             rng: seed | 1,
             retries: 0,
@@ -177,10 +178,20 @@ impl<'g, T: Payable> Payments<'g, T> {
     }
 
     /// When [`advance`](Self::advance) has something to do next: a gateway
-    /// reply or a back-off ending.
+    /// reply, or the first back-off ending plus the [slack](Self::slack).
     pub fn next_due(&self) -> Option<Instant> {
-        let retry = self.backing_off.peek().map(|r| r.0 .0);
+        let retry = self.backing_off.peek().map(|r| r.0 .0 + self.slack());
         [self.gateway.next_due(), retry].into_iter().flatten().min()
+    }
+
+    /// How late a back-off may end, so that those ending close together
+    /// start at one wake-up rather than one each (timer slack): a quarter
+    /// of the policy's base back-off, 1.25 ms at the worker's default 5 ms.
+    /// The jitter spreads a burst of retries over half the nominal wait;
+    /// the slack groups them in about two steps there, and none starts
+    /// before its back-off is over.
+    fn slack(&self) -> Duration {
+        self.policy.base / 4
     }
 
     /// Starts paying `request`. The fast path: a slot is free and the gateway
@@ -328,6 +339,7 @@ impl<'g, T: Payable> Payments<'g, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     /// A gateway that answers each key from a script, after `latency` (0: at once).
     struct Scripted {
@@ -552,6 +564,36 @@ mod tests {
     }
 
     #[test]
+    fn back_offs_ending_close_together_start_at_one_wake_up() {
+        let now = Instant::now();
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        let mut g = Scripted::new(now, Duration::ZERO);
+        for k in &keys {
+            g = g.answer(k, vec![transient("HTTP 503")]);
+        }
+        let mut p = Payments::new(&mut g, POLICY, 64, 3);
+        for k in &keys {
+            assert_eq!(
+                p.start(now, &Task(k.clone()).request(), || Task(k.clone())),
+                None
+            );
+        }
+        let (mut done, mut wake_ups, mut t) = (Vec::new(), Vec::new(), now);
+        while p.busy() > 0 {
+            t = p.next_due().expect("backing off");
+            let before = p.backing_off();
+            p.advance(t, &mut done);
+            wake_ups.push((t - now, before - p.backing_off()));
+        }
+        assert_eq!(done.len(), 40);
+        // The jitter spreads the 40 back-offs over 50-100 ms; a slack of
+        // 25 ms takes them in at most 3 wake-ups, none before 50 ms.
+        assert!(wake_ups.len() <= 3, "{wake_ups:?}");
+        assert!(wake_ups[0].0 >= Duration::from_millis(50), "{wake_ups:?}");
+        assert!(t - now <= Duration::from_millis(125), "{wake_ups:?}");
+    }
+
+    #[test]
     fn retry_after_delays_the_next_attempt() {
         let now = Instant::now();
         let mut g = Scripted::new(now, Duration::ZERO).answer(
@@ -567,7 +609,8 @@ mod tests {
         let mut done = Vec::new();
         p.advance(now + Duration::from_millis(4999), &mut done);
         assert!(done.is_empty());
-        assert_eq!(p.next_due(), Some(now + Duration::from_secs(5)));
+        let slack = POLICY.base / 4;
+        assert_eq!(p.next_due(), Some(now + Duration::from_secs(5) + slack));
         p.advance(now + Duration::from_secs(5), &mut done);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].1, Verdict::Paid);
