@@ -406,6 +406,8 @@ struct InputState {
     rewelcome: Option<SeqSet>,
     /// Readers started so far.
     generation: u32,
+    /// The horizon and total last told to the sink.
+    announced: Option<(u64, Option<u64>)>,
 }
 
 /// When the loop last did its periodic chores.
@@ -534,7 +536,7 @@ impl Loop {
     /// Progress to the sink, metrics, the periodic log line, the silence warning.
     fn chores(&mut self, s: &mut Sockets, took: bool) -> Result<()> {
         let now = Instant::now();
-        if took || now.duration_since(self.timers.progress) >= Duration::from_millis(100) {
+        if self.progress_due(now, took) {
             // Announce a window ahead, so the sink knows every seq this
             // ventilator may send before any result for it can arrive.
             let progress = Progress {
@@ -544,7 +546,9 @@ impl Loop {
                 redelivered: self.core.counts().redelivered,
             };
             let frame = protocol::frame(Kind::Progress, self.run, &progress);
-            self.send_to_sink(s, &frame)?;
+            if self.send_to_sink(s, &frame)? {
+                self.input.announced = Some((progress.horizon, progress.total));
+            }
             self.timers.progress = now;
             self.publish_metrics(now);
         }
@@ -555,6 +559,21 @@ impl Loop {
         }
         self.warn_if_silent(now);
         Ok(())
+    }
+
+    /// Progress is told every 100 ms (the sink's "alive" answer and its
+    /// dashboard), and at once when a batch taken from the reader comes
+    /// within three quarters of a window of the horizon last told, or the
+    /// total is newly known: results never outrun the horizon, and a batch
+    /// does not cost a frame each way.
+    fn progress_due(&self, now: Instant, took: bool) -> bool {
+        if now.duration_since(self.timers.progress) >= Duration::from_millis(100) {
+            return true;
+        }
+        let margin = self.config.tuning.window as u64 * 3 / 4;
+        took && self.input.announced.is_none_or(|(horizon, total)| {
+            total != self.input.total || horizon < self.input.horizon + margin
+        })
     }
 
     fn publish_metrics(&self, now: Instant) {
@@ -760,6 +779,8 @@ impl Loop {
     /// reading the input again if needed.
     fn on_sink_restart(&mut self, s: &mut Sockets) -> Result<()> {
         let bitmap = self.input.rewelcome.take().unwrap_or_default();
+        // A sink that came back knows no horizon: the next batch tells it.
+        self.input.announced = None;
         let now = Instant::now();
         self.acknowledge(now, &bitmap_acks(&bitmap));
         self.core.on_sink_restart(now);
