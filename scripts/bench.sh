@@ -3,6 +3,7 @@
 # ZeroMQ Guide pipeline (examples/naive_pipeline.rs) and a RabbitMQ work queue.
 #
 #   scripts/bench.sh [--quick] [--runs R] [--no-rabbitmq] [--only-http] [--only-latency]
+#                    [--only-throughput]
 #
 # Builds in release, runs every scenario R times (default 3; --quick: fewer
 # orders and 1 run), prints the table (median orders/s with min and max, the
@@ -43,6 +44,10 @@
 # within the histogram's buckets (1, 2, 4 … ms) as Prometheus'
 # histogram_quantile does. --only-latency runs only these rows.
 #
+# --only-throughput runs the naive pipeline, the grid with --generate and
+# the grid from the 2M-line file, run by run in turn (so the three see the
+# same machine): the rows the throughput goals are measured on.
+#
 # Needs: cargo, python3 (with venv), GNU time (installed with apt-get if
 # missing), rabbitmq-server (installed with apt-get if missing; --no-rabbitmq
 # skips the broker).
@@ -54,6 +59,7 @@ RUNS=""
 RABBIT=1
 ONLY_HTTP=0
 ONLY_LATENCY=0
+ONLY_THROUGHPUT=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -61,7 +67,8 @@ while [ $# -gt 0 ]; do
         --no-rabbitmq) RABBIT=0 ;;
         --only-http) ONLY_HTTP=1; RABBIT=0 ;;
         --only-latency) ONLY_LATENCY=1; RABBIT=0 ;;
-        -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --only-throughput) ONLY_THROUGHPUT=1; RABBIT=0 ;;
+        -h|--help) sed -n '2,49p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -482,18 +489,35 @@ if [ "$ONLY_HTTP" = 1 ]; then
     exit 0
 fi
 
+FILE=$OUT/orders-$N.jsonl
+write_file() {
+    if [ ! -s "$FILE" ]; then
+        log "writing $FILE with ordergrid-gen (not timed)"
+        "$BIN/ordergrid-gen" --count "$N" >"$FILE.tmp" && mv "$FILE.tmp" "$FILE"
+    fi
+    cat "$FILE" >/dev/null # in the page cache, as the generator's output would be
+}
+
+if [ "$ONLY_THROUGHPUT" = 1 ]; then
+    write_file
+    log "naive, grid --generate $N and grid --input ($N lines), 2 workers, in turn, $RUNS run(s)"
+    for r in $(seq "$RUNS"); do
+        naive_run naive "$N" 2 "$r"
+        grid_run grid-generate "$N" 2 "$r" --generate "$N"
+        grid_run grid-file "$N" 2 "$r" --input "$FILE"
+    done
+    python3 "$ROOT/scripts/bench/report.py" --results "$RESULTS" --docs "$DOCS" \
+        --runs "$RUNS" --nice "$NICE" $([ "$QUICK" = 1 ] && echo --quick)
+    exit 0
+fi
+
 log "naive Guide pipeline: $N orders, 2 workers, $RUNS run(s)"
 for r in $(seq "$RUNS"); do naive_run naive "$N" 2 "$r"; done
 
 log "grid --generate $N, 2 workers, $RUNS run(s)"
 for r in $(seq "$RUNS"); do grid_run grid-generate "$N" 2 "$r" --generate "$N"; done
 
-FILE=$OUT/orders-$N.jsonl
-if [ ! -s "$FILE" ]; then
-    log "writing $FILE with ordergrid-gen (not timed)"
-    "$BIN/ordergrid-gen" --count "$N" >"$FILE.tmp" && mv "$FILE.tmp" "$FILE"
-fi
-cat "$FILE" >/dev/null # in the page cache, as the generator's output would be
+write_file
 # Inventory (issue 12): the same file with a stock file, run by run in turn
 # with the plain file so both see the same machine; a flash sale (one hot
 # SKU in most orders, far fewer units than demand); and the ventilator's
