@@ -42,6 +42,7 @@
 //!   `ack_timeout` while the sink answers is sent again (its result was
 //!   lost on the way), with the stream.
 
+use super::slots::SeqSlots;
 use crate::fasthash::SeqMap;
 use crate::protocol::{Acks, Credit};
 use crate::rules::Outcome;
@@ -58,6 +59,9 @@ pub const GROUP_SIZE: usize = 32;
 pub const GROUPS_IN_FLIGHT: usize = 4;
 /// One order in this many (by seq) is timed for the latency histogram.
 pub const LATENCY_SAMPLE: u64 = 16;
+/// The seqs the order table's ring spans (four default windows, about
+/// 10 MiB); older orders still held move to a map (see [`SeqSlots`]).
+const RING_SPAN: usize = 1 << 17;
 
 /// The core's tuning.
 #[derive(Debug, Clone)]
@@ -176,7 +180,7 @@ pub struct Counts {
 /// The dispatch core.
 pub struct Dispatch {
     config: DispatchConfig,
-    orders: SeqMap<u64, Slot>,
+    orders: SeqSlots<Slot>,
     workers: SeqMap<Peer, Account>,
     lanes: Lanes,
     /// Answered orders and told verdicts, by the time they were last touched.
@@ -212,7 +216,7 @@ impl Dispatch {
     pub fn new(config: DispatchConfig) -> Dispatch {
         Dispatch {
             config,
-            orders: SeqMap::default(),
+            orders: SeqSlots::new(RING_SPAN),
             workers: SeqMap::default(),
             lanes: Lanes::default(),
             waiting_acks: VecDeque::new(),
@@ -319,7 +323,7 @@ impl Dispatch {
 
     /// Every order not yet acknowledged.
     pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
-        self.orders.keys().copied()
+        self.orders.keys()
     }
 
     /// The sink came back as a new incarnation: what it was told, or what
@@ -327,7 +331,7 @@ impl Dispatch {
     /// one. Sends those again now; what workers hold will reach the new one.
     pub fn on_sink_restart(&mut self, now: Instant) {
         self.last_sink = Some(now);
-        for (&seq, slot) in self.orders.iter_mut() {
+        for (seq, slot) in self.orders.iter_mut() {
             match slot.place {
                 Place::Answered { .. } => self.lanes.retry.push_back(seq),
                 Place::Told { .. } => self.lanes.locals.push(seq),

@@ -17,6 +17,7 @@
 pub mod dispatch;
 pub mod handshake;
 pub mod reader;
+mod slots;
 
 use crate::fasthash::SeqMap;
 use crate::input::{InputSpec, LineSource};
