@@ -473,19 +473,25 @@ latency_scenarios() {
 }
 
 # --- the scenarios --------------------------------------------------------------
+# The table, docs/bench/results.md and the chart, from the runs recorded.
+write_report() {
+    local quick=()
+    [ "$QUICK" = 1 ] && quick=(--quick)
+    python3 "$ROOT/scripts/bench/report.py" --results "$RESULTS" --docs "$DOCS" \
+        --runs "$RUNS" --nice "$NICE" "${quick[@]}"
+}
+
 TMO=600 # seconds any one process may take before it is stopped (a hang)
 
 if [ "$ONLY_LATENCY" = 1 ]; then
     latency_scenarios
-    python3 "$ROOT/scripts/bench/report.py" --results "$RESULTS" --docs "$DOCS" \
-        --runs "$RUNS" --nice "$NICE" $([ "$QUICK" = 1 ] && echo --quick)
+    write_report
     exit 0
 fi
 
 if [ "$ONLY_HTTP" = 1 ]; then
     http_scenarios
-    python3 "$ROOT/scripts/bench/report.py" --results "$RESULTS" --docs "$DOCS" \
-        --runs "$RUNS" --nice "$NICE" $([ "$QUICK" = 1 ] && echo --quick)
+    write_report
     exit 0
 fi
 
@@ -506,8 +512,7 @@ if [ "$ONLY_THROUGHPUT" = 1 ]; then
         grid_run grid-generate "$N" 2 "$r" --generate "$N"
         grid_run grid-file "$N" 2 "$r" --input "$FILE"
     done
-    python3 "$ROOT/scripts/bench/report.py" --results "$RESULTS" --docs "$DOCS" \
-        --runs "$RUNS" --nice "$NICE" $([ "$QUICK" = 1 ] && echo --quick)
+    write_report
     exit 0
 fi
 
@@ -621,7 +626,4 @@ if [ "$RABBIT" = 1 ]; then
     for r in $(seq "$RUNS"); do rabbit_run rabbitmq "$N_RABBIT" 2 "$r" "$RFILE"; done
 fi
 
-QUICK_FLAG=()
-[ "$QUICK" = 1 ] && QUICK_FLAG=(--quick)
-python3 "$ROOT/scripts/bench/report.py" --results "$RESULTS" --docs "$DOCS" \
-    --runs "$RUNS" --nice "$NICE" "${QUICK_FLAG[@]}"
+write_report
