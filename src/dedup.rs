@@ -34,6 +34,18 @@ impl DigestSet {
         }
     }
 
+    /// Backs every page of the table now. The kernel zeroes a page on its
+    /// first write; done here, on a thread with nothing else to do, the
+    /// first inserts do not wait for it (measured on a virtual machine:
+    /// about 140 ms of the reader's time for 2M orders' table).
+    pub fn prefault(&mut self) {
+        const SLOTS_PER_PAGE: usize = 4096 / std::mem::size_of::<u128>();
+        for slot in self.slots.iter_mut().step_by(SLOTS_PER_PAGE) {
+            // black_box: a store of the value already there would be dropped.
+            *slot = std::hint::black_box(EMPTY);
+        }
+    }
+
     /// How many distinct digests the set holds.
     pub fn len(&self) -> usize {
         self.len

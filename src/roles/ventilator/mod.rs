@@ -19,6 +19,7 @@ pub mod handshake;
 pub mod reader;
 mod slots;
 
+use crate::dedup::DigestSet;
 use crate::fasthash::SeqMap;
 use crate::input::{InputSpec, LineSource};
 use crate::inventory::StockTable;
@@ -29,7 +30,9 @@ use crate::transport::{self, Connection, SocketSpec, SocketTuning, Wire};
 use crate::{Error, Result};
 use dispatch::{Action, Dispatch, DispatchConfig, Payload, Peer};
 use handshake::Greeting;
-use reader::{DeadLetter, Prepared, ReaderHandle, ReaderSetup};
+use reader::{
+    expected_orders, DeadLetter, DuplicateSetWarmUp, Prepared, ReaderHandle, ReaderSetup,
+};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -155,6 +158,7 @@ struct Sockets {
 
 /// Runs a ventilator until the sink reports the run complete or a stop is requested.
 pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorExit> {
+    let seen = DuplicateSetWarmUp::start(&config.input);
     let (stock, source, run) = open_input(config)?;
     crate::cli::record_run(&run);
     let ctx = zmq::Context::new();
@@ -185,7 +189,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         tracing::info!(run = %run, skus = table.len(), "allocating stock in line order");
     }
     let setup = reader_setup(&ctx, config, stock.as_ref(), run, 0);
-    let reader = ReaderHandle::start(&setup, source, done)?;
+    let reader = ReaderHandle::start(&setup, source, done, seen.finish())?;
     let mut sockets = Sockets {
         jobs,
         sink,
@@ -817,7 +821,8 @@ impl Loop {
             done.insert(seq);
         }
         let (source, _) = LineSource::open(&self.config.input)?;
-        self.reader = ReaderHandle::start(&setup, source, done)?;
+        let seen = DigestSet::with_capacity(expected_orders(&self.config.input));
+        self.reader = ReaderHandle::start(&setup, source, done, seen)?;
         self.input.total = None;
         Ok(())
     }

@@ -155,6 +155,41 @@ enum Parsed<'a> {
     Generated(&'a GeneratedOrder),
 }
 
+/// The duplicate set of the first reader, sized for the input and its
+/// pages backed on a thread of its own while the run id is digested and the
+/// sink greeted, instead of on the reader's first inserts.
+pub struct DuplicateSetWarmUp {
+    thread: Option<std::thread::JoinHandle<DigestSet>>,
+    input: InputSpec,
+}
+
+impl DuplicateSetWarmUp {
+    /// Starts building the set for `input`.
+    pub fn start(input: &InputSpec) -> DuplicateSetWarmUp {
+        let spec = input.clone();
+        let thread = std::thread::Builder::new()
+            .name("dedup-warm-up".into())
+            .spawn(move || {
+                let mut seen = DigestSet::with_capacity(expected_orders(&spec));
+                seen.prefault();
+                seen
+            })
+            .ok();
+        DuplicateSetWarmUp {
+            thread,
+            input: input.clone(),
+        }
+    }
+
+    /// The set, once built (built here if the thread could not be).
+    pub fn finish(self) -> DigestSet {
+        match self.thread.map(|t| t.join()) {
+            Some(Ok(seen)) => seen,
+            _ => DigestSet::with_capacity(expected_orders(&self.input)),
+        }
+    }
+}
+
 /// About how many distinct orders the input holds, to size the duplicate
 /// set once instead of growing it (each growth copies the whole table).
 pub fn expected_orders(input: &InputSpec) -> usize {
@@ -460,11 +495,13 @@ pub struct ReaderSetup<'a> {
 }
 
 impl ReaderHandle {
-    /// Starts a reader of `source` that skips the seqs in `done`.
+    /// Starts a reader of `source` that skips the seqs in `done` and
+    /// records the order ids it sees in `seen`.
     pub fn start(
         setup: &ReaderSetup<'_>,
         source: LineSource,
         done: SeqSet,
+        seen: DigestSet,
     ) -> Result<ReaderHandle> {
         let (bell, ring) = doorbell(setup.ctx, &setup.name)?;
         let (tx, rx) = mpsc::sync_channel::<Prepared>(4);
@@ -472,7 +509,7 @@ impl ReaderHandle {
         let reader = Reader {
             stock: setup.stock.cloned().map(ReaderStock::new),
             done,
-            seen: DigestSet::with_capacity(expected_orders(setup.input)),
+            seen,
             dead_letter: DeadLetter::new(setup.dead_letter.to_path_buf()),
             batch: setup.batch,
             tx,
@@ -585,7 +622,8 @@ mod tests {
             stock: None,
             name: "latency-test".into(),
         };
-        let mut reader = ReaderHandle::start(&setup, source, SeqSet::default()).unwrap();
+        let seen = DigestSet::with_capacity(0);
+        let mut reader = ReaderHandle::start(&setup, source, SeqSet::default(), seen).unwrap();
         let wait = Duration::from_secs(10);
         let first = reader
             .rx
