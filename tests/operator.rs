@@ -307,3 +307,24 @@ fn a_worker_that_cannot_reach_the_sink_says_so_and_the_run_still_ends_exact() {
     good.success();
     assert_tallies(&g.report(), &oracle(&input));
 }
+
+#[test]
+fn a_sink_started_after_its_ventilator_greets_it_once() {
+    let mut g = Grid::new("late-sink");
+    let input = g.generate(3_000, 45, 0);
+    let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
+    // Five seconds of hellos (one every 250 ms) queue up for the sink.
+    let line = vent.wait_for_log(&["still saying hello"]);
+    assert!(line.contains(&g.acks), "{line}");
+    let mut sink = g.sink(&SINK);
+    let mut worker = g.worker(&[]);
+    vent.success();
+    sink.success();
+    worker.success();
+    assert_tallies(&g.report(), &oracle(&input));
+    // The sink answered every queued hello; the first answer started the
+    // run and the others are not taken for a sink that came back (which
+    // would send the orders it had not acknowledged yet again).
+    let log = vent.logs();
+    assert!(!log.contains("the sink came back"), "{log}");
+}

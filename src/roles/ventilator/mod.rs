@@ -407,7 +407,10 @@ struct InputState {
     /// The next seq the reader will hand over, and the total once read.
     horizon: u64,
     total: Option<u64>,
-    /// `Welcome` chunks of a sink that came back, until the last.
+    /// After a hello sent again (the sink came back): its `Welcome`
+    /// chunks so far. None when no hello is waiting for an answer, so that
+    /// the answers to the hellos that queued up while the sink was not yet
+    /// there, arriving after the first was taken, are ignored.
     rewelcome: Option<SeqSet>,
     /// Readers started so far.
     generation: u32,
@@ -748,14 +751,17 @@ impl Loop {
                         self.acknowledge(now, &acks);
                     }
                 }
-                Kind::Welcome => {
-                    // After a re-hello: a sink that came back.
-                    let bitmap = self.input.rewelcome.get_or_insert_with(SeqSet::default);
-                    came_back = handshake::merge_welcome(bitmap, body);
-                }
+                Kind::Welcome => match self.input.rewelcome.as_mut() {
+                    // The answer to a hello sent again: a sink that came back.
+                    Some(bitmap) => came_back = handshake::merge_welcome(bitmap, body),
+                    None => tracing::debug!(run = %self.run, "a welcome for a hello already answered; ignored"),
+                },
                 Kind::Busy if now.duration_since(self.timers.hello) > Duration::from_secs(1) => {
                     s.sink.send_frame(&self.hello)?;
                     self.timers.hello = now;
+                    // Chunks of an earlier answer are kept: each is the same
+                    // bitmap or a newer one.
+                    self.input.rewelcome.get_or_insert_with(SeqSet::default);
                 }
                 Kind::Report => {
                     if let Ok(text) = protocol::decode::<protocol::ReportText>(body) {
