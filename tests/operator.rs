@@ -328,3 +328,18 @@ fn a_sink_started_after_its_ventilator_greets_it_once() {
     let log = vent.logs();
     assert!(!log.contains("the sink came back"), "{log}");
 }
+
+#[test]
+fn a_ventilator_with_no_worker_says_what_it_waits_for() {
+    let mut g = Grid::new("no-worker");
+    let input = g.generate(2_000, 46, 0);
+    let mut sink = g.sink(&SINK);
+    let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
+    let line = vent.wait_for_log(&["no worker connected to"]);
+    assert!(line.contains(&g.jobs) && line.contains("orders wait"), "{line}");
+    let mut worker = g.worker(&[]);
+    vent.success();
+    sink.success();
+    worker.success();
+    assert_tallies(&g.report(), &oracle(&input));
+}

@@ -425,6 +425,9 @@ struct Timers {
     log: Instant,
     sink_heard: Instant,
     silence_warned: Instant,
+    /// When a live worker was last seen, or orders last had none to wait for.
+    worker_seen: Instant,
+    workers_warned: Instant,
 }
 
 impl Loop {
@@ -460,6 +463,8 @@ impl Loop {
                 log: now,
                 sink_heard: now,
                 silence_warned: now,
+                worker_seen: now,
+                workers_warned: now,
             },
             report: None,
         }
@@ -566,6 +571,7 @@ impl Loop {
             tracing::info!(run = %self.run, read = self.input.horizon, unacknowledged = self.core.len(), at_workers = self.core.at_workers(), workers = self.core.workers(), credit = self.core.capacity(), redelivered = c.redelivered, "progress");
         }
         self.warn_if_silent(now);
+        self.warn_if_no_workers(now);
         Ok(())
     }
 
@@ -611,6 +617,21 @@ impl Loop {
         if silent >= handshake::SILENCE_WARNING && since_warned >= handshake::SILENCE_WARNING {
             self.timers.silence_warned = now;
             tracing::warn!(run = %self.run, "no answer from the sink at {} for {} s; still holding {} orders", self.config.acks, silent.as_secs(), self.core.len());
+        }
+    }
+
+    /// Says so, after a few seconds and then periodically, when orders
+    /// wait and no worker is connected to take them.
+    fn warn_if_no_workers(&mut self, now: Instant) {
+        if self.core.workers() > 0 || self.core.is_empty() {
+            self.timers.worker_seen = now;
+            return;
+        }
+        let waited = now.duration_since(self.timers.worker_seen);
+        let since_warned = now.duration_since(self.timers.workers_warned);
+        if waited >= handshake::SILENCE_WARNING && since_warned >= handshake::SILENCE_WARNING {
+            self.timers.workers_warned = now;
+            tracing::warn!(run = %self.run, "no worker connected to {} for {} s; {} orders wait for one", self.config.jobs, waited.as_secs(), self.core.len());
         }
     }
 
