@@ -53,7 +53,7 @@ pub fn greet(
     shutdown: &Shutdown,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Greeting> {
-    let mut hs = Handshake::new(run, want_report);
+    let mut hs = Handshake::new(want_report);
     loop {
         if shutdown.requested() {
             return Ok(Greeting::Stopped);
@@ -83,7 +83,6 @@ pub fn greet(
 
 /// What the ventilator has said and heard while greeting the sink.
 struct Handshake {
-    run: RunId,
     want_report: bool,
     /// The `Welcome` chunks so far.
     done: SeqSet,
@@ -101,10 +100,9 @@ struct Handshake {
 
 impl Handshake {
     /// Nothing said or heard yet.
-    fn new(run: RunId, want_report: bool) -> Handshake {
+    fn new(want_report: bool) -> Handshake {
         let started = Instant::now();
         Handshake {
-            run,
             want_report,
             done: SeqSet::default(),
             last_hello: None,
@@ -126,7 +124,7 @@ impl Handshake {
             return None;
         }
         if self.report.is_none() {
-            tracing::warn!(run = %self.run, "the sink says the run is complete but sent no report");
+            tracing::warn!("the sink says the run is complete but sent no report");
         }
         Some(Greeting::Complete(self.report.take()))
     }
@@ -139,7 +137,10 @@ impl Handshake {
             metrics
                 .peer_silence
                 .set(self.heard.elapsed().as_secs() as i64);
-            tracing::warn!(run = %self.run, "no answer from the sink at {acks} for {} s; still saying hello", self.heard.elapsed().as_secs());
+            tracing::warn!(
+                "no answer from the sink at {acks} for {} s; still saying hello",
+                self.heard.elapsed().as_secs()
+            );
         }
     }
 
@@ -148,7 +149,10 @@ impl Handshake {
         match kind {
             Kind::Welcome if merge_welcome(&mut self.done, body) => {
                 if self.place.is_some() {
-                    tracing::info!(run = %self.run, waited_seconds = self.started.elapsed().as_secs(), "our turn: the sink took the run");
+                    tracing::info!(
+                        waited_seconds = self.started.elapsed().as_secs(),
+                        "our turn: the sink took the run"
+                    );
                 }
                 return Some(Greeting::Welcomed(std::mem::take(&mut self.done)));
             }
@@ -165,7 +169,7 @@ impl Handshake {
             }
             Kind::Queued => self.on_queued(body),
             Kind::Busy if !self.told_busy => {
-                tracing::warn!(run = %self.run, "the sink is busy with another run; waiting");
+                tracing::warn!("the sink is busy with another run; waiting");
                 self.told_busy = true;
             }
             _ => {}
@@ -183,7 +187,11 @@ impl Handshake {
             .place
             .is_none_or(|(was, at)| was != queued || at.elapsed() >= QUEUED_REMINDER);
         if say {
-            tracing::info!(run = %self.run, "queued behind run {}, position {}", queued.behind, queued.position);
+            tracing::info!(
+                "queued behind run {}, position {}",
+                queued.behind,
+                queued.position
+            );
             self.place = Some((queued, Instant::now()));
         }
     }
@@ -214,6 +222,6 @@ pub fn fetch_report(
             }
         }
     }
-    tracing::warn!(run = %run, "the sink says the run is complete but sent no report");
+    tracing::warn!("the sink says the run is complete but sent no report");
     Ok(None)
 }

@@ -169,7 +169,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let acks = SocketSpec::new(zmq::DEALER, "acks").tuned(tuning);
     let sink = transport::connect(&ctx, acks, &config.acks)?;
     let mut sink = Connection::new(sink, config.wire.clone(), "acks", &config.metrics);
-    tracing::info!(run = %run, input = %config.input.describe(), jobs = %config.jobs, acks = %config.acks, "ventilator started");
+    tracing::info!(input = %config.input.describe(), jobs = %config.jobs, acks = %config.acks, "ventilator started");
     let hello = hello_frame(config, run);
     let m = &config.metrics;
     let want = config.want_report;
@@ -180,13 +180,13 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         Greeting::Complete(report) => return Ok(complete_already(run, report)),
     };
     let already: u64 = done.words().iter().map(|w| u64::from(w.count_ones())).sum();
-    tracing::info!(run = %run, already_tallied = already, "the sink accepted the run");
+    tracing::info!(already_tallied = already, "the sink accepted the run");
     // Bound only now: queued ventilators on one host take turns on one port.
     let jobs = bind_jobs(&ctx, config, shutdown)?;
     let monitor = monitor_jobs(&ctx, &jobs, run)?;
     let jobs = Connection::new(jobs, config.wire.clone(), "jobs", &config.metrics);
     if let Some(table) = &stock {
-        tracing::info!(run = %run, skus = table.len(), "allocating stock in line order");
+        tracing::info!(skus = table.len(), "allocating stock in line order");
     }
     let setup = reader_setup(&ctx, config, stock.as_ref(), run, 0);
     let reader = ReaderHandle::start(&setup, source, done, seen.finish())?;
@@ -241,7 +241,7 @@ fn hello_frame(config: &VentilatorConfig, run: RunId) -> Vec<u8> {
 /// The exit of a run the sink had complete before it started.
 fn complete_already(run: RunId, report: Option<String>) -> VentilatorExit {
     let lines = report.as_deref().map_or(0, report_lines);
-    tracing::info!(run = %run, lines, "the sink reports this run complete");
+    tracing::info!(lines, "the sink reports this run complete");
     VentilatorExit::Complete {
         run,
         lines,
@@ -474,7 +474,10 @@ impl Loop {
         let mut msg = zmq::Message::new();
         loop {
             if shutdown.requested() {
-                tracing::info!(run = %self.run, unacknowledged = self.core.len(), "stop requested; start again with the same input to resume");
+                tracing::info!(
+                    unacknowledged = self.core.len(),
+                    "stop requested; start again with the same input to resume"
+                );
                 return Ok(VentilatorExit::Stopped { run: self.run });
             }
             let took = self.take_prepared()?;
@@ -542,7 +545,7 @@ impl Loop {
         self.input.horizon = self.input.horizon.max(p.next_seq);
         if let Some(total) = p.total {
             self.input.total = Some(total);
-            tracing::info!(run = %self.run, total, "input read to the end");
+            tracing::info!(total, "input read to the end");
         }
     }
 
@@ -568,7 +571,15 @@ impl Loop {
         if now.duration_since(self.timers.log) >= Duration::from_secs(5) {
             self.timers.log = now;
             let c = self.core.counts();
-            tracing::info!(run = %self.run, read = self.input.horizon, unacknowledged = self.core.len(), at_workers = self.core.at_workers(), workers = self.core.workers(), credit = self.core.capacity(), redelivered = c.redelivered, "progress");
+            tracing::info!(
+                read = self.input.horizon,
+                unacknowledged = self.core.len(),
+                at_workers = self.core.at_workers(),
+                workers = self.core.workers(),
+                credit = self.core.capacity(),
+                redelivered = c.redelivered,
+                "progress"
+            );
         }
         self.warn_if_silent(now);
         self.warn_if_no_workers(now);
@@ -616,7 +627,12 @@ impl Loop {
         let since_warned = now.duration_since(self.timers.silence_warned);
         if silent >= handshake::SILENCE_WARNING && since_warned >= handshake::SILENCE_WARNING {
             self.timers.silence_warned = now;
-            tracing::warn!(run = %self.run, "no answer from the sink at {} for {} s; still holding {} orders", self.config.acks, silent.as_secs(), self.core.len());
+            tracing::warn!(
+                "no answer from the sink at {} for {} s; still holding {} orders",
+                self.config.acks,
+                silent.as_secs(),
+                self.core.len()
+            );
         }
     }
 
@@ -631,7 +647,12 @@ impl Loop {
         let since_warned = now.duration_since(self.timers.workers_warned);
         if waited >= handshake::SILENCE_WARNING && since_warned >= handshake::SILENCE_WARNING {
             self.timers.workers_warned = now;
-            tracing::warn!(run = %self.run, "no worker connected to {} for {} s; {} orders wait for one", self.config.jobs, waited.as_secs(), self.core.len());
+            tracing::warn!(
+                "no worker connected to {} for {} s; {} orders wait for one",
+                self.config.jobs,
+                waited.as_secs(),
+                self.core.len()
+            );
         }
     }
 
@@ -655,7 +676,7 @@ impl Loop {
                 Action::Probe(to) => self.send_jobs(s, to, false, Vec::new())?,
                 Action::Locals(seqs) => self.send_locals(s, &seqs)?,
                 Action::DeadLetter { line, reason } => {
-                    tracing::warn!(run = %self.run, line, "{reason}; giving it up as failed");
+                    tracing::warn!(line, "{reason}; giving it up as failed");
                     if let Err(e) = self.dead_letter.write(line, &reason) {
                         tracing::error!(error = %e, "cannot write the dead-letter file");
                     }
@@ -727,7 +748,11 @@ impl Loop {
         }
         if went > 0 {
             self.core.on_disconnect(Instant::now());
-            tracing::info!(run = %self.run, connections = went, unacknowledged = self.core.len(), "a worker connection closed");
+            tracing::info!(
+                connections = went,
+                unacknowledged = self.core.len(),
+                "a worker connection closed"
+            );
         }
         Ok(())
     }
@@ -775,7 +800,7 @@ impl Loop {
                 Kind::Welcome => match self.input.rewelcome.as_mut() {
                     // The answer to a hello sent again: a sink that came back.
                     Some(bitmap) => came_back = handshake::merge_welcome(bitmap, body),
-                    None => tracing::debug!(run = %self.run, "a welcome for a hello already answered; ignored"),
+                    None => tracing::debug!("a welcome for a hello already answered; ignored"),
                 },
                 Kind::Busy if now.duration_since(self.timers.hello) > Duration::from_secs(1) => {
                     s.sink.send_frame(&self.hello)?;
@@ -819,14 +844,18 @@ impl Loop {
         let missing = (0..self.input.horizon)
             .filter(|&seq| !bitmap.contains(seq) && self.core.place(seq).is_none())
             .count();
-        tracing::info!(run = %self.run, tallied = bitmap_acks(&bitmap).seqs().count(), missing, "the sink came back");
+        tracing::info!(
+            tallied = bitmap_acks(&bitmap).seqs().count(),
+            missing,
+            "the sink came back"
+        );
         if missing == 0 {
             return Ok(());
         }
         if matches!(self.config.input, InputSpec::Stdin) {
             return Err(Error::State(format!("the sink came back without {missing} orders it had acknowledged, and a stream (--input -) cannot be read again; run it again with --run-id to resume")));
         }
-        tracing::warn!(run = %self.run, missing, "the sink came back without orders it had acknowledged; reading the input again to send them");
+        tracing::warn!(missing, "the sink came back without orders it had acknowledged; reading the input again to send them");
         self.restart_reader(s, bitmap)
     }
 
@@ -879,7 +908,12 @@ impl Loop {
     fn complete(&mut self) -> VentilatorExit {
         let lines = self.input.total.unwrap_or(self.input.horizon);
         let c = self.core.counts();
-        tracing::info!(run = %self.run, lines, redelivered = c.redelivered, poisoned = c.poisoned, "the sink reports the run complete");
+        tracing::info!(
+            lines,
+            redelivered = c.redelivered,
+            poisoned = c.poisoned,
+            "the sink reports the run complete"
+        );
         VentilatorExit::Complete {
             run: self.run,
             lines,
