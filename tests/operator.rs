@@ -336,7 +336,10 @@ fn a_ventilator_with_no_worker_says_what_it_waits_for() {
     let mut sink = g.sink(&SINK);
     let mut vent = g.ventilator(&["--input", input.to_str().unwrap()]);
     let line = vent.wait_for_log(&["no worker connected to"]);
-    assert!(line.contains(&g.jobs) && line.contains("orders wait"), "{line}");
+    assert!(
+        line.contains(&g.jobs) && line.contains("orders wait"),
+        "{line}"
+    );
     let mut worker = g.worker(&[]);
     vent.success();
     sink.success();
