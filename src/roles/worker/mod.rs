@@ -503,8 +503,14 @@ impl Worker<'_> {
             endpoint
         };
         self.serving.active = Some(run);
-        self.credit.heard(Instant::now());
-        if self.serving.jobs != endpoint {
+        let now = Instant::now();
+        // A connection that has found no ventilator for a while tries
+        // again only every RECONNECT_MAX_MS; a fresh one tries at once,
+        // then every 10 ms, so the run's ventilator, binding about now, is
+        // reached in milliseconds. An idle worker loses nothing by it.
+        let waiting = self.credit.silence(now) >= crate::flow::HEARTBEAT && self.busy() == 0;
+        self.credit.heard(now);
+        if self.serving.jobs != endpoint || waiting {
             let old = std::mem::replace(jobs, connect_jobs(ctx, &self.config, endpoint)?);
             self.summary.bad_frames += old.dropped().total();
             self.serving.jobs = endpoint.to_owned();
