@@ -263,15 +263,15 @@ pub fn write_result_record<'a>(
 ) {
     // Writing into a Vec cannot fail.
     buf.push(0x95);
-    let _ = rmp::encode::write_uint(buf, seq);
-    let _ = rmp::encode::write_uint(buf, u64::from(outcome));
-    let _ = rmp::encode::write_str(buf, currency);
-    let _ = rmp::encode::write_sint(buf, amount_cents);
+    put_uint(buf, seq);
+    put_uint(buf, u64::from(outcome));
+    put_str(buf, currency);
+    put_sint(buf, amount_cents);
     write_array_len(buf, items.len());
     for (sku, qty) in items {
         buf.push(0x92);
-        let _ = rmp::encode::write_str(buf, sku);
-        let _ = rmp::encode::write_sint(buf, qty);
+        put_str(buf, sku);
+        put_sint(buf, qty);
     }
 }
 
@@ -301,28 +301,90 @@ pub fn write_job_fields<'a>(
 ) {
     // Writing into a Vec cannot fail.
     buf.push(0x92);
-    let _ = rmp::encode::write_uint(buf, seq);
+    put_uint(buf, seq);
     buf.push(0x95);
-    let _ = rmp::encode::write_str(buf, order_id);
-    let _ = rmp::encode::write_str(buf, customer_id);
-    let _ = rmp::encode::write_str(buf, currency);
+    put_str(buf, order_id);
+    put_str(buf, customer_id);
+    put_str(buf, currency);
     write_array_len(buf, items.len());
     for (sku, qty, unit_price_cents) in items {
         buf.push(0x93);
-        let _ = rmp::encode::write_str(buf, sku);
-        let _ = rmp::encode::write_sint(buf, qty);
-        let _ = rmp::encode::write_sint(buf, unit_price_cents);
+        put_str(buf, sku);
+        put_sint(buf, qty);
+        put_sint(buf, unit_price_cents);
     }
-    let _ = rmp::encode::write_str(buf, payment_token);
+    put_str(buf, payment_token);
 }
 
 /// Writes a Results frame around `count` records already encoded in `records`.
 pub fn results_frame(buf: &mut Vec<u8>, run: RunId, worker_id: u64, count: usize, records: &[u8]) {
     begin_frame(buf, Kind::Results, run);
     buf.push(0x92);
-    let _ = rmp::encode::write_uint(buf, worker_id);
+    put_uint(buf, worker_id);
     write_array_len(buf, count);
     buf.extend_from_slice(records);
+}
+
+/// Appends `v` as MessagePack in its shortest form, byte for byte what
+/// `rmp::encode::write_uint` writes (which goes through `io::Write` and a
+/// `memcpy` call per byte: a fifth of the job encoder's time, measured).
+#[inline]
+fn put_uint(buf: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        buf.push(v as u8);
+    } else if v <= u8::MAX as u64 {
+        buf.extend_from_slice(&[0xcc, v as u8]);
+    } else if v <= u16::MAX as u64 {
+        buf.push(0xcd);
+        buf.extend_from_slice(&(v as u16).to_be_bytes());
+    } else if v <= u32::MAX as u64 {
+        buf.push(0xce);
+        buf.extend_from_slice(&(v as u32).to_be_bytes());
+    } else {
+        buf.push(0xcf);
+        buf.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// Appends `v` as `rmp::encode::write_sint` does: a non-negative value as
+/// [`put_uint`], a negative one in the shortest signed form.
+#[inline]
+fn put_sint(buf: &mut Vec<u8>, v: i64) {
+    if v >= 0 {
+        put_uint(buf, v as u64);
+    } else if v >= -32 {
+        buf.push(v as i8 as u8);
+    } else if v >= i8::MIN as i64 {
+        buf.extend_from_slice(&[0xd0, v as i8 as u8]);
+    } else if v >= i16::MIN as i64 {
+        buf.push(0xd1);
+        buf.extend_from_slice(&(v as i16).to_be_bytes());
+    } else if v >= i32::MIN as i64 {
+        buf.push(0xd2);
+        buf.extend_from_slice(&(v as i32).to_be_bytes());
+    } else {
+        buf.push(0xd3);
+        buf.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// Appends `s` as `rmp::encode::write_str` does: the shortest header, then
+/// the bytes.
+#[inline]
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    let n = s.len();
+    if n < 32 {
+        buf.push(0xa0 | n as u8);
+    } else if n <= u8::MAX as usize {
+        buf.extend_from_slice(&[0xd9, n as u8]);
+    } else if n <= u16::MAX as usize {
+        buf.push(0xda);
+        buf.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        buf.push(0xdb);
+        buf.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    buf.extend_from_slice(s.as_bytes());
 }
 
 /// Writes a MessagePack array header.
@@ -958,6 +1020,42 @@ mod tests {
             );
             assert_eq!(decode::<Job>(&hand).unwrap(), Job { seq, order });
             assert_eq!(hand, serde, "the same bytes as serde's encoding");
+        }
+    }
+
+    #[test]
+    fn the_hand_writers_write_what_rmp_writes_at_every_width() {
+        let mut ints: Vec<i64> = vec![0, i64::MIN, i64::MAX];
+        for bits in [5u32, 7, 8, 15, 16, 31, 32, 63] {
+            // 1 << 63 wraps to i64::MIN: the edges around it wrap too.
+            let edge = 1i64 << bits;
+            ints.extend([-1, 0, 1].map(|d| edge.wrapping_add(d)));
+            ints.extend([-1, 0, 1].map(|d| edge.wrapping_neg().wrapping_add(d)));
+        }
+        for v in ints {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            put_sint(&mut ours, v);
+            rmp::encode::write_sint(&mut theirs, v).unwrap();
+            assert_eq!(ours, theirs, "sint {v}");
+            if v >= 0 {
+                let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+                put_uint(&mut ours, v as u64);
+                rmp::encode::write_uint(&mut theirs, v as u64).unwrap();
+                assert_eq!(ours, theirs, "uint {v}");
+            }
+        }
+        for v in [u64::MAX, u64::MAX - 1, 1 << 63, u32::MAX as u64 + 1] {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            put_uint(&mut ours, v);
+            rmp::encode::write_uint(&mut theirs, v).unwrap();
+            assert_eq!(ours, theirs, "uint {v}");
+        }
+        for n in [0, 1, 31, 32, 33, 255, 256, 65_535, 65_536, 70_000] {
+            let s = "é".repeat(n / 2) + &"x".repeat(n % 2);
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            put_str(&mut ours, &s);
+            rmp::encode::write_str(&mut theirs, &s).unwrap();
+            assert_eq!(ours, theirs, "a string of {} bytes", s.len());
         }
     }
 
