@@ -35,7 +35,9 @@ use std::fmt;
 pub const MAGIC: [u8; 2] = *b"OG";
 /// The envelope version this build speaks.
 /// 2: jobs on ROUTER/DEALER with worker credit ([`Kind::Credit`]).
-pub const VERSION: u8 = 2;
+/// 3: the sink's answer to a progress report says the horizon it knows
+/// ([`Acks::horizon`]); the ventilator sends nothing past it.
+pub const VERSION: u8 = 3;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 12;
 /// The largest frame any socket accepts (ZMQ_MAXMSGSIZE).
@@ -805,6 +807,13 @@ pub struct Acks {
     /// carried a reason (in its currency slot). Absent in older frames.
     #[serde(default)]
     pub failures: Vec<(u64, String)>,
+    /// In the sink's answer to a progress report: the horizon it now
+    /// knows. Results for seqs at or past it are dropped as never
+    /// dispatched, so the ventilator admits none there until the sink
+    /// said so (its progress and the workers' results travel on
+    /// different connections, and may arrive in either order).
+    #[serde(default)]
+    pub horizon: Option<u64>,
 }
 
 impl Acks {

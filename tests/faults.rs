@@ -162,7 +162,7 @@ fn raw_socket(kind: zmq::SocketType, endpoint: &str) -> (zmq::Context, zmq::Sock
 }
 
 fn header(kind: u8, run: u64) -> Vec<u8> {
-    let mut f = b"OG\x02".to_vec();
+    let mut f = b"OG\x03".to_vec();
     f.push(kind);
     f.extend_from_slice(&run.to_le_bytes());
     f
@@ -289,4 +289,102 @@ fn orders_held_by_a_slow_worker_are_never_resent() {
     // The ventilator's last words (it has exited, so no metrics to ask).
     let done = vent.wait_for_log(&["run complete"]);
     assert!(done.contains("redelivered=0"), "{done}");
+}
+
+/// The seqs of a results frame, sent by a worker or the ventilator.
+fn result_seqs(frame: &[u8]) -> Vec<u64> {
+    use ordergrid::protocol::{split_frame, Kind, ResultsView};
+    match split_frame(frame) {
+        Ok((h, body)) if h.kind == Kind::Results => ResultsView::decode(body)
+            .map(|batch| batch.iter().map(|r| r.seq).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// The sink drops results for seqs past the horizon it knows, and the
+/// ventilator's progress and the workers' results come on different
+/// connections, in either order: so nothing is dispatched past the horizon
+/// the sink confirmed. Here the test is the sink and confirms 200 seqs,
+/// then all of them.
+#[test]
+fn nothing_is_dispatched_past_the_horizon_the_sink_confirmed() {
+    use ordergrid::protocol::{frame, split_frame, Acks, Kind, Welcome};
+    let mut g = Grid::new("confirmed-horizon");
+    let input = g.generate(3_000, 47, 0);
+    let ctx = zmq::Context::new();
+    let acks = ctx.socket(zmq::ROUTER).unwrap();
+    acks.bind(&g.acks).unwrap();
+    let results = ctx.socket(zmq::PULL).unwrap();
+    results.bind(&g.results).unwrap();
+    let _worker = g.worker(&[]);
+    let _vent = g.ventilator(&["--input", input.to_str().unwrap(), "--batch", "50"]);
+    let (mut limit, mut received, mut highest) = (200u64, 0usize, 0u64);
+    let mut confined_until: Option<std::time::Instant> = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while highest < 2_500 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}\nreceived {received}, highest {highest}",
+            g.logs()
+        );
+        let mut items = [
+            acks.as_poll_item(zmq::POLLIN),
+            results.as_poll_item(zmq::POLLIN),
+        ];
+        zmq::poll(&mut items, 100).unwrap();
+        let mut seqs = Vec::new();
+        while let Ok(parts) = acks.recv_multipart(zmq::DONTWAIT) {
+            let (identity, body) = (&parts[0], &parts[1]);
+            let Ok((h, _)) = split_frame(body) else {
+                continue;
+            };
+            let answer = match h.kind {
+                Kind::Hello => frame(
+                    Kind::Welcome,
+                    h.run,
+                    &Welcome {
+                        first_word: 0,
+                        words: vec![],
+                        last: true,
+                    },
+                ),
+                Kind::Progress => frame(
+                    Kind::Acks,
+                    h.run,
+                    &Acks {
+                        horizon: Some(limit),
+                        ..Acks::default()
+                    },
+                ),
+                _ => {
+                    seqs.extend(result_seqs(body));
+                    continue;
+                }
+            };
+            acks.send_multipart([&identity[..], &answer[..]], 0)
+                .unwrap();
+        }
+        while let Ok(body) = results.recv_bytes(zmq::DONTWAIT) {
+            seqs.extend(result_seqs(&body));
+        }
+        for seq in seqs {
+            assert!(
+                seq < limit,
+                "a result for seq {seq} while the sink had confirmed {limit}\n{}",
+                g.logs()
+            );
+            received += 1;
+            highest = highest.max(seq);
+        }
+        // Once most of the first 200 came back, half a second more of
+        // listening for any past them, then the rest is confirmed.
+        if limit == 200 && received >= 150 {
+            let until = *confined_until
+                .get_or_insert_with(|| std::time::Instant::now() + Duration::from_millis(500));
+            if std::time::Instant::now() >= until {
+                limit = u64::MAX;
+            }
+        }
+    }
 }

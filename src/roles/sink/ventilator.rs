@@ -68,8 +68,12 @@ impl Sink {
                     self.config.metrics.total.set(t as i64);
                 }
                 // An empty ack: "alive", so the ventilator can tell a lost
-                // order from a sink outage.
-                s.send_to_ventilator(identity, &protocol::frame(Kind::Acks, id, &Acks::default()))
+                // order from a sink outage, and the horizon now known.
+                let answer = Acks {
+                    horizon: Some(run.told.horizon),
+                    ..Acks::default()
+                };
+                s.send_to_ventilator(identity, &protocol::frame(Kind::Acks, id, &answer))
             }
             _ => {
                 // A ventilator of a run this sink is not serving. Busy also

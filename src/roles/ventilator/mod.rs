@@ -416,6 +416,21 @@ struct InputState {
     generation: u32,
     /// The horizon and total last told to the sink.
     announced: Option<(u64, Option<u64>)>,
+    /// The horizon the sink said it knows: no batch reaching past it is
+    /// admitted (the sink would drop its results as never dispatched).
+    confirmed: u64,
+    /// A batch taken from the reader that reaches past `confirmed`.
+    parked: Option<Prepared>,
+}
+
+impl InputState {
+    /// The seq the input reaches: the next one the reader hands over, or
+    /// past the batch that waits for the sink to confirm the horizon.
+    fn reach(&self) -> u64 {
+        self.parked
+            .as_ref()
+            .map_or(self.horizon, |p| p.next_seq.max(self.horizon))
+    }
 }
 
 /// When the loop last did its periodic chores.
@@ -505,11 +520,20 @@ impl Loop {
         }
     }
 
-    /// Takes what the reader prepared while the window has room.
+    /// Takes what the reader prepared while the window has room, up to
+    /// the horizon the sink knows.
     fn take_prepared(&mut self) -> Result<bool> {
         let mut took = false;
         while self.input.total.is_none() && self.core.len() < self.config.tuning.window {
-            match self.reader.rx.try_recv() {
+            let next = match self.input.parked.take() {
+                Some(p) => Ok(p),
+                None => self.reader.rx.try_recv(),
+            };
+            match next {
+                Ok(p) if p.next_seq > self.input.confirmed => {
+                    self.input.parked = Some(p);
+                    break;
+                }
                 Ok(p) => {
                     self.admit(p);
                     took = true;
@@ -553,10 +577,10 @@ impl Loop {
     fn chores(&mut self, s: &mut Sockets, took: bool) -> Result<()> {
         let now = Instant::now();
         if self.progress_due(now, took) {
-            // Announce a window ahead, so the sink knows every seq this
-            // ventilator may send before any result for it can arrive.
+            // A window ahead of what is read (and of a batch waiting for
+            // the sink's word), so that batches seldom wait for its answer.
             let progress = Progress {
-                horizon: self.input.horizon + self.config.tuning.window as u64,
+                horizon: self.input.reach() + self.config.tuning.window as u64,
                 total: self.input.total,
                 in_flight: self.core.at_workers(),
                 redelivered: self.core.counts().redelivered,
@@ -589,16 +613,19 @@ impl Loop {
     /// Progress is told every 100 ms (the sink's "alive" answer and its
     /// dashboard), and at once when a batch taken from the reader comes
     /// within three quarters of a window of the horizon last told, or the
-    /// total is newly known: results never outrun the horizon, and a batch
-    /// does not cost a frame each way.
+    /// total is newly known: the sink's answer, which confirms the horizon,
+    /// comes before the reader gets there, and a batch does not cost a
+    /// frame each way.
     fn progress_due(&self, now: Instant, took: bool) -> bool {
         if now.duration_since(self.timers.progress) >= Duration::from_millis(100) {
             return true;
         }
         let margin = self.config.tuning.window as u64 * 3 / 4;
-        took && self.input.announced.is_none_or(|(horizon, total)| {
-            total != self.input.total || horizon < self.input.horizon + margin
-        })
+        let moved = took || self.input.parked.is_some();
+        moved
+            && self.input.announced.is_none_or(|(horizon, total)| {
+                total != self.input.total || horizon < self.input.reach() + margin
+            })
     }
 
     fn publish_metrics(&self, now: Instant) {
@@ -794,6 +821,9 @@ impl Loop {
             match h.kind {
                 Kind::Acks => {
                     if let Ok(acks) = protocol::decode::<Acks>(body) {
+                        if let Some(horizon) = acks.horizon {
+                            self.input.confirmed = self.input.confirmed.max(horizon);
+                        }
                         self.acknowledge(now, &acks);
                     }
                 }
@@ -870,8 +900,10 @@ impl Loop {
             self.run,
             self.input.generation,
         );
-        // Stop the old one first: what it had not handed over is read again.
+        // Stop the old one first: what it had not handed over, or what was
+        // handed over and not admitted, is read again.
         self.reader.stop()?;
+        self.input.parked = None;
         let mut done = bitmap;
         for seq in self.core.seqs() {
             done.insert(seq);
