@@ -15,7 +15,7 @@ use crate::generator::GeneratedOrder;
 use crate::input::{InputSpec, LineSource, RawLine, SourceItem};
 use crate::inventory::{Allocator, SkuIndex, StockTable};
 use crate::ledger::SeqSet;
-use crate::order::{self, Line, Malformed};
+use crate::order::{Line, LineParser, Malformed};
 use crate::protocol;
 use crate::rules::{self, Outcome, Rejection};
 use crate::transport::{self, SocketSpec, SocketTuning};
@@ -234,7 +234,10 @@ const WITHDRAWN: u32 = u32::MAX;
 
 /// The next line of `source`, numbered and parsed (a line longer than the
 /// reader takes is malformed); none at the end of the input.
-fn next_line(source: &mut LineSource) -> Result<Option<(u64, Parsed<'_>)>> {
+fn next_line<'a>(
+    source: &'a mut LineSource,
+    parser: &mut LineParser,
+) -> Result<Option<(u64, Parsed<'a>)>> {
     let Some(item) = source.next_item()? else {
         return Ok(None);
     };
@@ -248,7 +251,7 @@ fn next_line(source: &mut LineSource) -> Result<Option<(u64, Parsed<'_>)>> {
             number,
             Parsed::Line(Line::Malformed(Malformed::TooLong(full_len))),
         ),
-        SourceItem::Raw(raw) => (raw.number, Parsed::Line(order::parse_line(raw.bytes))),
+        SourceItem::Raw(raw) => (raw.number, Parsed::Line(parser.parse(raw.bytes))),
     }))
 }
 
@@ -279,6 +282,7 @@ impl Reader {
         // Each line's job is encoded at once and its duplicate lookup done a
         // few lines later (see crate::dedup); a duplicate's job is withdrawn.
         let mut pending: Pending<Lookup> = Pending::default();
+        let mut parser = LineParser::default();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -289,7 +293,7 @@ impl Reader {
                     return Ok(());
                 }
             }
-            let Some((number, line)) = next_line(&mut source)? else {
+            let Some((number, line)) = next_line(&mut source, &mut parser)? else {
                 break;
             };
             if out.is_empty() {
@@ -312,6 +316,9 @@ impl Reader {
             seq += 1;
             let digest = xxhash_rust::xxh3::xxh3_128(order_id.as_bytes());
             self.take_order((this, number), digest, &line, &mut out, &mut pending);
+            if let Parsed::Line(Line::Order(order)) = line {
+                parser.recycle(order);
+            }
             if self.batch_full(&out) && !self.hand_over(&mut pending, &mut out, seq) {
                 return Ok(());
             }
