@@ -10,6 +10,7 @@
 //! a fast one a long queue (the ventilator's answer is never waited for).
 
 use crate::protocol::{Credit, RunId};
+use crate::reminder::Reminder;
 use std::time::{Duration, Instant};
 
 /// A report at least this often, with the seqs held: the heartbeat.
@@ -38,7 +39,7 @@ pub struct CreditReporter {
     /// When the ventilator last sent anything (it answers every heartbeat),
     /// and when its silence was last reported.
     heard: Instant,
-    warned: Option<Instant>,
+    silence: Reminder,
     /// Stopping: asks for nothing more.
     closed: bool,
     /// Orders held but parked: backing off before a retry. They keep no
@@ -58,7 +59,7 @@ impl CreditReporter {
             last_report: None,
             run: RunId(0),
             heard: now,
-            warned: None,
+            silence: Reminder::new(SILENCE_FIRST, SILENCE_AGAIN),
             parked: 0,
             closed: false,
         }
@@ -73,7 +74,6 @@ impl CreditReporter {
     /// A frame came from the ventilator.
     pub fn heard(&mut self, now: Instant) {
         self.heard = now;
-        self.warned = None;
     }
 
     /// How long the ventilator has been silent.
@@ -85,14 +85,7 @@ impl CreditReporter {
     /// [`SILENCE_FIRST`], then every [`SILENCE_AGAIN`].
     pub fn silence_warning(&mut self, now: Instant) -> Option<Duration> {
         let silent = self.silence(now);
-        let due = match self.warned {
-            None => silent >= SILENCE_FIRST,
-            Some(at) => now.saturating_duration_since(at) >= SILENCE_AGAIN,
-        };
-        if due {
-            self.warned = Some(now);
-        }
-        due.then_some(silent)
+        self.silence.due(now, silent).then_some(silent)
     }
 
     /// `n` orders of `run` arrived.

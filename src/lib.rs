@@ -57,6 +57,7 @@ pub mod order;
 pub mod payments;
 pub mod paysim;
 pub mod protocol;
+pub mod reminder;
 pub mod report;
 pub mod roles;
 pub mod rules;

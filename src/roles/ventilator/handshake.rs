@@ -6,6 +6,7 @@
 
 use crate::ledger::SeqSet;
 use crate::protocol::{self, Kind, Queued, ReportText, RunId, Welcome};
+use crate::reminder::Reminder;
 use crate::shutdown::Shutdown;
 use crate::transport::{self, Connection};
 use crate::Result;
@@ -95,7 +96,7 @@ struct Handshake {
     complete_since: Option<Instant>,
     started: Instant,
     heard: Instant,
-    warned: Instant,
+    silence: Reminder,
 }
 
 impl Handshake {
@@ -112,7 +113,7 @@ impl Handshake {
             complete_since: None,
             started,
             heard: started,
-            warned: started,
+            silence: Reminder::new(SILENCE_WARNING, SILENCE_WARNING),
         }
     }
 
@@ -131,15 +132,12 @@ impl Handshake {
 
     /// Says so, after a while and then periodically, when the sink is silent.
     fn warn_if_silent(&mut self, acks: &str, metrics: &crate::metrics::Metrics) {
-        let heard = self.heard.elapsed();
-        if heard >= SILENCE_WARNING && self.warned.elapsed() >= SILENCE_WARNING {
-            self.warned = Instant::now();
-            metrics
-                .peer_silence
-                .set(self.heard.elapsed().as_secs() as i64);
+        let silent = self.heard.elapsed();
+        if self.silence.due(Instant::now(), silent) {
+            metrics.peer_silence.set(silent.as_secs() as i64);
             tracing::warn!(
                 "no answer from the sink at {acks} for {} s; still saying hello",
-                self.heard.elapsed().as_secs()
+                silent.as_secs()
             );
         }
     }

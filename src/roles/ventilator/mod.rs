@@ -25,6 +25,7 @@ use crate::input::{InputSpec, LineSource};
 use crate::inventory::StockTable;
 use crate::ledger::SeqSet;
 use crate::protocol::{self, Acks, Credit, Hello, Kind, Progress, RunId};
+use crate::reminder::Reminder;
 use crate::shutdown::Shutdown;
 use crate::transport::{self, Connection, SocketSpec, SocketTuning, Wire};
 use crate::{Error, Result};
@@ -439,10 +440,10 @@ struct Timers {
     hello: Instant,
     log: Instant,
     sink_heard: Instant,
-    silence_warned: Instant,
+    sink_silence: Reminder,
     /// When a live worker was last seen, or orders last had none to wait for.
     worker_seen: Instant,
-    workers_warned: Instant,
+    no_workers: Reminder,
 }
 
 impl Loop {
@@ -477,9 +478,9 @@ impl Loop {
                 hello: now,
                 log: now,
                 sink_heard: now,
-                silence_warned: now,
+                sink_silence: Reminder::new(handshake::SILENCE_WARNING, handshake::SILENCE_WARNING),
                 worker_seen: now,
-                workers_warned: now,
+                no_workers: Reminder::new(handshake::SILENCE_WARNING, handshake::SILENCE_WARNING),
             },
             report: None,
         }
@@ -651,9 +652,7 @@ impl Loop {
     /// Says so, after a few seconds and then periodically, when the sink is silent.
     fn warn_if_silent(&mut self, now: Instant) {
         let silent = now.duration_since(self.timers.sink_heard);
-        let since_warned = now.duration_since(self.timers.silence_warned);
-        if silent >= handshake::SILENCE_WARNING && since_warned >= handshake::SILENCE_WARNING {
-            self.timers.silence_warned = now;
+        if self.timers.sink_silence.due(now, silent) {
             tracing::warn!(
                 "no answer from the sink at {} for {} s; still holding {} orders",
                 self.config.acks,
@@ -671,9 +670,7 @@ impl Loop {
             return;
         }
         let waited = now.duration_since(self.timers.worker_seen);
-        let since_warned = now.duration_since(self.timers.workers_warned);
-        if waited >= handshake::SILENCE_WARNING && since_warned >= handshake::SILENCE_WARNING {
-            self.timers.workers_warned = now;
+        if self.timers.no_workers.due(now, waited) {
             tracing::warn!(
                 "no worker connected to {} for {} s; {} orders wait for one",
                 self.config.jobs,

@@ -4,6 +4,7 @@
 //! best-effort notes to the sink (status, goodbye) on the same socket.
 
 use crate::protocol::{self, Kind, RunId};
+use crate::reminder::Reminder;
 use crate::rules::Outcome;
 use crate::shutdown::Shutdown;
 use crate::transport::{self, Connection};
@@ -129,20 +130,16 @@ impl Outbox {
 
     /// Says so when the sink has not taken results for a while: after
     /// [`SILENT_SINK_WARNING`], then every 30 s.
-    fn warn_if_blocked(&self, since: Instant, warned_at: &mut Option<Instant>) {
+    fn warn_if_blocked(&self, since: Instant, reminder: &mut Reminder) {
         let waited = since.elapsed();
-        let due = match warned_at {
-            None => waited >= SILENT_SINK_WARNING,
-            Some(t) => t.elapsed() >= Duration::from_secs(30),
-        };
-        if due {
-            if warned_at.is_none() {
+        let first = !reminder.spoken();
+        if reminder.due(Instant::now(), waited) {
+            if first {
                 self.metrics.set_problem(Some(format!(
                     "no sink answering at {}: it takes no results",
                     self.sink
                 )));
             }
-            *warned_at = Some(Instant::now());
             tracing::warn!(
                 results = self.count,
                 "no answer from the sink at {} for {} s; holding {} results until it takes them",
@@ -178,7 +175,7 @@ impl Outbox {
         // results never sent are redelivered.
         let mut stopping_since: Option<Instant> = None;
         let blocked_since = Instant::now();
-        let mut warned_at: Option<Instant> = None;
+        let mut reminder = Reminder::new(SILENT_SINK_WARNING, Duration::from_secs(30));
         while !self.try_send()? {
             if self.shutdown.requested() {
                 let since = *stopping_since.get_or_insert_with(Instant::now);
@@ -187,11 +184,11 @@ impl Outbox {
                     break;
                 }
             }
-            self.warn_if_blocked(blocked_since, &mut warned_at);
+            self.warn_if_blocked(blocked_since, &mut reminder);
             let mut items = [self.results.socket().as_poll_item(zmq::POLLOUT)];
             transport::poll(&mut items, 100)?;
         }
-        Ok(warned_at.is_some())
+        Ok(reminder.spoken())
     }
 
     /// One try at sending the frame built: false when the sink takes none now.
