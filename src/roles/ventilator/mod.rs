@@ -159,7 +159,9 @@ struct Sockets {
 
 /// Runs a ventilator until the sink reports the run complete or a stop is requested.
 pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorExit> {
-    let seen = DuplicateSetWarmUp::start(&config.input);
+    // A file's size is estimated once, for the duplicate set and the hello.
+    let expected = reader::expected_total(&config.input);
+    let seen = DuplicateSetWarmUp::start(expected.map_or(0, |n| n as usize));
     let (stock, source, run) = open_input(config)?;
     crate::cli::record_run(&run);
     let ctx = zmq::Context::new();
@@ -171,7 +173,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
     let sink = transport::connect(&ctx, acks, &config.acks)?;
     let mut sink = Connection::new(sink, config.wire.clone(), "acks", &config.metrics);
     tracing::info!(input = %config.input.describe(), jobs = %config.jobs, acks = %config.acks, "ventilator started");
-    let hello = hello_frame(config, run);
+    let hello = hello_frame(config, run, expected);
     let m = &config.metrics;
     let want = config.want_report;
     let greeting = handshake::greet(&mut sink, run, &hello, want, &config.acks, shutdown, m)?;
@@ -225,13 +227,14 @@ fn open_input(config: &VentilatorConfig) -> Result<(Option<StockTable>, LineSour
 }
 
 /// The `Hello` frame that asks the sink for the run.
-fn hello_frame(config: &VentilatorConfig, run: RunId) -> Vec<u8> {
+/// `expected` as [`reader::expected_total`] gives it.
+fn hello_frame(config: &VentilatorConfig, run: RunId, expected: Option<u64>) -> Vec<u8> {
     protocol::frame(
         Kind::Hello,
         run,
         &Hello {
             input: config.input.describe(),
-            expected: reader::expected_total(&config.input),
+            expected,
             expected_is_estimate: matches!(config.input, InputSpec::File(_)),
             jobs: config.advertised_jobs(),
             want_report: config.want_report,

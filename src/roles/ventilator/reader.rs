@@ -160,32 +160,29 @@ enum Parsed<'a> {
 /// sink greeted, instead of on the reader's first inserts.
 pub struct DuplicateSetWarmUp {
     thread: Option<std::thread::JoinHandle<DigestSet>>,
-    input: InputSpec,
+    orders: usize,
 }
 
 impl DuplicateSetWarmUp {
-    /// Starts building the set for `input`.
-    pub fn start(input: &InputSpec) -> DuplicateSetWarmUp {
-        let spec = input.clone();
+    /// Starts building the set for about `orders` distinct orders (see
+    /// [`expected_total`]).
+    pub fn start(orders: usize) -> DuplicateSetWarmUp {
         let thread = std::thread::Builder::new()
             .name("dedup-warm-up".into())
             .spawn(move || {
-                let mut seen = DigestSet::with_capacity(expected_orders(&spec));
+                let mut seen = DigestSet::with_capacity(orders);
                 seen.prefault();
                 seen
             })
             .ok();
-        DuplicateSetWarmUp {
-            thread,
-            input: input.clone(),
-        }
+        DuplicateSetWarmUp { thread, orders }
     }
 
     /// The set, once built (built here if the thread could not be).
     pub fn finish(self) -> DigestSet {
         match self.thread.map(|t| t.join()) {
             Some(Ok(seen)) => seen,
-            _ => DigestSet::with_capacity(expected_orders(&self.input)),
+            _ => DigestSet::with_capacity(self.orders),
         }
     }
 }
@@ -193,11 +190,7 @@ impl DuplicateSetWarmUp {
 /// About how many distinct orders the input holds, to size the duplicate
 /// set once instead of growing it (each growth copies the whole table).
 pub fn expected_orders(input: &InputSpec) -> usize {
-    match input {
-        InputSpec::Generate { count, .. } => *count as usize,
-        InputSpec::File(path) => estimate_lines(path).unwrap_or(0),
-        InputSpec::Stdin => 0,
-    }
+    expected_total(input).map_or(0, |n| n as usize)
 }
 
 /// The counted lines the sink may expect before the input is read: exact
