@@ -160,8 +160,8 @@ fn parse_line_into<'a>(raw: &'a [u8], items: &mut Vec<Item<'a>>) -> Line<'a> {
     if let Some(order) = parse_fast(line, items) {
         return Line::Order(order);
     }
-    match std::str::from_utf8(line) {
-        Err(_) => Line::Malformed(Malformed::NotUtf8),
+    match utf8_text(line) {
+        Err(line) => line,
         Ok(text) => parse_with_serde(text),
     }
 }
@@ -195,7 +195,12 @@ fn line_bytes(raw: &[u8]) -> Result<&[u8], Line<'static>> {
 
 /// [`line_bytes`], then the whole line checked to be UTF-8.
 fn line_text(raw: &[u8]) -> Result<&str, Line<'static>> {
-    std::str::from_utf8(line_bytes(raw)?).map_err(|_| Line::Malformed(Malformed::NotUtf8))
+    utf8_text(line_bytes(raw)?)
+}
+
+/// The line as text, or [`Malformed::NotUtf8`].
+fn utf8_text(line: &[u8]) -> Result<&str, Line<'static>> {
+    std::str::from_utf8(line).map_err(|_| Line::Malformed(Malformed::NotUtf8))
 }
 
 /// The reference parser: serde_json, then the `order_id` length.

@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 const HELLO_EVERY: Duration = Duration::from_millis(250);
 /// The first "no answer" warning comes after this long, then this often.
 pub const SILENCE_WARNING: Duration = Duration::from_secs(5);
+
+/// The rule of the ventilator's "still waiting" warnings: after
+/// [`SILENCE_WARNING`], then every [`SILENCE_WARNING`] (each use is a fresh
+/// one).
+pub const SILENCE_REMINDER: Reminder = Reminder::new(SILENCE_WARNING, SILENCE_WARNING);
 /// While queued, the place is logged when it changes and this often.
 const QUEUED_REMINDER: Duration = Duration::from_secs(30);
 /// How long a ventilator that asked for the report waits for it after the
@@ -113,7 +118,7 @@ impl Handshake {
             complete_since: None,
             started,
             heard: started,
-            silence: Reminder::new(SILENCE_WARNING, SILENCE_WARNING),
+            silence: SILENCE_REMINDER,
         }
     }
 

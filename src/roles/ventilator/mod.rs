@@ -481,9 +481,9 @@ impl Loop {
                 hello: now,
                 log: now,
                 sink_heard: now,
-                sink_silence: Reminder::new(handshake::SILENCE_WARNING, handshake::SILENCE_WARNING),
+                sink_silence: handshake::SILENCE_REMINDER,
                 worker_seen: now,
-                no_workers: Reminder::new(handshake::SILENCE_WARNING, handshake::SILENCE_WARNING),
+                no_workers: handshake::SILENCE_REMINDER,
             },
             report: None,
         }
