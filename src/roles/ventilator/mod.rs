@@ -31,9 +31,7 @@ use crate::transport::{self, Connection, SocketSpec, SocketTuning, Wire};
 use crate::{Error, Result};
 use dispatch::{Action, Dispatch, DispatchConfig, Payload, Peer};
 use handshake::Greeting;
-use reader::{
-    expected_orders, DeadLetter, DuplicateSetWarmUp, Prepared, ReaderHandle, ReaderSetup,
-};
+use reader::{DeadLetter, DuplicateSetWarmUp, Prepared, ReaderHandle, ReaderSetup};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -159,9 +157,10 @@ struct Sockets {
 
 /// Runs a ventilator until the sink reports the run complete or a stop is requested.
 pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorExit> {
-    // A file's size is estimated once, for the duplicate set and the hello.
+    // A file's size is estimated once, for the duplicate sets and the hello.
     let expected = reader::expected_total(&config.input);
-    let seen = DuplicateSetWarmUp::start(expected.map_or(0, |n| n as usize));
+    let orders = expected.map_or(0, |n| n as usize);
+    let seen = DuplicateSetWarmUp::start(orders);
     let (stock, source, run) = open_input(config)?;
     crate::cli::record_run(&run);
     let ctx = zmq::Context::new();
@@ -199,7 +198,7 @@ pub fn run(config: &VentilatorConfig, shutdown: &Shutdown) -> Result<VentilatorE
         monitor,
         ctx: ctx.clone(),
     };
-    let mut lp = Loop::new(config, run, hello, reader, stock);
+    let mut lp = Loop::new(config, run, hello, reader, stock, orders);
     let result = lp.serve(&mut sockets, shutdown);
     lp.reader.stop()?;
     result
@@ -425,6 +424,9 @@ struct InputState {
     confirmed: u64,
     /// A batch taken from the reader that reaches past `confirmed`.
     parked: Option<Prepared>,
+    /// About how many distinct orders the input holds, estimated at the
+    /// start: the size of a restarted reader's duplicate set.
+    expected_orders: usize,
 }
 
 impl InputState {
@@ -456,6 +458,7 @@ impl Loop {
         hello: Vec<u8>,
         reader: ReaderHandle,
         stock: Option<StockTable>,
+        expected_orders: usize,
     ) -> Loop {
         let now = Instant::now();
         let core = Dispatch::new(DispatchConfig {
@@ -473,7 +476,10 @@ impl Loop {
             peers: Peers::default(),
             reader,
             stock,
-            input: InputState::default(),
+            input: InputState {
+                expected_orders,
+                ..InputState::default()
+            },
             dead_letter: DeadLetter::new(config.dead_letter.clone()),
             frame: Vec::new(),
             timers: Timers {
@@ -909,7 +915,7 @@ impl Loop {
             done.insert(seq);
         }
         let (source, _) = LineSource::open(&self.config.input)?;
-        let seen = DigestSet::with_capacity(expected_orders(&self.config.input));
+        let seen = DigestSet::with_capacity(self.input.expected_orders);
         self.reader = ReaderHandle::start(&setup, source, done, seen)?;
         self.input.total = None;
         Ok(())

@@ -165,7 +165,8 @@ pub struct DuplicateSetWarmUp {
 
 impl DuplicateSetWarmUp {
     /// Starts building the set for about `orders` distinct orders (see
-    /// [`expected_total`]).
+    /// [`expected_total`]), sized once instead of grown (each growth
+    /// copies the whole table).
     pub fn start(orders: usize) -> DuplicateSetWarmUp {
         let thread = std::thread::Builder::new()
             .name("dedup-warm-up".into())
@@ -185,12 +186,6 @@ impl DuplicateSetWarmUp {
             _ => DigestSet::with_capacity(self.orders),
         }
     }
-}
-
-/// About how many distinct orders the input holds, to size the duplicate
-/// set once instead of growing it (each growth copies the whole table).
-pub fn expected_orders(input: &InputSpec) -> usize {
-    expected_total(input).map_or(0, |n| n as usize)
 }
 
 /// The counted lines the sink may expect before the input is read: exact
