@@ -71,6 +71,13 @@ impl CreditReporter {
         self.last_report = None;
     }
 
+    /// The jobs connection is new: the next report is due at once, so a
+    /// ventilator that binds now hears of this worker's room without
+    /// waiting for the heartbeat.
+    pub fn reconnected(&mut self) {
+        self.last_report = None;
+    }
+
     /// A frame came from the ventilator.
     pub fn heard(&mut self, now: Instant) {
         self.heard = now;
@@ -200,6 +207,27 @@ mod tests {
         c.heard(s(36));
         assert_eq!(c.silence(s(37)), Duration::from_secs(1));
         assert_eq!(c.silence_warning(s(40)), None);
+    }
+
+    #[test]
+    fn a_new_connection_is_told_the_room_at_once_not_at_the_next_heartbeat() {
+        let t0 = Instant::now();
+        let mut c = CreditReporter::new(8, Duration::from_millis(20), t0);
+        c.due(t0, 0, Vec::new).unwrap();
+        let soon = t0 + Duration::from_millis(1);
+        assert_eq!(
+            c.due(soon, 0, Vec::new),
+            None,
+            "idle: the heartbeat is 250 ms away"
+        );
+        c.reconnected();
+        let report = c.due(soon, 0, Vec::new).unwrap();
+        assert_eq!((report.capacity, report.holds), (16, Some(vec![])));
+        assert_eq!(
+            c.due(soon, 0, Vec::new),
+            None,
+            "once, then at the heartbeat again"
+        );
     }
 
     #[test]

@@ -102,8 +102,9 @@ pub enum Kind {
     /// Sink → ventilator (`--serve`): another run is active; this one waits
     /// in the queue at [`Queued::position`].
     Queued = 22,
-    /// Sink → workers (PUB, `--serve`), a few times a second while a run is
-    /// active: which run, and where its ventilator's jobs socket is.
+    /// Sink → workers (PUB), a few times a second while a run is active:
+    /// which run, and where its ventilator's jobs socket is (a worker of one
+    /// run only learns that the ventilator binds now).
     RunStart = 23,
     /// Sink → ventilator: the finished run's report (for `--report`).
     Report = 24,

@@ -11,7 +11,9 @@
 //! With `--serve` the sink stays up run after run: a ventilator that says
 //! hello while another run is active waits in a first-come queue (it is
 //! told its place, and leaves the queue when it stops saying hello), and
-//! the workers are told each active run's jobs endpoint ([`Kind::RunStart`]).
+//! the workers are told each active run's jobs endpoint ([`Kind::RunStart`];
+//! without `--serve` the announcement only tells waiting workers to reach
+//! for their ventilator now).
 //!
 //! This module holds the run loop, which only moves bytes; the rest is in
 //! - `run.rs`: the active run, loading it (new or replayed), its report;
@@ -419,8 +421,8 @@ impl Sink {
         self.refresh_board();
         if self.config.serve {
             self.tend_queue()?;
-            self.announce_run_start(s);
         }
+        self.announce_run_start(s);
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! What the sink shows while it works: the progress line (redrawn on a
 //! terminal, logged otherwise), the active run's counts on the dashboard's
-//! board, the journal's health in the metrics and `/healthz`, and, when
-//! serving, the run announced to the workers.
+//! board, the journal's health in the metrics and `/healthz`, and the
+//! active run announced to the workers.
 
 use super::run::ActiveRun;
 use super::{Sink, Sockets};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// How often a serving sink with no run says it is waiting.
 const IDLE_REMINDER: Duration = Duration::from_secs(60);
-/// How often the active run is announced to the workers (`--serve`).
+/// How often the active run is announced to the workers.
 const RUN_START_EVERY: Duration = Duration::from_millis(250);
 /// How often the board gets the active run's counts.
 const BOARD_EVERY: Duration = Duration::from_millis(500);

@@ -363,9 +363,16 @@ impl Worker<'_> {
                     return Ok(true);
                 }
                 Kind::RunOver => self.on_run_over(h.run),
-                Kind::RunStart if self.config.serve => {
+                Kind::RunStart => {
                     if let Ok(start) = protocol::decode::<protocol::RunStart>(body) {
-                        self.on_run_start(ctx, &mut s.jobs, h.run, &start.jobs)?;
+                        // A worker of one run keeps its own --jobs: the
+                        // announcement only says its ventilator binds now.
+                        let jobs = if self.config.serve {
+                            &start.jobs[..]
+                        } else {
+                            ""
+                        };
+                        self.on_run_start(ctx, &mut s.jobs, h.run, jobs)?;
                     }
                 }
                 _ => {}
@@ -512,6 +519,7 @@ impl Worker<'_> {
         self.credit.heard(now);
         if self.serving.jobs != endpoint || waiting {
             let old = std::mem::replace(jobs, connect_jobs(ctx, &self.config, endpoint)?);
+            self.credit.reconnected();
             self.summary.bad_frames += old.dropped().total();
             self.serving.jobs = endpoint.to_owned();
         }
